@@ -1,0 +1,45 @@
+package generate
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// Names of certificate provider instances (proxyless, grpc-go bootstrap
+// "certificate_providers") and SDS secrets (Envoy) that carry the workload's
+// own SVID and the mesh trust bundle. The workload side (meshfed agent,
+// bootstrap) must define exactly these.
+const (
+	ProxylessIdentityProvider = "meshfed-identity"
+	ProxylessRootProvider     = "meshfed-roots"
+	SDSIdentitySecret         = "meshfed-identity"
+	SDSTrustBundleSecret      = "meshfed-trust-bundle"
+)
+
+// ServerListenerNamePrefix is what grpc-go's
+// server_listener_resource_name_template must be set to, followed by "%s".
+const ServerListenerNamePrefix = "grpc/server?xds.resource.listening_address="
+
+// ClusterName names the CDS cluster and EDS assignment of a service port;
+// remote is the exporting cluster, "" for a local service.
+func ClusterName(svc mesh.NamespacedName, port uint32, remote string) string {
+	name := fmt.Sprintf("%s/%s:%d", svc.Namespace, svc.Name, port)
+	if remote != "" {
+		name += "@" + remote
+	}
+	return name
+}
+
+// ClientListenerName names the proxyless client listener (and its route
+// configuration) of a service port: the target clients dial.
+func ClientListenerName(svc *mesh.Service, port uint32) string {
+	return fmt.Sprintf("%s:%d", svc.FQDN(), port)
+}
+
+// ServerListenerName names the proxyless server listener for ip:port.
+func ServerListenerName(ip string, port uint32) string {
+	return ServerListenerNamePrefix + net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10))
+}
