@@ -158,7 +158,9 @@ func ParseRoot(td spiffeid.TrustDomain, certPEM, keyPEM []byte, now time.Time) (
 }
 
 // CertificatePEM returns the root certificate as PEM.
-func (r *Root) CertificatePEM() []byte { return EncodeCertificatesPEM([]*x509.Certificate{r.Certificate}) }
+func (r *Root) CertificatePEM() []byte {
+	return EncodeCertificatesPEM([]*x509.Certificate{r.Certificate})
+}
 
 // KeyPEM returns the root key as PKCS#8 PEM.
 func (r *Root) KeyPEM() ([]byte, error) { return EncodePrivateKeyPEM(r.Key) }

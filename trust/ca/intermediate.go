@@ -100,7 +100,9 @@ func (ca *Intermediate) Certificate() *x509.Certificate { return ca.chain[0] }
 
 // Chain returns the CA chain appended to every SVID (issuing CA first, root
 // excluded).
-func (ca *Intermediate) Chain() []*x509.Certificate { return append([]*x509.Certificate(nil), ca.chain...) }
+func (ca *Intermediate) Chain() []*x509.Certificate {
+	return append([]*x509.Certificate(nil), ca.chain...)
+}
 
 // Bundle returns a copy of the trust bundle the CA hands out.
 func (ca *Intermediate) Bundle() *x509bundle.Bundle { return ca.bundle.Clone() }
