@@ -1,0 +1,161 @@
+// Package catalog defines the wire form of a cluster's exported service
+// catalog as meshfed federation members exchange it, and how it is signed and
+// verified.
+//
+// It owns: the versioned catalog types, their encoding (JSON, gzip), the
+// signature envelope, and the rule that ties a signing certificate to the
+// cluster it may speak for. It does not own membership, transport or policy
+// (package federation) nor the certificate authority (package trust): the
+// caller hands in a crypto.Signer with its chain and the trust roots.
+//
+// The identity rule: a catalog for cluster C in trust domain TD must be
+// signed by a key whose leaf certificate chains to the federation's trust
+// roots and carries exactly one URI SAN, equal to
+// spiffe://TD/meshfed/cluster/C (see ClusterID).
+package catalog
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"time"
+)
+
+// FormatVersion is the version of the catalog wire format. A receiver
+// rejects catalogs of a format it does not know.
+const FormatVersion = 1
+
+// Catalog is what one cluster publishes about itself. Only the owning
+// cluster writes it; every receiver verifies its signature.
+type Catalog struct {
+	// Format is FormatVersion.
+	Format int `json:"format"`
+	// Cluster is the publishing cluster's name (a DNS label).
+	Cluster string `json:"cluster"`
+	// Network is the name of the network the cluster's endpoints live on.
+	Network string `json:"network,omitempty"`
+	// Version increases strictly with every publication by the owner.
+	Version uint64 `json:"version"`
+	// GeneratedAt is when the owner signed this version.
+	GeneratedAt time.Time `json:"generatedAt"`
+	// TrustBundleFingerprint is the hex SHA-256 fingerprint of the trust
+	// bundle the owner uses (informational; shown by `meshfed cluster list`).
+	TrustBundleFingerprint string `json:"trustBundleFingerprint,omitempty"`
+	// Services are the exported services, sorted by namespace then name.
+	Services []ExportedService `json:"services"`
+}
+
+// ExportedService is one service a cluster exports (an MCS ServiceExport).
+type ExportedService struct {
+	Namespace string     `json:"namespace"`
+	Name      string     `json:"name"`
+	Ports     []Port     `json:"ports,omitempty"`
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+	// FailStatic, when set, overrides the receiver's policy for this
+	// service: true keeps its endpoints while the owner is dead or its
+	// catalog stale, false withdraws them after the receiver's WithdrawAfter.
+	FailStatic *bool `json:"failStatic,omitempty"`
+}
+
+// Port is a service port.
+type Port struct {
+	Name string `json:"name,omitempty"`
+	Port uint16 `json:"port"`
+	// Protocol is e.g. "TCP", "HTTP", "GRPC".
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// Endpoint is one backend address of an exported service.
+type Endpoint struct {
+	Address string `json:"address"`
+	Ready   bool   `json:"ready"`
+	Zone    string `json:"zone,omitempty"`
+	// Identity is the SPIFFE ID the endpoint serves as.
+	Identity string `json:"identity,omitempty"`
+}
+
+// Key is "namespace/name".
+func (s ExportedService) Key() string { return s.Namespace + "/" + s.Name }
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// ValidClusterName reports whether name is usable as a cluster name: a DNS
+// label (RFC 1123), at most 63 characters.
+func ValidClusterName(name string) bool { return dnsLabel.MatchString(name) }
+
+// Validate checks the catalog's own consistency and reports every problem.
+func (c *Catalog) Validate() error {
+	var errs []error
+	if c.Format != FormatVersion {
+		errs = append(errs, fmt.Errorf("format %d: want %d", c.Format, FormatVersion))
+	}
+	if !ValidClusterName(c.Cluster) {
+		errs = append(errs, fmt.Errorf("cluster name %q: not a DNS label", c.Cluster))
+	}
+	if c.Version == 0 {
+		errs = append(errs, errors.New("version 0: versions start at 1"))
+	}
+	seen := make(map[string]bool, len(c.Services))
+	for _, s := range c.Services {
+		if s.Namespace == "" || s.Name == "" {
+			errs = append(errs, fmt.Errorf("service %q: namespace and name are required", s.Key()))
+			continue
+		}
+		if seen[s.Key()] {
+			errs = append(errs, fmt.Errorf("service %s: listed twice", s.Key()))
+		}
+		seen[s.Key()] = true
+		for _, p := range s.Ports {
+			if p.Port == 0 {
+				errs = append(errs, fmt.Errorf("service %s: port %q: port number 0", s.Key(), p.Name))
+			}
+		}
+		for _, e := range s.Endpoints {
+			if e.Address == "" {
+				errs = append(errs, fmt.Errorf("service %s: endpoint with empty address", s.Key()))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// encode returns the gzip-compressed JSON of c.
+func encode(c *Catalog) ([]byte, error) {
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.NewEncoder(zw).Encode(c); err != nil {
+		return nil, fmt.Errorf("catalog %s v%d: encode: %w", c.Cluster, c.Version, err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// decode reverses encode, refusing to inflate more than maxInflated bytes.
+func decode(b []byte, maxInflated int64) (*Catalog, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%w: gzip: %v", ErrDecode, err)
+	}
+	raw, err := io.ReadAll(io.LimitReader(zr, maxInflated+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: gzip: %v", ErrDecode, err)
+	}
+	if int64(len(raw)) > maxInflated {
+		return nil, fmt.Errorf("%w: inflates to more than %d bytes", ErrOversize, maxInflated)
+	}
+	var c Catalog
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: json: %v", ErrDecode, err)
+	}
+	return &c, nil
+}

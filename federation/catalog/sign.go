@@ -1,0 +1,250 @@
+package catalog
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Rejection reasons. Verify wraps exactly one of them; Reason maps an error
+// to a short label for metrics.
+var (
+	ErrDecode    = errors.New("catalog does not decode")
+	ErrOversize  = errors.New("catalog over the size limit")
+	ErrSignature = errors.New("catalog signature invalid")
+	ErrChain     = errors.New("catalog signer does not chain to the trust roots")
+	ErrIdentity  = errors.New("catalog signer does not name the catalog's cluster")
+	ErrInvalid   = errors.New("catalog content invalid")
+)
+
+// Reason returns a metric label for a Verify error: decode, oversize,
+// signature, chain, identity, invalid or other.
+func Reason(err error) string {
+	switch {
+	case errors.Is(err, ErrOversize):
+		return "oversize"
+	case errors.Is(err, ErrDecode):
+		return "decode"
+	case errors.Is(err, ErrSignature):
+		return "signature"
+	case errors.Is(err, ErrChain):
+		return "chain"
+	case errors.Is(err, ErrIdentity):
+		return "identity"
+	case errors.Is(err, ErrInvalid):
+		return "invalid"
+	}
+	return "other"
+}
+
+// ClusterID is the SPIFFE ID that a catalog signer for cluster must carry as
+// its only URI SAN: spiffe://<trustDomain>/meshfed/cluster/<cluster>.
+func ClusterID(trustDomain, cluster string) string {
+	return "spiffe://" + trustDomain + "/meshfed/cluster/" + cluster
+}
+
+var magic = [4]byte{'M', 'F', 'S', 'C'}
+
+// header precedes the compressed catalog in a signed envelope. Cluster and
+// Version repeat the catalog's own so that a receiver can skip an old
+// version before inflating it; after inflating they must match.
+type header struct {
+	Cluster string   `json:"cluster"`
+	Version uint64   `json:"version"`
+	Chain   [][]byte `json:"chain"` // DER, leaf first
+	Sig     []byte   `json:"sig"`   // over SHA-256 of the payload
+}
+
+// Signed is a signed, encoded catalog as it travels between members.
+type Signed struct {
+	Cluster string
+	Version uint64
+	// Digest is the SHA-256 of the compressed payload: two envelopes with
+	// the same digest carry the same catalog.
+	Digest [32]byte
+	// Bytes is the envelope: magic, format, header length, header, payload.
+	Bytes []byte
+}
+
+// ShortDigest is the first 8 bytes of Digest in hex.
+func (s *Signed) ShortDigest() string { return hex.EncodeToString(s.Digest[:8]) }
+
+// Sign encodes c and signs it with key, whose certificate is chain[0].
+func Sign(c *Catalog, key crypto.Signer, chain []*x509.Certificate) (*Signed, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("catalog %s v%d: %w: %w", c.Cluster, c.Version, ErrInvalid, err)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("catalog %s: empty certificate chain", c.Cluster)
+	}
+	payload, err := encode(c)
+	if err != nil {
+		return nil, err
+	}
+	digest := sha256.Sum256(payload)
+	sig, err := signDigest(key, digest[:])
+	if err != nil {
+		return nil, fmt.Errorf("catalog %s v%d: sign: %w", c.Cluster, c.Version, err)
+	}
+	h := header{Cluster: c.Cluster, Version: c.Version, Sig: sig}
+	for _, cert := range chain {
+		h.Chain = append(h.Chain, cert.Raw)
+	}
+	hb, err := json.Marshal(h)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(9 + len(hb) + len(payload))
+	buf.Write(magic[:])
+	buf.WriteByte(FormatVersion)
+	_ = binary.Write(&buf, binary.BigEndian, uint32(len(hb)))
+	buf.Write(hb)
+	buf.Write(payload)
+	return &Signed{Cluster: c.Cluster, Version: c.Version, Digest: digest, Bytes: buf.Bytes()}, nil
+}
+
+func signDigest(key crypto.Signer, digest []byte) ([]byte, error) {
+	switch key.Public().(type) {
+	case ed25519.PublicKey:
+		// Ed25519 signs the message itself; the message is the digest.
+		return key.Sign(rand.Reader, digest, crypto.Hash(0))
+	case *rsa.PublicKey:
+		return key.Sign(rand.Reader, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
+	default:
+		return key.Sign(rand.Reader, digest, crypto.SHA256)
+	}
+}
+
+func verifyDigest(pub crypto.PublicKey, digest, sig []byte) bool {
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, digest, sig)
+	case *rsa.PublicKey:
+		return rsa.VerifyPSS(k, crypto.SHA256, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}) == nil
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, digest, sig)
+	}
+	return false
+}
+
+// Peek reads the envelope's claimed cluster and version without verifying
+// anything; use it only to decide whether Verify is worth running.
+func Peek(b []byte) (cluster string, version uint64, err error) {
+	h, _, err := split(b)
+	if err != nil {
+		return "", 0, err
+	}
+	return h.Cluster, h.Version, nil
+}
+
+func split(b []byte) (*header, []byte, error) {
+	if len(b) < 9 || !bytes.Equal(b[:4], magic[:]) {
+		return nil, nil, fmt.Errorf("%w: no envelope magic", ErrDecode)
+	}
+	if b[4] != FormatVersion {
+		return nil, nil, fmt.Errorf("%w: envelope format %d", ErrDecode, b[4])
+	}
+	n := binary.BigEndian.Uint32(b[5:9])
+	if uint64(n) > uint64(len(b)-9) {
+		return nil, nil, fmt.Errorf("%w: header length %d past end", ErrDecode, n)
+	}
+	var h header
+	if err := json.Unmarshal(b[9:9+n], &h); err != nil {
+		return nil, nil, fmt.Errorf("%w: header: %v", ErrDecode, err)
+	}
+	return &h, b[9+n:], nil
+}
+
+// VerifyOptions say what a receiver trusts.
+type VerifyOptions struct {
+	// Roots are the federation's trust roots.
+	Roots *x509.CertPool
+	// TrustDomain is the federation's SPIFFE trust domain.
+	TrustDomain string
+	// MaxBytes is the largest envelope accepted, in bytes.
+	MaxBytes int
+	// MaxInflatedBytes is the largest catalog JSON accepted after
+	// decompression, in bytes.
+	MaxInflatedBytes int64
+	// Now is the time certificates are checked at (zero: time.Now()).
+	Now time.Time
+}
+
+// Verify checks an envelope: size, signature, chain to opts.Roots, that the
+// leaf names the cluster the catalog claims, and the catalog's content. It
+// returns the catalog and its Signed form, or an error wrapping one of the
+// Err* reasons.
+func Verify(b []byte, opts VerifyOptions) (*Catalog, *Signed, error) {
+	if opts.MaxBytes > 0 && len(b) > opts.MaxBytes {
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrOversize, len(b), opts.MaxBytes)
+	}
+	h, payload, err := split(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(h.Chain) == 0 {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: no certificate", h.Cluster, h.Version, ErrChain)
+	}
+	certs := make([]*x509.Certificate, 0, len(h.Chain))
+	for _, der := range h.Chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("catalog %s v%d: %w: certificate: %v", h.Cluster, h.Version, ErrDecode, err)
+		}
+		certs = append(certs, c)
+	}
+	leaf := certs[0]
+	digest := sha256.Sum256(payload)
+	if !verifyDigest(leaf.PublicKey, digest[:], h.Sig) {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w", h.Cluster, h.Version, ErrSignature)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: opts.Roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: %v", h.Cluster, h.Version, ErrChain, err)
+	}
+	want := ClusterID(opts.TrustDomain, h.Cluster)
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
+		got := make([]string, 0, len(leaf.URIs))
+		for _, u := range leaf.URIs {
+			got = append(got, u.String())
+		}
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: signer has URI SANs %v, want exactly %s", h.Cluster, h.Version, ErrIdentity, got, want)
+	}
+	maxInflated := opts.MaxInflatedBytes
+	if maxInflated <= 0 {
+		maxInflated = 256 << 20
+	}
+	c, err := decode(payload, maxInflated)
+	if err != nil {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w", h.Cluster, h.Version, err)
+	}
+	if c.Cluster != h.Cluster || c.Version != h.Version {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: envelope says %s v%d", c.Cluster, c.Version, ErrIdentity, h.Cluster, h.Version)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: %w", c.Cluster, c.Version, ErrInvalid, err)
+	}
+	return c, &Signed{Cluster: c.Cluster, Version: c.Version, Digest: digest, Bytes: b}, nil
+}

@@ -1,0 +1,164 @@
+package federation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+const (
+	tickInterval     = 250 * time.Millisecond
+	snapshotInterval = time.Second
+	joinGrace        = 3 * time.Second // a name conflict this soon after joining means we are the duplicate
+	sendWorkers      = 2
+)
+
+type sendJob struct {
+	to      memberlist.Node
+	cluster string // the catalog this is about, for failure reports
+	msg     []byte
+}
+
+// Run joins the federation, serves until ctx ends, then leaves gracefully
+// (memberlist Leave, bounded by LeaveTimeout) and returns after all of its
+// goroutines have stopped. It returns ErrDuplicateName if another member
+// already has this cluster's name, and nil after a clean leave. Run may be
+// called once.
+func (f *Federation) Run(ctx context.Context) error {
+	if !f.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("federation %s: Run called twice", f.cfg.ClusterName)
+	}
+	ml, err := f.createMemberlist()
+	if err != nil {
+		return err
+	}
+	f.ml.Store(ml)
+	f.log.Info("federation member listening", "addr", ml.LocalNode().Address())
+
+	workCtx, stopWork := context.WithCancel(context.Background())
+	sendCh := make(chan sendJob, 256)
+	metaCh := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	for range sendWorkers {
+		wg.Go(func() { f.sendWorker(workCtx, ml, sendCh) })
+	}
+	wg.Go(func() { f.metaWorker(workCtx, ml, metaCh) })
+
+	st := newLoopState(f, ml, sendCh, metaCh)
+	runErr := st.loop(ctx)
+
+	stopWork()
+	if runErr == nil {
+		// Tell the others this is a departure, not a failure, then leave.
+		f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker}, msg: encodeMsg(kindLeave, notice{Cluster: f.cfg.ClusterName})})
+		if err := ml.Leave(f.cfg.LeaveTimeout); err != nil {
+			f.log.Warn("federation leave incomplete", "err", err)
+		}
+	}
+	if err := ml.Shutdown(); err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("federation %s: shutdown: %w", f.cfg.ClusterName, err))
+	}
+	wg.Wait()
+	return runErr
+}
+
+// leaveMarker names the leave broadcast in the queue; it is not a cluster name.
+const leaveMarker = "-leave-"
+
+func (f *Federation) createMemberlist() (*memberlist.Memberlist, error) {
+	cfg := f.cfg
+	mlc := memberlist.DefaultLANConfig()
+	mlc.Name = cfg.ClusterName
+	logger := log.New(logWriter{log: f.log.With("component", "memberlist")}, "", 0)
+	nt, err := newNetTransport(cfg.BindAddr, cfg.BindPort, logger)
+	if err != nil {
+		return nil, fmt.Errorf("federation %s: gossip listener on %s:%d: %w", cfg.ClusterName, cfg.BindAddr, cfg.BindPort, err)
+	}
+	mlc.BindAddr = cfg.BindAddr
+	mlc.BindPort = nt.GetAutoBindPort()
+	mlc.AdvertiseAddr = cfg.AdvertiseAddr
+	mlc.AdvertisePort = cfg.AdvertisePort
+	if mlc.AdvertisePort == 0 {
+		mlc.AdvertisePort = mlc.BindPort
+	}
+	mlc.Transport = newCountingTransport(nt, f.m)
+	mlc.Keyring = f.keyring
+	mlc.GossipVerifyIncoming = true
+	mlc.GossipVerifyOutgoing = true
+	// Catalogs are gzip-compressed already; memberlist's LZW would grow
+	// them (~37 % on incompressible data), and the rest of gossip is tiny.
+	mlc.EnableCompression = false
+	d := delegate{f: f}
+	mlc.Delegate, mlc.Events, mlc.Conflict, mlc.Alive, mlc.Ping = d, d, d, d, d
+	mlc.DeadNodeReclaimTime = cfg.DeadNameReclaimAfter
+	mlc.Logger = logger
+	f.storeMeta(nodeMeta{Format: wireFormat, Network: cfg.Network})
+	if cfg.Tune != nil {
+		cfg.Tune(mlc)
+	}
+	f.bcast.RetransmitMult = mlc.RetransmitMult
+	ml, err := memberlist.Create(mlc)
+	if err != nil {
+		_ = mlc.Transport.Shutdown()
+		return nil, fmt.Errorf("federation %s: start memberlist: %w", cfg.ClusterName, err)
+	}
+	return ml, nil
+}
+
+// newNetTransport binds UDP and TCP on the same port; with port 0 the
+// kernel's pick for TCP may be taken for UDP, so retry like memberlist does.
+func newNetTransport(addr string, port int, logger *log.Logger) (*memberlist.NetTransport, error) {
+	var err error
+	for range 10 {
+		var nt *memberlist.NetTransport
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{addr}, BindPort: port, Logger: logger})
+		if err == nil {
+			return nt, nil
+		}
+		if port != 0 || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, err
+}
+
+func (f *Federation) storeMeta(m nodeMeta) {
+	b := encodeMsg(0, m)[1:]
+	f.meta.Store(&b)
+}
+
+// sendWorker sends stream messages (requests, catalogs) so that a slow or
+// dead peer never blocks the loop.
+func (f *Federation) sendWorker(ctx context.Context, ml *memberlist.Memberlist, jobs <-chan sendJob) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-jobs:
+			if err := ml.SendReliable(&j.to, j.msg); err != nil {
+				f.events.push(evSendFailed{to: j.to.Name, cluster: j.cluster, err: err})
+			}
+		}
+	}
+}
+
+// metaWorker re-advertises this node's metadata after a publication.
+// UpdateNode waits for the broadcast, so it runs here, not in the loop.
+func (f *Federation) metaWorker(ctx context.Context, ml *memberlist.Memberlist, dirty <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-dirty:
+			if err := ml.UpdateNode(2 * time.Second); err != nil {
+				f.log.Debug("re-advertising node meta", "err", err)
+			}
+		}
+	}
+}
