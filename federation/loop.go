@@ -599,4 +599,3 @@ func (s *loopState) policy(c *clusterState, now time.Time) ClusterView {
 	}
 	return cv
 }
-
