@@ -136,6 +136,31 @@ func TestGolden(t *testing.T) {
 				"endpoints":       toYAMLValue(t, endpoints),
 				"serverListeners": servers,
 			})
+
+			sl, sr, sc := SidecarOutboundListeners(ix), SidecarOutboundRoutes(ix), SidecarClusters(ix)
+			if err := Validate(sl, sr, sc); err != nil {
+				t.Error(err)
+			}
+			inbound := map[string]any{}
+			for _, p := range in.Proxies {
+				in := SidecarInbound(ix, p.Identity)
+				if err := Validate(in.Listeners, in.Routes, in.Clusters); err != nil {
+					t.Errorf("sidecar inbound of %s: %v", p.Identity, err)
+				}
+				cat := func(a, b []types.Resource) []types.Resource { return append(append([]types.Resource{}, a...), b...) }
+				if err := CheckReferences(cat(sl, in.Listeners), cat(sr, in.Routes), cat(sc, in.Clusters), endpoints); err != nil {
+					t.Errorf("sidecar %s: %v", p.Identity, err)
+				}
+				inbound[string(p.Identity)] = map[string]any{
+					"listeners": toYAMLValue(t, in.Listeners), "routes": toYAMLValue(t, in.Routes), "clusters": toYAMLValue(t, in.Clusters),
+				}
+			}
+			compareGolden(t, filepath.Join("testdata", name+".sidecar.golden.yaml"), map[string]any{
+				"outboundListeners": toYAMLValue(t, sl),
+				"outboundRoutes":    toYAMLValue(t, sr),
+				"clusters":          toYAMLValue(t, sc),
+				"inbound":           inbound,
+			})
 		})
 	}
 }

@@ -1,0 +1,354 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	xdsserver "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// Config configures the xDS server.
+type Config struct {
+	// Address is where to listen, host:port. Ignored if Listener is set.
+	Address string
+	// Listener, if set, is used instead of listening on Address (tests).
+	Listener net.Listener
+	// TLS is the server's TLS configuration. It must require and verify
+	// client certificates (tls.RequireAndVerifyClientCert) against the mesh
+	// trust bundle; trust/ provides it.
+	TLS *tls.Config
+	// Authenticator turns a stream's verified peer into its identity.
+	Authenticator Authenticator
+	// Registerer receives the server's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger receives NACKs, refused streams and generation errors.
+	Logger *slog.Logger
+	// KeepaliveTime is how often the server pings idle proxies.
+	KeepaliveTime time.Duration
+}
+
+// DefaultConfig returns a Config listening on :15128 with 30 s keepalives;
+// TLS and Authenticator must still be set.
+func DefaultConfig() Config {
+	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second}
+}
+
+// Validate reports every problem with c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Address == "" && c.Listener == nil {
+		errs = append(errs, errors.New("xds server: Address or Listener is required"))
+	}
+	if c.TLS == nil {
+		errs = append(errs, errors.New("xds server: TLS is required"))
+	} else if c.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		errs = append(errs, errors.New("xds server: TLS must require and verify client certificates"))
+	}
+	if c.Authenticator == nil {
+		errs = append(errs, errors.New("xds server: Authenticator is required"))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("xds server: Logger is required"))
+	}
+	if c.KeepaliveTime <= 0 {
+		errs = append(errs, errors.New("xds server: KeepaliveTime must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Server serves xDS to proxies. Create it with New, feed it with Update,
+// serve with Run.
+type Server struct {
+	cfg     Config
+	cache   cachev3.SnapshotCache
+	metrics *metrics
+
+	// mu guards builder and keys. It is never held while calling an
+	// Authenticator or while a stream waits on the network; SetSnapshot is
+	// called under it (go-control-plane only queues responses).
+	mu      sync.Mutex
+	builder *builder
+	keys    map[proxyKey]*keyState
+
+	// streams tracks sent responses for NACK/ACK accounting.
+	streamsMu sync.Mutex
+	streams   map[int64]*streamState
+}
+
+type streamState struct {
+	key  string
+	sent map[string]sentResponse // by type URL
+}
+
+type sentResponse struct {
+	nonce, version string
+	at             time.Time
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:     cfg,
+		cache:   cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil),
+		metrics: newMetrics(cfg.Registerer),
+		builder: newBuilder(),
+		keys:    map[proxyKey]*keyState{},
+		streams: map[int64]*streamState{},
+	}, nil
+}
+
+// Update makes s the state proxies are served from. It returns the objects
+// skipped as invalid (report them; the rest is served) and an error only if
+// the generated configuration failed its own checks, in which case proxies
+// keep their last configuration. Only proxies whose configuration changed
+// are sent anything. Update may be called from any goroutine; calls are
+// serialized; it blocks for the generation time.
+func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
+	start := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix, err := s.builder.update(st)
+	s.metrics.rejected.Set(float64(len(ix.Problems)))
+	if err != nil {
+		s.cfg.Logger.Error("xds: generated configuration is invalid; proxies keep their last configuration", "err", err)
+		return ix.Problems, err
+	}
+	var errs []error
+	for key, ks := range s.keys {
+		set, err := s.builder.publish(context.Background(), s.cache, key, ks)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if set {
+			s.metrics.snapshotsSet.Inc()
+		}
+	}
+	s.metrics.generation.Observe(time.Since(start).Seconds())
+	if err := errors.Join(errs...); err != nil {
+		s.cfg.Logger.Error("xds: some proxies keep their last configuration", "err", err)
+		return ix.Problems, err
+	}
+	return ix.Problems, nil
+}
+
+// acquire registers a stream for key and publishes its snapshot if it has
+// none yet.
+func (s *Server) acquire(key proxyKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ks, ok := s.keys[key]
+	if !ok {
+		ks = &keyState{}
+		s.keys[key] = ks
+	}
+	ks.refs++
+	if ks.refs == 1 && s.builder.ix != nil {
+		if _, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
+			s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", key.String(), "err", err)
+		} else {
+			s.metrics.snapshotsSet.Inc()
+		}
+	}
+}
+
+// release drops a stream of key; the last one clears its snapshot.
+func (s *Server) release(key proxyKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ks := s.keys[key]
+	if ks == nil {
+		return
+	}
+	ks.refs--
+	if ks.refs <= 0 {
+		delete(s.keys, key)
+		s.cache.ClearSnapshot(key.String())
+	}
+}
+
+// Run serves until ctx ends, then stops the gRPC server and returns after
+// every stream has ended.
+func (s *Server) Run(ctx context.Context) error {
+	lis := s.cfg.Listener
+	if lis == nil {
+		var err error
+		lis, err = net.Listen("tcp", s.cfg.Address)
+		if err != nil {
+			return fmt.Errorf("xds server: listen on %s: %w", s.cfg.Address, err)
+		}
+	}
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.cfg.TLS)),
+		grpc.StreamInterceptor(s.authenticate),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTime}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(100000),
+	)
+	srvCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	xs := xdsserver.NewServer(srvCtx, s.cache, s.callbacks())
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+		cancel()
+		gs.Stop()
+		<-errc
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("xds server: serve: %w", err)
+	}
+}
+
+// authenticate establishes who the stream's peer is, rewrites every
+// request's node ID to that identity (and the kind its user agent names),
+// and holds the proxy's snapshot while the stream lives.
+func (s *Server) authenticate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	id, err := s.cfg.Authenticator.Authenticate(ss.Context())
+	if err != nil {
+		s.metrics.authFailures.Inc()
+		s.cfg.Logger.Warn("xds: refusing stream", "method", info.FullMethod, "err", err)
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	w := &identityStream{ServerStream: ss, server: s, id: id}
+	defer w.close()
+	return handler(srv, w)
+}
+
+// identityStream stamps the authenticated identity on every request.
+type identityStream struct {
+	grpc.ServerStream
+	server *Server
+	id     mesh.Identity
+	key    *proxyKey
+	node   *corev3.Node
+}
+
+func (w *identityStream) RecvMsg(m any) error {
+	if err := w.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	req, ok := m.(*discoveryv3.DiscoveryRequest)
+	if !ok {
+		return nil
+	}
+	if w.key == nil {
+		kind := KindProxyless
+		if req.GetNode().GetUserAgentName() == "envoy" {
+			kind = KindSidecar
+		}
+		key := proxyKey{id: w.id, kind: kind}
+		w.key = &key
+		w.node = proto.Clone(req.GetNode()).(*corev3.Node)
+		if w.node == nil {
+			w.node = &corev3.Node{}
+		}
+		w.node.Id = key.String()
+		w.server.metrics.connected.WithLabelValues(string(kind)).Inc()
+		w.server.acquire(key)
+	}
+	req.Node = w.node
+	return nil
+}
+
+func (w *identityStream) close() {
+	if w.key != nil {
+		w.server.metrics.connected.WithLabelValues(string(w.key.kind)).Dec()
+		w.server.release(*w.key)
+	}
+}
+
+// callbacks count pushes, bytes, ACK latency and NACKs. They run on stream
+// goroutines and take only streamsMu.
+func (s *Server) callbacks() xdsserver.Callbacks {
+	return xdsserver.CallbackFuncs{
+		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
+			s.streamsMu.Lock()
+			s.streams[id] = &streamState{sent: map[string]sentResponse{}}
+			s.streamsMu.Unlock()
+			return nil
+		},
+		StreamClosedFunc: func(id int64, _ *corev3.Node) {
+			s.streamsMu.Lock()
+			delete(s.streams, id)
+			s.streamsMu.Unlock()
+		},
+		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
+			if req.GetResponseNonce() == "" {
+				return nil
+			}
+			s.streamsMu.Lock()
+			st := s.streams[id]
+			var sent sentResponse
+			if st != nil {
+				st.key = req.GetNode().GetId()
+				sent = st.sent[req.GetTypeUrl()]
+			}
+			s.streamsMu.Unlock()
+			if sent.nonce != req.GetResponseNonce() {
+				return nil
+			}
+			typ := shortType(req.GetTypeUrl())
+			if d := req.GetErrorDetail(); d != nil {
+				s.metrics.nacks.WithLabelValues(typ).Inc()
+				s.cfg.Logger.Warn("xds: proxy rejected configuration; it keeps its last good one",
+					"proxy", req.GetNode().GetId(), "type", typ, "version", sent.version, "err", d.GetMessage())
+				return nil
+			}
+			s.metrics.pushAck.WithLabelValues(typ).Observe(time.Since(sent.at).Seconds())
+			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+			typ := shortType(resp.GetTypeUrl())
+			n := 0
+			for _, r := range resp.GetResources() {
+				n += len(r.GetValue())
+			}
+			s.metrics.pushes.WithLabelValues(typ).Inc()
+			s.metrics.pushedBytes.WithLabelValues(typ).Add(float64(n))
+			s.streamsMu.Lock()
+			if st := s.streams[id]; st != nil {
+				st.sent[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo(), at: time.Now()}
+			}
+			s.streamsMu.Unlock()
+		},
+	}
+}
+
+func shortType(url string) string {
+	switch url {
+	case "type.googleapis.com/envoy.config.listener.v3.Listener":
+		return "lds"
+	case "type.googleapis.com/envoy.config.route.v3.RouteConfiguration":
+		return "rds"
+	case "type.googleapis.com/envoy.config.cluster.v3.Cluster":
+		return "cds"
+	case "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment":
+		return "eds"
+	}
+	return "other"
+}
