@@ -124,6 +124,7 @@ type Federation struct {
 	subs   map[chan struct{}]struct{}
 
 	running    atomic.Bool
+	abrupt     atomic.Bool // tests: stop without leaving, as a crash would
 	ml         atomic.Pointer[memberlist.Memberlist]
 	bcast      *memberlist.TransmitLimitedQueue
 	meta       atomic.Pointer[[]byte]

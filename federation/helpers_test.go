@@ -124,6 +124,7 @@ func (n *node) stop(t *testing.T) error {
 // for Run to return.
 func (n *node) kill(t *testing.T) {
 	t.Helper()
+	n.f.abrupt.Store(true)
 	ml := n.f.ml.Load()
 	if err := ml.Shutdown(); err != nil {
 		t.Fatal(err)

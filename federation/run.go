@@ -54,7 +54,7 @@ func (f *Federation) Run(ctx context.Context) error {
 	runErr := st.loop(ctx)
 
 	stopWork()
-	if runErr == nil {
+	if runErr == nil && !f.abrupt.Load() {
 		// Tell the others this is a departure, not a failure, then leave.
 		f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker}, msg: encodeMsg(kindLeave, notice{Cluster: f.cfg.ClusterName})})
 		if err := ml.Leave(f.cfg.LeaveTimeout); err != nil {
