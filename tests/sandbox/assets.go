@@ -82,9 +82,9 @@ func EnsureBinaries(opts AssetsOptions) (string, error) {
 	fmt.Fprintf(progress, "sandbox: building Kubernetes v1.37.2 and etcd v3.6.6 from their Go modules into %s\n", dir)
 	fmt.Fprintf(progress, "sandbox: this happens once and takes about 10 minutes on 2 cores; later runs reuse the binaries\n")
 	builds := []struct {
-		module string
+		module  string
 		ldflags string
-		pkgs   []string
+		pkgs    []string
 	}{
 		{"etcd", "-s -w", []string{"."}},
 		{"kube", kubeVersionLDFlags, []string{

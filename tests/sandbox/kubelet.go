@@ -102,10 +102,10 @@ func (k *kubelet) registerNode(ctx context.Context) error {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: c.NodeName,
 			Labels: map[string]string{
-				corev1.LabelHostname:          c.NodeName,
-				corev1.LabelTopologyZone:      c.Zone,
-				corev1.LabelTopologyRegion:    c.Name,
-				corev1.LabelOSStable:          "linux",
+				corev1.LabelHostname:         c.NodeName,
+				corev1.LabelTopologyZone:     c.Zone,
+				corev1.LabelTopologyRegion:   c.Name,
+				corev1.LabelOSStable:         "linux",
 				"meshfed.io/sandbox-cluster": c.Name,
 			},
 		},
@@ -315,4 +315,3 @@ func (k *kubelet) stopAll() {
 }
 
 func ptrTo[T any](v T) *T { return &v }
-

@@ -293,8 +293,8 @@ func (c *Cluster) startControllerManager(bin string, out io.Writer) error {
 		"--root-ca-file="+caFile,
 		"--cluster-name="+c.Name,
 		// No kubelet reports on the Node: node lifecycle would evict
-		// every Pod after a few minutes. Node IPAM and cloud routes have
-		// nothing to do without a cloud.
+		// every Pod after a few minutes; node IPAM has nothing to do with
+		// one Node whose pod CIDR the sandbox sets.
 		"--controllers=*,-node-lifecycle-controller,-node-ipam-controller",
 		"--concurrent-endpoint-syncs=10",
 		"--concurrent-service-endpoint-syncs=10",
