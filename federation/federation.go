@@ -126,6 +126,7 @@ type Federation struct {
 	running    atomic.Bool
 	abrupt     atomic.Bool // tests: stop without leaving, as a crash would
 	ml         atomic.Pointer[memberlist.Memberlist]
+	addr       atomic.Pointer[string]
 	bcast      *memberlist.TransmitLimitedQueue
 	meta       atomic.Pointer[[]byte]
 	localState atomic.Pointer[[]byte]
@@ -262,8 +263,8 @@ func (f *Federation) SetGossipKeys(primary []byte, others ...[]byte) error {
 // Addr returns the gossip address this member advertises, once Run has
 // started listening ("" before).
 func (f *Federation) Addr() string {
-	if ml := f.ml.Load(); ml != nil {
-		return ml.LocalNode().Address()
+	if a := f.addr.Load(); a != nil {
+		return *a
 	}
 	return ""
 }

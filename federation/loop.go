@@ -494,7 +494,7 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 func (s *loopState) snapshot(now time.Time) {
 	view := &RemoteView{At: now, Clusters: make(map[string]ClusterView, len(s.clusters))}
 	counts := map[MemberState]int{StateAlive: 1}
-	self := Member{Name: s.self, Addr: s.ml.LocalNode().Address(), State: StateAlive, Local: true, LastContact: now}
+	self := Member{Name: s.self, Addr: s.f.Addr(), State: StateAlive, Local: true, LastContact: now}
 	if s.local != nil {
 		self.CatalogVersion, self.Services, self.TrustBundleFingerprint = s.local.Version, len(s.local.Services), s.local.TrustBundleFingerprint
 	}

@@ -86,7 +86,7 @@ func TestGracefulLeaveIsReportedAsLeft(t *testing.T) {
 	}
 	eventually(t, 20*time.Second, func() (bool, string) {
 		st := memberState(east, "west")
-		return st == StateLeft || st == StateDead, "west is " + string(st)
+		return st == StateLeft, "west is " + string(st)
 	})
 }
 

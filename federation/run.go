@@ -38,8 +38,10 @@ func (f *Federation) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	addr := ml.LocalNode().Address() // read before anything can update the local node
+	f.addr.Store(&addr)
 	f.ml.Store(ml)
-	f.log.Info("federation member listening", "addr", ml.LocalNode().Address())
+	f.log.Info("federation member listening", "addr", addr)
 
 	workCtx, stopWork := context.WithCancel(context.Background())
 	sendCh := make(chan sendJob, 256)
