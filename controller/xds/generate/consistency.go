@@ -51,28 +51,55 @@ func resourceName(r types.Resource) string {
 // go-control-plane's Snapshot.Consistent does not know ApiListeners, hence
 // this check.
 func CheckReferences(listeners, routes, clusters, endpoints []types.Resource) error {
-	routeSet := make(map[string]*routev3.RouteConfiguration, len(routes))
+	return NewRefIndex(nil, routes, clusters, endpoints).Check(listeners, routes, clusters)
+}
+
+// RefIndex holds the names resources can refer to: route configurations,
+// clusters and load assignments, on top of an optional parent index (so the
+// part every proxy shares is indexed once and each proxy adds its own).
+type RefIndex struct {
+	parent                      *RefIndex
+	routes, clusters, endpoints map[string]bool
+}
+
+// NewRefIndex indexes the names of routes, clusters and endpoints on top of
+// parent (which may be nil).
+func NewRefIndex(parent *RefIndex, routes, clusters, endpoints []types.Resource) *RefIndex {
+	ix := &RefIndex{parent: parent, routes: map[string]bool{}, clusters: map[string]bool{}, endpoints: map[string]bool{}}
 	for _, r := range routes {
-		rc := r.(*routev3.RouteConfiguration)
-		routeSet[rc.GetName()] = rc
+		ix.routes[r.(*routev3.RouteConfiguration).GetName()] = true
 	}
-	clusterSet := make(map[string]bool, len(clusters))
 	for _, c := range clusters {
-		clusterSet[c.(*clusterv3.Cluster).GetName()] = true
+		ix.clusters[c.(*clusterv3.Cluster).GetName()] = true
 	}
-	endpointSet := make(map[string]bool, len(endpoints))
 	for _, e := range endpoints {
-		endpointSet[e.(*endpointv3.ClusterLoadAssignment).GetClusterName()] = true
+		ix.endpoints[e.(*endpointv3.ClusterLoadAssignment).GetClusterName()] = true
 	}
+	return ix
+}
+
+func (ix *RefIndex) has(which func(*RefIndex) map[string]bool, name string) bool {
+	for i := ix; i != nil; i = i.parent {
+		if which(i)[name] {
+			return true
+		}
+	}
+	return false
+}
+
+// Check checks that every reference made by listeners, routes and clusters
+// resolves in ix.
+func (ix *RefIndex) Check(listeners, routes, clusters []types.Resource) error {
+	hasRoute := func(n string) bool { return ix.has(func(i *RefIndex) map[string]bool { return i.routes }, n) }
+	hasCluster := func(n string) bool { return ix.has(func(i *RefIndex) map[string]bool { return i.clusters }, n) }
+	hasEndpoints := func(n string) bool { return ix.has(func(i *RefIndex) map[string]bool { return i.endpoints }, n) }
 	var errs []error
 	checkHCM := func(listener string, hcm *hcmv3.HttpConnectionManager) {
-		if rds := hcm.GetRds(); rds != nil {
-			if _, ok := routeSet[rds.GetRouteConfigName()]; !ok {
-				errs = append(errs, fmt.Errorf("%w: listener %s: route configuration %s is missing", ErrInconsistent, listener, rds.GetRouteConfigName()))
-			}
+		if rds := hcm.GetRds(); rds != nil && !hasRoute(rds.GetRouteConfigName()) {
+			errs = append(errs, fmt.Errorf("%w: listener %s: route configuration %s is missing", ErrInconsistent, listener, rds.GetRouteConfigName()))
 		}
 		if rc := hcm.GetRouteConfig(); rc != nil {
-			errs = append(errs, checkRouteClusters(rc, clusterSet)...)
+			errs = append(errs, checkRouteClusters(rc, hasCluster)...)
 		}
 	}
 	for _, r := range listeners {
@@ -99,8 +126,8 @@ func CheckReferences(listeners, routes, clusters, endpoints []types.Resource) er
 			}
 		}
 	}
-	for _, rc := range routeSet {
-		errs = append(errs, checkRouteClusters(rc, clusterSet)...)
+	for _, r := range routes {
+		errs = append(errs, checkRouteClusters(r.(*routev3.RouteConfiguration), hasCluster)...)
 	}
 	for _, r := range clusters {
 		c := r.(*clusterv3.Cluster)
@@ -111,17 +138,17 @@ func CheckReferences(listeners, routes, clusters, endpoints []types.Resource) er
 		if name == "" {
 			name = c.GetName()
 		}
-		if !endpointSet[name] {
+		if !hasEndpoints(name) {
 			errs = append(errs, fmt.Errorf("%w: cluster %s: load assignment %s is missing", ErrInconsistent, c.GetName(), name))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func checkRouteClusters(rc *routev3.RouteConfiguration, clusters map[string]bool) []error {
+func checkRouteClusters(rc *routev3.RouteConfiguration, hasCluster func(string) bool) []error {
 	var errs []error
 	missing := func(name string) {
-		if !clusters[name] {
+		if !hasCluster(name) {
 			errs = append(errs, fmt.Errorf("%w: route configuration %s: cluster %s is missing", ErrInconsistent, rc.GetName(), name))
 		}
 	}

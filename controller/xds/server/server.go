@@ -43,6 +43,12 @@ type Config struct {
 	Logger *slog.Logger
 	// KeepaliveTime is how often the server pings idle proxies.
 	KeepaliveTime time.Duration
+	// OnAck, if set, is called for every ACK a proxy sends, with the proxy
+	// key ("<spiffe id>|<kind>"), the type URL and the version it applied
+	// (versions are those Update published; compare with Versions). It runs
+	// on the stream's goroutine, must not block and must not call Update.
+	// It serves "time from a change to the last ACK" measurements.
+	OnAck func(proxy, typeURL, version string)
 }
 
 // DefaultConfig returns a Config listening on :15128 with 30 s keepalives;
@@ -151,6 +157,14 @@ func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 		return ix.Problems, err
 	}
 	return ix.Problems, nil
+}
+
+// EndpointsVersion returns the version of the shared load assignments
+// published by the last Update; a proxy that ACKs it has the endpoints.
+func (s *Server) EndpointsVersion() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.builder.eds.version
 }
 
 // acquire registers a stream for key and publishes its snapshot if it has
@@ -320,6 +334,9 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 				return nil
 			}
 			s.metrics.pushAck.WithLabelValues(typ).Observe(time.Since(sent.at).Seconds())
+			if s.cfg.OnAck != nil {
+				s.cfg.OnAck(req.GetNode().GetId(), req.GetTypeUrl(), req.GetVersionInfo())
+			}
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {

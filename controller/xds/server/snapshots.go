@@ -95,6 +95,9 @@ type versioned struct {
 // sharedKind is the shared part of one kind's configuration.
 type sharedKind struct {
 	types [types.UnknownType]versioned
+	// refs indexes the shared names, checked at versions refsAt.
+	refs   *generate.RefIndex
+	refsAt string
 }
 
 // upstreamEDS caches the load assignments of one service so that an
@@ -304,7 +307,7 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 	snap := &cachev3.Snapshot{}
 	changed, shapeChanged := false, false
 	var versions [types.UnknownType]string
-	var all typeSet
+	var all, bases typeSet
 	for _, t := range snapshotTypes {
 		var base versioned
 		if t == types.Endpoint {
@@ -334,7 +337,8 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 			res = ks.merged[t]
 		}
 		snap.Resources[t] = res
-		all[t] = append(append([]types.Resource(nil), base.items...), extra[t]...)
+		all[t] = extra[t]
+		bases[t] = base.items
 		if ks.versions[t] != res.Version {
 			changed = true
 			if t != types.Endpoint {
@@ -347,12 +351,33 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 	// assignment names follows the services, which are shape), so the full
 	// check runs only when another type changed.
 	if shapeChanged {
-		if err := generate.CheckReferences(all[types.Listener], all[types.Route], all[types.Cluster], all[types.Endpoint]); err != nil {
+		shared, err := b.sharedRefs(key.kind, bases)
+		if err != nil {
+			return nil, false, fmt.Errorf("proxy %s: %w", key, err)
+		}
+		own := generate.NewRefIndex(shared, all[types.Route], all[types.Cluster], all[types.Endpoint])
+		if err := own.Check(all[types.Listener], all[types.Route], all[types.Cluster]); err != nil {
 			return nil, false, fmt.Errorf("proxy %s: %w", key, err)
 		}
 	}
 	ks.versions = versions
 	return snap, changed, nil
+}
+
+// sharedRefs returns the reference index of a kind's shared resources,
+// checking them once per set of shared versions.
+func (b *builder) sharedRefs(kind Kind, bases typeSet) (*generate.RefIndex, error) {
+	sk := b.kinds[kind]
+	versions := sk.types[types.Listener].version + "/" + sk.types[types.Route].version + "/" + sk.types[types.Cluster].version + "/" + b.eds.version
+	if sk.refsAt == versions {
+		return sk.refs, nil
+	}
+	ix := generate.NewRefIndex(nil, bases[types.Route], bases[types.Cluster], bases[types.Endpoint])
+	if err := ix.Check(bases[types.Listener], bases[types.Route], bases[types.Cluster]); err != nil {
+		return nil, err
+	}
+	sk.refs, sk.refsAt = ix, versions
+	return ix, nil
 }
 
 // publish sets key's snapshot if it changed.
