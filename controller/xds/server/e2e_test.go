@@ -45,7 +45,9 @@ type testMesh struct {
 	reg  *prometheus.Registry
 }
 
-func startMesh(t *testing.T) *testMesh {
+func startMesh(t *testing.T) *testMesh { t.Helper(); return startMeshWithAck(t, nil) }
+
+func startMeshWithAck(t *testing.T, onAck func(proxy, typeURL, version string)) *testMesh {
 	t.Helper()
 	ca := newTestCA(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -58,6 +60,7 @@ func startMesh(t *testing.T) *testMesh {
 	cfg.TLS = ca.serverTLS(t, mesh.NewIdentity(trustDomain, "meshfed-system", "meshfed-controller"))
 	cfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: trustDomain}
 	cfg.Registerer = reg
+	cfg.OnAck = onAck
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := server.New(cfg)
 	if err != nil {
