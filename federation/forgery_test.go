@@ -54,7 +54,9 @@ func TestForgedAndBadCatalogsAreRejectedAndLastGoodKept(t *testing.T) {
 	vWest := publish(t, west, svc("bookstore", "bookstore-v2", "10.244.2.5"))
 	for _, n := range receivers {
 		eventually(t, 20*time.Second, func() (bool, string) { return sees(n, "west", vWest) })
-		eventually(t, 20*time.Second, func() (bool, string) { return memberState(mallory, n.f.cfg.ClusterName) == StateAlive, "mallory sees " + n.f.cfg.ClusterName })
+		eventually(t, 20*time.Second, func() (bool, string) {
+			return memberState(mallory, n.f.cfg.ClusterName) == StateAlive, "mallory sees " + n.f.cfg.ClusterName
+		})
 	}
 
 	forgedWest := func(services ...catalog.ExportedService) *catalog.Catalog {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"time"
@@ -215,7 +216,7 @@ func (s *loopState) member(e evMember) {
 		c.leaving = false
 		c.lastContact = now
 		if m, err := decodeMeta(e.node.Meta); err == nil && m.CatalogVersion > 0 {
-			s.learn(c.name, m.CatalogVersion, c.name, false)
+			s.learn(notice{Cluster: c.name, Version: m.CatalogVersion, Holder: c.name}, false)
 		}
 	case "leave":
 		c.mstate = StateDead
@@ -243,7 +244,7 @@ func (s *loopState) message(b []byte) {
 			return
 		}
 		if n.Cluster != s.self && catalogNameOK(n.Cluster) {
-			s.learn(n.Cluster, n.Version, "", true)
+			s.learn(n, true)
 		}
 	case kindLeave:
 		var n notice
@@ -269,9 +270,11 @@ func (s *loopState) message(b []byte) {
 
 func catalogNameOK(name string) bool { return catalog.ValidClusterName(name) }
 
-// learn records that cluster is at version (said by src, "" if unknown)
-// and fetches it if we lack it.
-func (s *loopState) learn(cluster string, version uint64, src string, rebroadcast bool) {
+// learn records that n.Cluster is at n.Version, held by n.Holder ("" if
+// unknown), and fetches it if we lack it. With rebroadcast, news is passed
+// on by gossip.
+func (s *loopState) learn(n notice, rebroadcast bool) {
+	cluster, version, src := n.Cluster, n.Version, n.Holder
 	if cluster == s.self {
 		return
 	}
@@ -286,15 +289,29 @@ func (s *loopState) learn(cluster string, version uint64, src string, rebroadcas
 		if c.wantSince.IsZero() {
 			c.wantSince = now
 		}
-		c.attempt = 0
+		c.attempt = rand.IntN(1 << 16) // spread first fetches over the holders
 		if rebroadcast {
-			s.announce(notice{Cluster: cluster, Version: version})
+			s.announce(n)
 		}
 	}
 	if src != "" && src != s.self && !slices.Contains(c.sources, src) {
 		c.sources = append(c.sources, src)
 	}
 	s.maybeFetch(c)
+}
+
+// fanOut sends this cluster's own notice straight to every member by UDP,
+// one small packet each, so that a change reaches everyone in about one
+// round trip; gossip (announce) and push/pull cover packets that are lost.
+func (s *loopState) fanOut(n notice) {
+	msg := encodeMsg(kindNotice, n)
+	for _, c := range s.clusters {
+		if c.known && (c.mstate == StateAlive || c.mstate == StateSuspect) {
+			if err := s.ml.SendBestEffort(&c.node, msg); err != nil {
+				s.f.log.Debug("direct notice failed", "to", c.name, "err", err)
+			}
+		}
+	}
 }
 
 func (s *loopState) announce(n notice) {
@@ -405,7 +422,7 @@ func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
 	if cat.Version >= c.want {
 		c.want, c.wantSince, c.learnedAt, c.sources, c.attempt = 0, time.Time{}, time.Time{}, nil, 0
 		// Spread the news too: those who hear it from us fetch from the owner.
-		s.announce(notice{Cluster: cat.Cluster, Version: cat.Version, Digest: signed.ShortDigest()})
+		s.announce(notice{Cluster: cat.Cluster, Version: cat.Version, Digest: signed.ShortDigest(), Holder: s.self})
 	}
 	s.f.log.Debug("catalog accepted", "catalog", cat.Cluster, "version", cat.Version, "services", len(cat.Services))
 	s.storeLocalState()
@@ -427,7 +444,8 @@ func (s *loopState) remoteState(b []byte) {
 	}
 	for _, n := range ds.Catalogs {
 		if catalog.ValidClusterName(n.Cluster) {
-			s.learn(n.Cluster, n.Version, ds.From, false)
+			n.Holder = ds.From
+			s.learn(n, false)
 		}
 	}
 }
@@ -479,7 +497,9 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 	}
 	s.local, s.localSigned = cat, signed
 	s.f.m.catalogVersion.WithLabelValues(s.self).Set(float64(version))
-	s.announce(notice{Cluster: s.self, Version: version, Digest: signed.ShortDigest()})
+	n := notice{Cluster: s.self, Version: version, Digest: signed.ShortDigest(), Holder: s.self}
+	s.announce(n)
+	s.fanOut(n)
 	s.f.storeMeta(nodeMeta{Format: wireFormat, CatalogVersion: version, Digest: signed.ShortDigest(), Network: cfg.Network})
 	select {
 	case s.metaCh <- struct{}{}:

@@ -25,6 +25,9 @@ type notice struct {
 	Cluster string `json:"c"`
 	Version uint64 `json:"v"`
 	Digest  string `json:"d,omitempty"`
+	// Holder is a member that holds this version (the owner, or a member
+	// that verified it), to spread fetches away from the owner.
+	Holder string `json:"h,omitempty"`
 }
 
 // request asks a member for a catalog; the answer comes back as a separate
