@@ -30,6 +30,9 @@ type State struct {
 	Started time.Time `json:"started"`
 	// Clusters are the running clusters.
 	Clusters []ClusterState `json:"clusters"`
+	// BinDir holds the kube-apiserver, etcd, kube-controller-manager and
+	// kubectl binaries the sandbox runs.
+	BinDir string `json:"binDir"`
 }
 
 // ClusterState describes one cluster of a background sandbox.
@@ -67,7 +70,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	st := State{PID: os.Getpid(), Started: time.Now()}
+	st := State{PID: os.Getpid(), Started: time.Now(), BinDir: sb.BinDir()}
 	for _, c := range sb.Clusters() {
 		st.Clusters = append(st.Clusters, ClusterState{
 			Name: c.Name, Kubeconfig: c.KubeconfigPath, Zone: c.Zone, PodCIDR: c.PodCIDR, Node: c.NodeName,
@@ -120,8 +123,10 @@ func Up(ctx context.Context, dir string, serveCmd []string, progress io.Writer) 
 		}
 		select {
 		case err := <-exited:
+			// Whatever the supervisor had started dies with it.
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			copyNew(logPath(dir), shown, progress)
-			return nil, fmt.Errorf("sandbox: supervisor exited before the clusters were ready (%v); log: %s", err, logPath(dir))
+			return nil, fmt.Errorf("sandbox: supervisor exited before the clusters were ready (%v); last lines of %s:\n%s", err, logPath(dir), tail(logPath(dir), 5))
 		case <-ctx.Done():
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 			return nil, ctx.Err()

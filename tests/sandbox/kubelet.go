@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/client-go/util/workqueue"
 )
 
@@ -119,6 +120,10 @@ func (k *kubelet) registerNode(ctx context.Context) error {
 
 // heartbeat marks the Node Ready, as a kubelet's status updates do.
 func (k *kubelet) heartbeat(ctx context.Context) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return k.updateNodeStatus(ctx) })
+}
+
+func (k *kubelet) updateNodeStatus(ctx context.Context) error {
 	node, err := k.client.CoreV1().Nodes().Get(ctx, k.cluster.NodeName, metav1.GetOptions{})
 	if err != nil {
 		return err

@@ -77,6 +77,7 @@ func (c Config) Validate() error {
 
 // Sandbox is a set of running local clusters.
 type Sandbox struct {
+	bin      string
 	dir      string
 	tempDir  bool
 	clusters []*Cluster
@@ -116,6 +117,9 @@ func (c *Cluster) Client() kubernetes.Interface { return c.client }
 // Dir is the cluster's data directory.
 func (c *Cluster) Dir() string { return c.dir }
 
+// BinDir is the directory holding the control-plane binaries and kubectl.
+func (s *Sandbox) BinDir() string { return s.bin }
+
 // Clusters returns the running clusters in the order they were named.
 func (s *Sandbox) Clusters() []*Cluster { return s.clusters }
 
@@ -149,7 +153,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Sandbox{dir: cfg.Dir}
+	s := &Sandbox{dir: cfg.Dir, bin: bin}
 	if s.dir == "" {
 		if s.dir, err = os.MkdirTemp("", "meshfed-sandbox-"); err != nil {
 			return nil, err
@@ -214,6 +218,11 @@ func (s *Sandbox) Stop() error {
 
 func startCluster(ctx context.Context, bin, root, name string, index int, podCIDR string, log io.Writer) (*Cluster, error) {
 	dir := filepath.Join(root, name)
+	// Every start is a fresh cluster: envtest would not regenerate the
+	// serving certificates of a directory that has them.
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
 	for _, d := range []string{"apiserver", "etcd"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, err

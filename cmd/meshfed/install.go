@@ -1,0 +1,116 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/deploy/installer"
+)
+
+func newInstallCommand(kf *kubeFlags) *cobra.Command {
+	o := deploy.DefaultOptions()
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "install --cluster-name NAME",
+		Short: "Install the meshfed control plane into the current cluster",
+		Long: `Install applies meshfed's CRDs (SMI, MCS, MeshConfig), the control plane's
+namespace, RBAC, ServiceAccount, controller Deployment and Service, and its
+MeshConfig. It uses server-side apply: running it again changes nothing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dryRun {
+				crds, err := deploy.CRDs()
+				if err != nil {
+					return err
+				}
+				objs, err := deploy.Manifests(o)
+				if err != nil {
+					return err
+				}
+				return deploy.Encode(cmd.OutOrStdout(), append(crds, objs...))
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			c, err := kf.installer()
+			if err != nil {
+				return err
+			}
+			res, err := c.Install(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "meshfed %s: mesh %q installed in namespace %q for cluster %q (%d objects applied)\n",
+				deploy.Version, o.MeshName, o.Namespace, o.ClusterName, len(res.Applied))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.ClusterName, "cluster-name", "", "this cluster's name in the federation (required, unique among clusters)")
+	f.StringVar(&o.MeshName, "mesh-name", o.MeshName, "name of the mesh")
+	f.StringVar(&o.Namespace, "namespace", o.Namespace, "namespace for the control plane")
+	f.StringVar(&o.TrustDomain, "trust-domain", o.TrustDomain, "SPIFFE trust domain, shared by every cluster of a federation")
+	f.BoolVar(&o.Permissive, "enable-permissive-traffic-policy", false, "allow all traffic between meshed workloads (still mTLS) instead of only what TrafficTargets allow")
+	f.StringVar(&o.Image, "controller-image", o.Image, "container image of meshfed-controller")
+	f.BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them")
+	return cmd
+}
+
+func newUninstallCommand(kf *kubeFlags) *cobra.Command {
+	o := installer.UninstallOptions{MeshName: deploy.DefaultMeshName}
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove a mesh's control plane from the current cluster",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := kf.installer()
+			if err != nil {
+				return err
+			}
+			if err := c.Uninstall(cmd.Context(), o); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "mesh %q uninstalled\n", o.MeshName)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.MeshName, "mesh-name", o.MeshName, "name of the mesh to remove")
+	f.StringVar(&o.Namespace, "namespace", "", "the mesh's control plane namespace (checked if given)")
+	f.BoolVar(&o.DeleteNamespace, "delete-namespace", false, "delete the control plane namespace too")
+	f.BoolVar(&o.DeleteCRDs, "delete-cluster-wide-resources", false, "delete meshfed's CRDs and with them every SMI, MCS and MeshConfig object (only if no other mesh remains)")
+	return cmd
+}
+
+func newMeshCommand(kf *kubeFlags) *cobra.Command {
+	mesh := &cobra.Command{Use: "mesh", Short: "Inspect installed meshes"}
+	mesh.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List the meshes installed in the current cluster",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := kf.installer()
+			if err != nil {
+				return err
+			}
+			meshes, err := c.ListMeshes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if len(meshes) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "No meshes installed (run `meshfed install --cluster-name NAME`).")
+				return nil
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "MESH\tNAMESPACE\tCLUSTER\tTRUST DOMAIN\tPERMISSIVE\tVERSION")
+			for _, m := range meshes {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%t\t%s\n", m.Name, m.Namespace, m.ClusterName, m.TrustDomain, m.Permissive, m.Version)
+			}
+			return w.Flush()
+		},
+	})
+	return mesh
+}

@@ -1,0 +1,324 @@
+// Package installer applies meshfed's manifests to a cluster and manages
+// which namespaces belong to a mesh: what `meshfed install`, `uninstall`,
+// `mesh list` and `namespace add|remove|list` do. Every write is a
+// server-side apply or a targeted patch, so running a command twice changes
+// nothing the second time.
+package installer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+
+	"github.com/meshfed/meshfed/deploy"
+)
+
+// FieldManager is the server-side apply field manager for what install
+// writes.
+const FieldManager = "meshfed-install"
+
+var (
+	meshConfigGVR = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
+	crdGVR        = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+)
+
+// Client talks to one cluster.
+type Client struct {
+	kube   kubernetes.Interface
+	dyn    dynamic.Interface
+	disc   discovery.CachedDiscoveryInterface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+// New makes a Client for the cluster cfg points at.
+func New(cfg *rest.Config) (*Client, error) {
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	disc := memory.NewMemCacheClient(kube.Discovery())
+	return &Client{kube: kube, dyn: dyn, disc: disc, mapper: restmapper.NewDeferredDiscoveryRESTMapper(disc)}, nil
+}
+
+// Kube returns the typed client.
+func (c *Client) Kube() kubernetes.Interface { return c.kube }
+
+// Result lists what Install applied.
+type Result struct {
+	// Applied names every object, as kind/namespace/name.
+	Applied []string
+}
+
+// Install applies the CRDs, waits for them to be served, then applies the
+// control plane. It refuses a mesh whose name is already installed in
+// another namespace.
+func (c *Client) Install(ctx context.Context, o deploy.Options) (*Result, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	meshes, err := c.ListMeshes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range meshes {
+		if m.Name == o.MeshName && m.Namespace != o.Namespace {
+			return nil, fmt.Errorf("mesh %q is already installed in namespace %q: one mesh name per cluster (choose another --mesh-name, or uninstall it first with `meshfed uninstall --mesh-name %s --namespace %s`)",
+				o.MeshName, m.Namespace, m.Name, m.Namespace)
+		}
+		if m.Namespace == o.Namespace && m.Name != o.MeshName {
+			return nil, fmt.Errorf("namespace %q already runs mesh %q: one mesh per control plane namespace", o.Namespace, m.Name)
+		}
+	}
+	crds, err := deploy.CRDs()
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{}
+	for _, crd := range crds {
+		if err := c.apply(ctx, crd); err != nil {
+			return res, err
+		}
+		res.Applied = append(res.Applied, describe(crd))
+	}
+	if err := c.waitEstablished(ctx, crds); err != nil {
+		return res, err
+	}
+	objs, err := deploy.Manifests(o)
+	if err != nil {
+		return res, err
+	}
+	for _, obj := range objs {
+		if err := c.apply(ctx, obj); err != nil {
+			return res, err
+		}
+		res.Applied = append(res.Applied, describe(obj))
+	}
+	return res, nil
+}
+
+func describe(u *unstructured.Unstructured) string {
+	if u.GetNamespace() != "" {
+		return fmt.Sprintf("%s/%s/%s", u.GetKind(), u.GetNamespace(), u.GetName())
+	}
+	return u.GetKind() + "/" + u.GetName()
+}
+
+// apply server-side applies one object.
+func (c *Client) apply(ctx context.Context, u *unstructured.Unstructured) error {
+	ri, err := c.resource(u)
+	if err != nil {
+		return err
+	}
+	_, err = ri.Apply(ctx, u.GetName(), u, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	if err != nil {
+		return fmt.Errorf("apply %s: %w", describe(u), err)
+	}
+	return nil
+}
+
+func (c *Client) resource(u *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+	gvk := u.GroupVersionKind()
+	m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if meta.IsNoMatchError(err) {
+		c.mapper.Reset()
+		m, err = c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", describe(u), err)
+	}
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		return c.dyn.Resource(m.Resource).Namespace(u.GetNamespace()), nil
+	}
+	return c.dyn.Resource(m.Resource), nil
+}
+
+// waitEstablished waits until every CRD is Established and served.
+func (c *Client) waitEstablished(ctx context.Context, crds []*unstructured.Unstructured) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for _, crd := range crds {
+		for {
+			got, err := c.dyn.Resource(crdGVR).Get(ctx, crd.GetName(), metav1.GetOptions{})
+			if err == nil && established(got) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("CRD %s not established: %w", crd.GetName(), ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	c.mapper.Reset()
+	return nil
+}
+
+func established(u *unstructured.Unstructured) bool {
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == "Established" && m["status"] == "True" {
+			return true
+		}
+	}
+	return false
+}
+
+// Mesh is one installed mesh, as `meshfed mesh list` shows it.
+type Mesh struct {
+	Name        string
+	Namespace   string
+	ClusterName string
+	TrustDomain string
+	Version     string
+	Permissive  bool
+}
+
+// ListMeshes returns every mesh installed in the cluster, found by their
+// MeshConfigs. A cluster without meshfed's CRDs has none.
+func (c *Client) ListMeshes(ctx context.Context) ([]Mesh, error) {
+	list, err := c.dyn.Resource(meshConfigGVR).List(ctx, metav1.ListOptions{})
+	if apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list MeshConfigs: %w", err)
+	}
+	var out []Mesh
+	for _, mc := range list.Items {
+		name, _, _ := unstructured.NestedString(mc.Object, "spec", "meshName")
+		cluster, _, _ := unstructured.NestedString(mc.Object, "spec", "clusterName")
+		td, _, _ := unstructured.NestedString(mc.Object, "spec", "trustDomain")
+		perm, _, _ := unstructured.NestedBool(mc.Object, "spec", "traffic", "enablePermissiveTrafficPolicyMode")
+		if name == "" {
+			name = mc.GetLabels()[deploy.LabelMeshName]
+		}
+		out = append(out, Mesh{
+			Name: name, Namespace: mc.GetNamespace(), ClusterName: cluster, TrustDomain: td,
+			Version: mc.GetLabels()[deploy.LabelVersion], Permissive: perm,
+		})
+	}
+	return out, nil
+}
+
+// FindMesh returns the mesh with the given name, or an error saying that
+// none is installed.
+func (c *Client) FindMesh(ctx context.Context, name string) (*Mesh, error) {
+	meshes, err := c.ListMeshes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range meshes {
+		if m.Name == name {
+			return &m, nil
+		}
+	}
+	return nil, fmt.Errorf("no mesh named %q is installed in this cluster (see `meshfed mesh list`, or `meshfed install`)", name)
+}
+
+// UninstallOptions say what to remove.
+type UninstallOptions struct {
+	MeshName  string
+	Namespace string
+	// DeleteNamespace removes the control plane's namespace too.
+	DeleteNamespace bool
+	// DeleteCRDs removes the CRDs, and with them every SMI, MCS and
+	// MeshConfig object in the cluster. Only when no other mesh remains.
+	DeleteCRDs bool
+}
+
+// Uninstall removes what Install made for one mesh and takes the mesh's
+// labels off the namespaces it managed.
+func (c *Client) Uninstall(ctx context.Context, o UninstallOptions) error {
+	mesh, err := c.FindMesh(ctx, o.MeshName)
+	if err != nil {
+		return err
+	}
+	if o.Namespace != "" && mesh.Namespace != o.Namespace {
+		return fmt.Errorf("mesh %q runs in namespace %q, not %q", o.MeshName, mesh.Namespace, o.Namespace)
+	}
+	opts := deploy.DefaultOptions()
+	opts.MeshName, opts.Namespace, opts.ClusterName = mesh.Name, mesh.Namespace, "uninstall"
+	objs, err := deploy.Manifests(opts)
+	if err != nil {
+		return err
+	}
+	if _, err := c.RemoveNamespaces(ctx, mesh.Name, nil); err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(objs) - 1; i >= 0; i-- {
+		obj := objs[i]
+		if obj.GetKind() == "Namespace" && !o.DeleteNamespace {
+			continue
+		}
+		if err := c.delete(ctx, obj); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Secrets the control plane made (CA, gossip keys) carry the mesh's
+	// labels.
+	sel := deploy.LabelManagedBy + "=" + deploy.ManagedByMeshfed + "," + deploy.LabelMeshName + "=" + mesh.Name
+	if err := c.kube.CoreV1().Secrets(mesh.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sel}); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete secrets: %w", err))
+	}
+	if o.DeleteCRDs {
+		rest, err := c.ListMeshes(ctx)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		var others []string
+		for _, m := range rest {
+			if m.Name != mesh.Name {
+				others = append(others, m.Name)
+			}
+		}
+		if len(others) > 0 {
+			errs = append(errs, fmt.Errorf("CRDs kept: meshes %v still use them", others))
+		} else {
+			crds, err := deploy.CRDs()
+			if err != nil {
+				return err
+			}
+			for _, crd := range crds {
+				if err := c.delete(ctx, crd); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Client) delete(ctx context.Context, u *unstructured.Unstructured) error {
+	ri, err := c.resource(u)
+	if meta.IsNoMatchError(errors.Unwrap(err)) || meta.IsNoMatchError(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	bg := metav1.DeletePropagationBackground
+	err = ri.Delete(ctx, u.GetName(), metav1.DeleteOptions{PropagationPolicy: &bg})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", describe(u), err)
+	}
+	return nil
+}
