@@ -132,7 +132,20 @@ func newSandboxCommand() *cobra.Command {
 			return w.Flush()
 		},
 	}
-	sb.AddCommand(up, serve, down, status)
+	build := &cobra.Command{
+		Use:   "build",
+		Short: "Build the sandbox's Kubernetes and etcd binaries now (done once; up and demo do it when needed)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bin, err := sandbox.EnsureBinaries(sandbox.AssetsOptions{Progress: cmd.ErrOrStderr()})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "binaries in %s\n", bin)
+			return nil
+		},
+	}
+	sb.AddCommand(up, serve, down, status, build)
 	return sb
 }
 
