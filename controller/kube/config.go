@@ -1,0 +1,116 @@
+package kube
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// Sink receives every State the watcher builds. Update is called from the
+// watcher's goroutine only, one call at a time; it may block for as long as
+// generating configuration takes and must not call back into the Watcher.
+// It returns the objects it skipped as invalid (the watcher reports them)
+// and an error when nothing of the State could be served.
+// *server.Server (controller/xds/server) implements it.
+type Sink interface {
+	Update(mesh.State) ([]mesh.Problem, error)
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc func(mesh.State) ([]mesh.Problem, error)
+
+// Update implements Sink.
+func (f SinkFunc) Update(s mesh.State) ([]mesh.Problem, error) { return f(s) }
+
+// Config configures a Watcher.
+type Config struct {
+	// Client and Dynamic talk to the cluster's API server.
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// MeshName is the mesh whose namespaces are watched: those labelled
+	// meshfed.io/monitored-by=<MeshName>.
+	MeshName string
+	// Namespace is the control plane's namespace, where the MeshConfig is.
+	Namespace string
+	// MeshConfigName names the MeshConfig object in Namespace.
+	MeshConfigName string
+	// ClusterName and TrustDomain are used until a MeshConfig is found
+	// (the MeshConfig's values win).
+	ClusterName string
+	TrustDomain string
+	// Debounce is how long the watcher waits for a burst of changes to
+	// end before rebuilding; MaxDelay bounds the wait from the first change
+	// of a burst.
+	Debounce time.Duration
+	MaxDelay time.Duration
+	// Resync is how often the state is rebuilt and re-sent even with no
+	// change (repairs anything missed); also the informers' resync period.
+	Resync time.Duration
+	// Sink receives each State.
+	Sink Sink
+	// Registerer receives the watcher's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger receives rejected objects and failures; nil discards.
+	Logger *slog.Logger
+	// Component is the source of the Events the watcher records.
+	Component string
+}
+
+// DefaultConfig returns a Config for mesh "meshfed" in "meshfed-system"
+// with a 100 ms debounce bounded at 1 s and a 5 minute resync. Client,
+// Dynamic and Sink must still be set.
+func DefaultConfig() Config {
+	return Config{
+		MeshName:       "meshfed",
+		Namespace:      "meshfed-system",
+		MeshConfigName: "meshfed-mesh-config",
+		TrustDomain:    "meshfed.local",
+		Debounce:       100 * time.Millisecond,
+		MaxDelay:       time.Second,
+		Resync:         5 * time.Minute,
+		Component:      "meshfed-controller",
+	}
+}
+
+// Validate reports every problem with c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Client == nil {
+		errs = append(errs, errors.New("kube: Client is nil"))
+	}
+	if c.Dynamic == nil {
+		errs = append(errs, errors.New("kube: Dynamic is nil"))
+	}
+	if c.Sink == nil {
+		errs = append(errs, errors.New("kube: Sink is nil"))
+	}
+	if c.MeshName == "" {
+		errs = append(errs, errors.New("kube: MeshName is empty"))
+	}
+	if c.Namespace == "" {
+		errs = append(errs, errors.New("kube: Namespace is empty"))
+	}
+	if c.MeshConfigName == "" {
+		errs = append(errs, errors.New("kube: MeshConfigName is empty"))
+	}
+	if c.Debounce <= 0 {
+		errs = append(errs, fmt.Errorf("kube: Debounce %v: must be positive", c.Debounce))
+	}
+	if c.MaxDelay < c.Debounce {
+		errs = append(errs, fmt.Errorf("kube: MaxDelay %v: must be at least Debounce %v", c.MaxDelay, c.Debounce))
+	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("kube: Resync %v: must be positive", c.Resync))
+	}
+	return errors.Join(errs...)
+}
+
+// discard is a logger that drops everything.
+var discard = slog.New(slog.DiscardHandler)
