@@ -15,26 +15,31 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/meshfed/meshfed/tests/sandbox"
 )
 
 // assetsDir finds kube-apiserver and etcd: $KUBEBUILDER_ASSETS, else the
-// directory the meshfed sandbox builds them into.
-func assetsDir() string {
+// meshfed sandbox's cache (built from the pinned tools modules on first use).
+func assetsDir() (string, error) {
 	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
-		return d
+		return d, nil
 	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "meshfed", "warm")
+	return sandbox.EnsureBinaries(sandbox.AssetsOptions{Progress: os.Stderr})
 }
 
-// StartAPIServer starts a control plane for the test and stops it at cleanup.
-// The test is skipped, with the reason, when the binaries are not built.
+// StartAPIServer starts a kube-apiserver and etcd (no controller manager:
+// trust needs only TokenRequest and TokenReview) for the test and stops them
+// at cleanup.
 func StartAPIServer(t testing.TB) kubernetes.Interface {
 	t.Helper()
-	dir := assetsDir()
+	dir, err := assetsDir()
+	if err != nil {
+		t.Fatalf("kube-apiserver binaries: %v", err)
+	}
 	for _, bin := range []string{"kube-apiserver", "etcd"} {
 		if _, err := os.Stat(filepath.Join(dir, bin)); err != nil {
-			t.Skipf("no %s in %s (build them with the meshfed sandbox or set KUBEBUILDER_ASSETS): %v", bin, dir, err)
+			t.Fatalf("no %s in %s: %v", bin, dir, err)
 		}
 	}
 	env := &envtest.Environment{BinaryAssetsDirectory: dir, ControlPlaneStartTimeout: 2 * time.Minute}
