@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/meshfed/meshfed/deploy"
+)
+
+// config is everything the flags say.
+type config struct {
+	// Kubeconfig is the kubeconfig file; empty means in-cluster.
+	Kubeconfig string
+	// MeshName, Namespace and MeshConfig name the mesh, the control
+	// plane's namespace and its MeshConfig object there.
+	MeshName   string
+	Namespace  string
+	MeshConfig string
+	// ClusterName and TrustDomain override the MeshConfig's values.
+	ClusterName string
+	TrustDomain string
+	// XDSAddress, IssuerAddress and MetricsAddress are host:port listen
+	// addresses.
+	XDSAddress     string
+	IssuerAddress  string
+	MetricsAddress string
+	// ServingNames are extra DNS names or IP addresses put into the
+	// controller's serving certificate, so that clients verifying the
+	// hostname they dial (grpc-go's xDS "tls" channel credentials) accept
+	// it. The Service's DNS names are always included.
+	ServingNames []string
+	// BundleConfigMap is the ConfigMap in Namespace the trust bundle is
+	// published to, for workloads to verify the issuer.
+	BundleConfigMap string
+	// Debounce, MaxDelay and Resync tune the Kubernetes watcher.
+	Debounce, MaxDelay, Resync time.Duration
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+}
+
+func defaultConfig() config {
+	return config{
+		MeshName:        deploy.DefaultMeshName,
+		Namespace:       deploy.DefaultNamespace,
+		MeshConfig:      deploy.MeshConfigName,
+		XDSAddress:      fmt.Sprintf(":%d", deploy.PortXDS),
+		IssuerAddress:   fmt.Sprintf(":%d", deploy.PortIssuer),
+		MetricsAddress:  fmt.Sprintf(":%d", deploy.PortMetrics),
+		BundleConfigMap: "meshfed-ca-bundle",
+		Debounce:        100 * time.Millisecond,
+		MaxDelay:        time.Second,
+		Resync:          5 * time.Minute,
+		LogLevel:        "info",
+	}
+}
+
+func (c *config) register(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
+	fs.StringVar(&c.MeshName, "mesh-name", c.MeshName, "name of the mesh; namespaces labelled meshfed.io/monitored-by=<mesh-name> are meshed")
+	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "the control plane's namespace (MeshConfig, CA Secrets, bundle ConfigMap)")
+	fs.StringVar(&c.MeshConfig, "mesh-config", c.MeshConfig, "name of the MeshConfig in --namespace")
+	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "this cluster's name (default: the MeshConfig's spec.clusterName)")
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain (default: the MeshConfig's spec.trustDomain)")
+	fs.StringVar(&c.XDSAddress, "xds-address", c.XDSAddress, "listen address of the xDS server (mTLS)")
+	fs.StringVar(&c.IssuerAddress, "issuer-address", c.IssuerAddress, "listen address of the certificate issuer (TLS, ServiceAccount tokens)")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of /metrics, /readyz and /healthz")
+	fs.StringSliceVar(&c.ServingNames, "serving-name", c.ServingNames, "extra DNS name or IP address for the controller's serving certificate (repeatable)")
+	fs.StringVar(&c.BundleConfigMap, "bundle-configmap", c.BundleConfigMap, "ConfigMap the trust bundle is published to")
+	fs.DurationVar(&c.Debounce, "debounce", c.Debounce, "wait this long for a burst of Kubernetes changes to end")
+	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "never wait longer than this after the first change of a burst")
+	fs.DurationVar(&c.Resync, "resync", c.Resync, "rebuild and re-send the whole configuration this often")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+}
+
+// validate reports every problem at once.
+func (c config) validate() error {
+	var errs []error
+	for flag, addr := range map[string]string{"--xds-address": c.XDSAddress, "--issuer-address": c.IssuerAddress, "--metrics-address": c.MetricsAddress} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", flag, addr, err))
+		}
+	}
+	if c.MeshName == "" || c.Namespace == "" || c.MeshConfig == "" {
+		errs = append(errs, errors.New("--mesh-name, --namespace and --mesh-config must not be empty"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshfed/meshfed/controller/kube"
+	"github.com/meshfed/meshfed/controller/xds/server"
+	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/mesh"
+	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/ca"
+	"github.com/meshfed/meshfed/trust/issuer"
+	"github.com/meshfed/meshfed/trust/mtls"
+)
+
+// meshSettings is what the controller reads from its MeshConfig at start.
+type meshSettings struct {
+	ClusterName, TrustDomain       string
+	RootSecret, IntermediateSecret string
+	SVIDTTL                        time.Duration
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	rc, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	ms, err := readMeshConfig(ctx, dyn, cfg, log)
+	if err != nil {
+		return err
+	}
+	td, err := spiffeid.TrustDomainFromString(ms.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("trust domain %q: %w", ms.TrustDomain, err)
+	}
+
+	// Trust: the shared root (or an intermediate signed offline), this
+	// cluster's intermediate, the published bundle, the serving SVID.
+	caCfg := ca.DefaultConfig()
+	caCfg.TrustDomain, caCfg.ClusterName, caCfg.SVIDTTL = ms.TrustDomain, ms.ClusterName, ms.SVIDTTL
+	inter, err := loadCA(ctx, client, cfg.Namespace, ms, caCfg, log)
+	if err != nil {
+		return err
+	}
+	authority := ca.NewAuthority(inter)
+	if err := ca.PublishBundle(ctx, client, cfg.Namespace, cfg.BundleConfigMap, inter.Bundle()); err != nil {
+		return fmt.Errorf("publish trust bundle: %w", err)
+	}
+	controllerID, err := trust.WorkloadID(td, cfg.Namespace, deploy.ControllerName)
+	if err != nil {
+		return err
+	}
+	names := append([]string{
+		deploy.ControllerName + "." + cfg.Namespace + ".svc",
+		deploy.ControllerName + "." + cfg.Namespace + ".svc.cluster.local",
+	}, cfg.ServingNames...)
+	svid, err := servingSVID(inter, controllerID, time.Hour, names)
+	if err != nil {
+		return err
+	}
+	serving := mtls.NewSource(svid, inter.Bundle())
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// The watcher feeds the xDS server; the server's ACKs feed the
+	// watcher's change-to-ACK metric.
+	var xds *server.Server
+	kcfg := kube.DefaultConfig()
+	kcfg.Client, kcfg.Dynamic = client, dyn
+	kcfg.MeshName, kcfg.Namespace, kcfg.MeshConfigName = cfg.MeshName, cfg.Namespace, cfg.MeshConfig
+	kcfg.ClusterName, kcfg.TrustDomain = ms.ClusterName, ms.TrustDomain
+	kcfg.Debounce, kcfg.MaxDelay, kcfg.Resync = cfg.Debounce, cfg.MaxDelay, cfg.Resync
+	kcfg.Sink = kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) })
+	kcfg.Registerer, kcfg.Logger = reg, log
+	watcher, err := kube.New(kcfg)
+	if err != nil {
+		return err
+	}
+	xcfg := server.DefaultConfig()
+	xcfg.Address = cfg.XDSAddress
+	xcfg.TLS = mtls.ServerConfig(serving, authority, td)
+	xcfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: ms.TrustDomain}
+	xcfg.Registerer, xcfg.Logger = reg, log
+	xcfg.OnAck = watcher.OnAck
+	if xds, err = server.New(xcfg); err != nil {
+		return err
+	}
+	icfg := issuer.DefaultConfig()
+	icfg.Address, icfg.SVIDTTL, icfg.Log = cfg.IssuerAddress, ms.SVIDTTL, log
+	iss, err := issuer.NewServer(icfg, authority, issuer.NewTokenReviewer(client, trust.DefaultAudience), serving)
+	if err != nil {
+		return err
+	}
+	metricsLis, err := net.Listen("tcp", cfg.MetricsAddress)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	start := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	start("xds server", xds.Run)
+	start("issuer", iss.Run)
+	start("kubernetes watcher", watcher.Run)
+	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
+	start("serving certificate", func(ctx context.Context) error {
+		renewServing(ctx, authority, serving, controllerID, names, log)
+		return nil
+	})
+	log.Info("meshfed-controller running", "mesh", cfg.MeshName, "cluster", ms.ClusterName, "trustDomain", ms.TrustDomain,
+		"xds", cfg.XDSAddress, "issuer", cfg.IssuerAddress, "metrics", metricsLis.Addr().String())
+	<-ctx.Done()
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// readMeshConfig reads the MeshConfig, waiting for it to exist (install
+// applies it before the controller's Deployment).
+func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg config, log *slog.Logger) (meshSettings, error) {
+	ms := meshSettings{ClusterName: cfg.ClusterName, TrustDomain: cfg.TrustDomain, RootSecret: "meshfed-root-ca",
+		IntermediateSecret: "meshfed-intermediate-ca", SVIDTTL: 24 * time.Hour}
+	var u *unstructured.Unstructured
+	for {
+		var err error
+		u, err = dyn.Resource(kube.MeshConfigGVR).Namespace(cfg.Namespace).Get(ctx, cfg.MeshConfig, metav1.GetOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsNotFound(err) {
+			log.Warn("reading MeshConfig", "namespace", cfg.Namespace, "name", cfg.MeshConfig, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ms, fmt.Errorf("MeshConfig %s/%s: %w", cfg.Namespace, cfg.MeshConfig, err)
+		case <-time.After(2 * time.Second):
+		}
+	}
+	str := func(path ...string) string { v, _, _ := unstructured.NestedString(u.Object, path...); return v }
+	if ms.ClusterName == "" {
+		ms.ClusterName = str("spec", "clusterName")
+	}
+	if ms.TrustDomain == "" {
+		ms.TrustDomain = str("spec", "trustDomain")
+	}
+	if ms.TrustDomain == "" {
+		ms.TrustDomain = trust.DefaultTrustDomain
+	}
+	if v := str("spec", "certificate", "rootSecretName"); v != "" {
+		ms.RootSecret = v
+	}
+	if v := str("spec", "certificate", "intermediateSecretName"); v != "" {
+		ms.IntermediateSecret = v
+	}
+	if v := str("spec", "certificate", "serviceCertValidityDuration"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return ms, fmt.Errorf("MeshConfig %s/%s: serviceCertValidityDuration %q: %w", cfg.Namespace, cfg.MeshConfig, v, err)
+		}
+		ms.SVIDTTL = d
+	}
+	if ms.ClusterName == "" {
+		return ms, fmt.Errorf("MeshConfig %s/%s has no spec.clusterName and --cluster-name is not set", cfg.Namespace, cfg.MeshConfig)
+	}
+	return ms, nil
+}
+
+// loadCA returns this cluster's intermediate: signed by the root kept in
+// the root Secret (generated there if there is none), or, when this
+// cluster holds no root key, the signed intermediate the user put into the
+// intermediate Secret.
+func loadCA(ctx context.Context, client kubernetes.Interface, ns string, ms meshSettings, caCfg ca.Config, log *slog.Logger) (*ca.Intermediate, error) {
+	root, created, err := ca.LoadOrCreateRoot(ctx, client, ns, ms.RootSecret, caCfg)
+	if err != nil {
+		td, tdErr := spiffeid.TrustDomainFromString(ms.TrustDomain)
+		if tdErr != nil {
+			return nil, tdErr
+		}
+		inter, ierr := ca.LoadIntermediate(ctx, client, ns, ms.IntermediateSecret, td)
+		if ierr != nil {
+			return nil, errors.Join(fmt.Errorf("root Secret %s/%s: %w", ns, ms.RootSecret, err),
+				fmt.Errorf("intermediate Secret %s/%s: %w", ns, ms.IntermediateSecret, ierr))
+		}
+		log.Info("using a signed intermediate; the root key is not in this cluster", "secret", ns+"/"+ms.IntermediateSecret)
+		return inter, nil
+	}
+	if created {
+		log.Info("generated the federation root", "secret", ns+"/"+ms.RootSecret)
+	}
+	return ca.EnsureIntermediate(ctx, client, ns, ms.IntermediateSecret, root, nil, caCfg)
+}
+
+// servingSVID issues the controller's own certificate: its SPIFFE ID plus
+// the DNS names and IP addresses clients dial it by. trust/ca's IssueSVID
+// takes DNS names only, and grpc-go's xDS "tls" channel credentials check
+// the dialled address, so IP SANs are added here, signed with the cluster's
+// intermediate key.
+func servingSVID(inter *ca.Intermediate, id spiffeid.ID, ttl time.Duration, names []string) (*x509svid.SVID, error) {
+	var dns []string
+	var ips []net.IP
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else if n != "" {
+			dns = append(dns, n)
+		}
+	}
+	if len(ips) == 0 {
+		return inter.IssueSVID(id, ttl, dns...)
+	}
+	base, err := inter.IssueSVID(id, ttl, dns...)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := inter.KeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	caKey, err := ca.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := *base.Certificates[0]
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	tmpl.IPAddresses = ips
+	tmpl.URIs = []*url.URL{id.URL()}
+	tmpl.Raw, tmpl.RawTBSCertificate, tmpl.Signature, tmpl.SubjectKeyId, tmpl.AuthorityKeyId = nil, nil, nil, nil, nil
+	tmpl.ExtraExtensions, tmpl.Extensions = nil, nil
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, inter.Certificate(), base.PrivateKey.Public(), caKey)
+	if err != nil {
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: id, Certificates: append([]*x509.Certificate{leaf}, inter.Chain()...), PrivateKey: base.PrivateKey}, nil
+}
+
+// renewServing reissues the serving certificate at half its life.
+func renewServing(ctx context.Context, authority *ca.Authority, src *mtls.Source, id spiffeid.ID, names []string, log *slog.Logger) {
+	for {
+		cur, _ := src.GetX509SVID()
+		wait := time.Minute
+		if cur != nil {
+			leaf := cur.Certificates[0]
+			wait = time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(max(wait, time.Second)):
+		}
+		inter := authority.Current()
+		svid, err := servingSVID(inter, id, time.Hour, names)
+		if err != nil {
+			log.Error("renewing the controller's serving certificate", "err", err)
+			continue
+		}
+		src.SetSVID(svid)
+		src.SetBundle(inter.Bundle())
+	}
+}
+
+func serveMetrics(ctx context.Context, lis net.Listener, reg *prometheus.Registry, w *kube.Watcher) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { fmt.Fprintln(rw, "ok") })
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "waiting for the first configuration", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(rw, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
