@@ -59,6 +59,13 @@ type ExportedService struct {
 	// service: true keeps its endpoints while the owner is dead or its
 	// catalog stale, false withdraws them after the receiver's WithdrawAfter.
 	FailStatic *bool `json:"failStatic,omitempty"`
+	// ExportedAt is when the owner's ServiceExport was created. MCS
+	// conflict resolution gives precedence to the oldest export (ties: the
+	// smaller cluster name). Zero: unknown (counts as newest).
+	ExportedAt time.Time `json:"exportedAt,omitempty"`
+	// Headless is true for a headless service (MCS ServiceImport type
+	// Headless instead of ClusterSetIP).
+	Headless bool `json:"headless,omitempty"`
 }
 
 // Port is a service port.
@@ -67,6 +74,8 @@ type Port struct {
 	Port uint16 `json:"port"`
 	// Protocol is e.g. "TCP", "HTTP", "GRPC".
 	Protocol string `json:"protocol,omitempty"`
+	// TargetPort is the port the endpoints listen on; 0 means Port.
+	TargetPort uint16 `json:"targetPort,omitempty"`
 }
 
 // Endpoint is one backend address of an exported service.
