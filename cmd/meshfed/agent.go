@@ -1,36 +1,84 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/controller/bootstrap"
 	"github.com/meshfed/meshfed/trust/agent"
 )
 
-// newAgentCommand is `meshfed agent`: the workload-side certificate agent for
-// proxyless gRPC (see trust/agent). Register it in newRootCommand.
+// newAgentCommand wires `meshfed agent` to trust/agent: it keeps a
+// proxyless gRPC workload's SVID files fresh and, when asked, writes the
+// gRPC xDS bootstrap that points the workload at the controller.
 func newAgentCommand() *cobra.Command {
 	cfg := agent.DefaultConfig()
+	var token, bootstrapPath, xdsAddress, nodeID, zone string
+	var once bool
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Keep this workload's SPIFFE certificate, key and trust bundle on disk for grpc-go's file_watcher provider",
-		Args:  cobra.NoArgs,
+		Short: "Keep a proxyless gRPC workload's SPIFFE certificate files fresh (and write its xDS bootstrap)",
+		Long: `meshfed agent asks the controller's issuer for an X.509-SVID with the
+workload's ServiceAccount token (audience "meshfed"), writes certificate.pem,
+private_key.pem and ca_certificate.pem into --out-dir where grpc-go's
+file_watcher certificate provider reads them, and renews them at half life.
+
+With --bootstrap it also writes the gRPC xDS bootstrap file (point
+GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-			return agent.Run(cmd.Context(), cfg)
+			if token != "" {
+				cfg.TokenSource = func(context.Context) (string, error) { return token, nil }
+			}
+			cfg.Log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			if bootstrapPath != "" {
+				if err := os.MkdirAll(cfg.OutputDir, 0o700); err != nil {
+					return err
+				}
+				if err := bootstrap.Write(bootstrapPath, bootstrap.Config{XDSAddress: xdsAddress, CertDir: cfg.OutputDir, NodeID: nodeID, Zone: zone}); err != nil {
+					return err
+				}
+			}
+			if once {
+				svid, bundle, err := agent.FetchOnce(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				if err := agent.WriteFiles(cfg.OutputDir, svid, bundle); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s valid until %s\n", svid.ID, svid.Certificates[0].NotAfter.Format("2006-01-02T15:04:05Z07:00"))
+				return nil
+			}
+			return agent.Run(ctx, cfg)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.IssuerAddress, "issuer-address", cfg.IssuerAddress, "host:port of meshfed-controller's certificate issuer")
-	f.StringVar(&cfg.IssuerID, "issuer-id", cfg.IssuerID, "SPIFFE ID the issuer must present (empty: any ID of the trust domain)")
-	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain of the mesh")
-	f.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "projected ServiceAccount token with audience \"meshfed\", re-read at every renewal")
-	f.StringVar(&cfg.BundleFile, "bundle-file", cfg.BundleFile, "trust bundle (PEM) used to verify the issuer, e.g. the mounted meshfed-ca-bundle ConfigMap")
-	f.StringVar(&cfg.OutputDir, "output-dir", cfg.OutputDir, "directory for certificate.pem, private_key.pem and ca_certificate.pem")
+	f.StringVar(&cfg.IssuerAddress, "issuer-address", cfg.IssuerAddress, "the controller's issuer, host:port")
+	f.StringVar(&cfg.IssuerID, "issuer-id", cfg.IssuerID, "SPIFFE ID the issuer must present (default: any ID of the trust domain)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "the mesh's SPIFFE trust domain")
+	f.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "projected ServiceAccount token with audience \"meshfed\" (re-read before each request)")
+	f.StringVar(&token, "token", "", "the token itself instead of --token-file (tests; visible in the process list)")
+	f.StringVar(&cfg.BundleFile, "bundle-file", cfg.BundleFile, "trust bundle (PEM) to verify the issuer with (the meshfed-ca-bundle ConfigMap)")
+	f.StringVar(&cfg.OutputDir, "out-dir", cfg.OutputDir, "directory for certificate.pem, private_key.pem and ca_certificate.pem")
 	f.Float64Var(&cfg.RenewFraction, "renew-fraction", cfg.RenewFraction, "renew after this fraction of the certificate's lifetime")
 	f.DurationVar(&cfg.MinRetry, "min-retry", cfg.MinRetry, "first retry delay after a failed request")
 	f.DurationVar(&cfg.MaxRetry, "max-retry", cfg.MaxRetry, "longest retry delay")
+	f.StringVar(&bootstrapPath, "bootstrap", "", "also write a gRPC xDS bootstrap file here")
+	f.StringVar(&xdsAddress, "xds-address", "meshfed-controller.meshfed-system.svc:15128", "the controller's xDS address for --bootstrap")
+	f.StringVar(&nodeID, "node-id", "", "node ID for --bootstrap (informational)")
+	f.StringVar(&zone, "zone", "", "locality zone for --bootstrap")
+	f.BoolVar(&once, "once", false, "fetch one certificate, write it and exit")
 	return cmd
 }

@@ -60,6 +60,7 @@ func newRootCommand() *cobra.Command {
 		newNamespaceCommand(kf),
 		newSandboxCommand(),
 		newVersionCommand(),
+		newAgentCommand(),
 	)
 	return root
 }

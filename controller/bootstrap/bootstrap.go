@@ -1,0 +1,76 @@
+// Package bootstrap writes the gRPC xDS bootstrap a proxyless meshfed
+// workload reads (GRPC_XDS_BOOTSTRAP): the controller's xDS address with
+// "tls" channel credentials made of the workload's own SVID files (as
+// `meshfed agent` writes them), and the file_watcher certificate providers
+// the generated listeners and clusters name.
+//
+// It owns only the file's shape; it does no I/O besides Write.
+package bootstrap
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/meshfed/meshfed/controller/xds/generate"
+	"github.com/meshfed/meshfed/trust/agent"
+)
+
+// Config says what goes into a bootstrap.
+type Config struct {
+	// XDSAddress is the controller's xDS host:port, as the workload dials
+	// it; the controller's serving certificate must name the host.
+	XDSAddress string
+	// CertDir is where `meshfed agent` keeps the workload's SVID files.
+	CertDir string
+	// NodeID is informational: the controller identifies a proxy by its
+	// certificate, never by what its node claims.
+	NodeID string
+	// Zone is the workload's zone (locality).
+	Zone string
+	// RefreshInterval is how often grpc-go re-reads the files (e.g. "60s").
+	RefreshInterval string
+}
+
+// JSON returns the bootstrap file's contents.
+func JSON(c Config) ([]byte, error) {
+	if c.XDSAddress == "" || c.CertDir == "" {
+		return nil, errors.New("bootstrap: XDSAddress and CertDir are required")
+	}
+	if c.RefreshInterval == "" {
+		c.RefreshInterval = "60s"
+	}
+	files := map[string]any{
+		"certificate_file":    filepath.Join(c.CertDir, agent.CertificateFile),
+		"private_key_file":    filepath.Join(c.CertDir, agent.PrivateKeyFile),
+		"ca_certificate_file": filepath.Join(c.CertDir, agent.CACertificateFile),
+		"refresh_interval":    c.RefreshInterval,
+	}
+	node := map[string]any{"id": c.NodeID}
+	if c.Zone != "" {
+		node["locality"] = map[string]any{"zone": c.Zone}
+	}
+	return json.MarshalIndent(map[string]any{
+		"xds_servers": []any{map[string]any{
+			"server_uri":      c.XDSAddress,
+			"channel_creds":   []any{map[string]any{"type": "tls", "config": files}},
+			"server_features": []string{"xds_v3"},
+		}},
+		"node": node,
+		"certificate_providers": map[string]any{
+			generate.ProxylessIdentityProvider: map[string]any{"plugin_name": "file_watcher", "config": files},
+			generate.ProxylessRootProvider:     map[string]any{"plugin_name": "file_watcher", "config": files},
+		},
+		"server_listener_resource_name_template": generate.ServerListenerNamePrefix + "%s",
+	}, "", "  ")
+}
+
+// Write writes the bootstrap to path (mode 0644: it holds file names only).
+func Write(path string, c Config) error {
+	b, err := JSON(c)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
