@@ -105,6 +105,10 @@ func filter[T any](in []T, check func(T) error, bad func(T, error)) []T {
 	return out
 }
 
+// Validate reports every problem of the service alone, as Validate(State)
+// would report it (a service's validity does not depend on other objects).
+func (svc Service) Validate() error { return validateService(svc) }
+
 func validateService(svc Service) error {
 	var errs []error
 	if svc.Namespace == "" || svc.Name == "" {

@@ -1,6 +1,8 @@
 package generate
 
 import (
+	"maps"
+	"slices"
 	"sort"
 
 	"github.com/meshfed/meshfed/mesh"
@@ -12,11 +14,18 @@ type Index struct {
 	State    mesh.State
 	Problems []mesh.Problem
 
-	services map[mesh.NamespacedName]*mesh.Service
-	splits   map[mesh.NamespacedName]*mesh.TrafficSplit
-	groups   map[mesh.NamespacedName]*mesh.HTTPRouteGroup
-	tcp      map[mesh.NamespacedName]*mesh.TCPRoute
-	targets  map[mesh.Identity][]*mesh.TrafficTarget
+	// services indexes State.Services by key (positions, so that an Index
+	// for the same services with other endpoints can share the map).
+	services map[mesh.NamespacedName]int
+	// remote indexes each remote catalog's services by key.
+	remote  map[string]map[mesh.NamespacedName]int
+	splits  map[mesh.NamespacedName]*mesh.TrafficSplit
+	groups  map[mesh.NamespacedName]*mesh.HTTPRouteGroup
+	tcp     map[mesh.NamespacedName]*mesh.TCPRoute
+	targets map[mesh.Identity][]*mesh.TrafficTarget
+	// idServices lists, per identity, the positions of the services that
+	// have endpoints of that identity.
+	idServices map[mesh.Identity][]int
 	// serverAddrs lists, per identity, the addresses its workloads serve on.
 	serverAddrs map[mesh.Identity][]ServerAddress
 }
@@ -37,40 +46,31 @@ func NewIndex(s mesh.State) *Index {
 	ix := &Index{
 		State:       clean,
 		Problems:    problems,
-		services:    make(map[mesh.NamespacedName]*mesh.Service, len(clean.Services)),
+		services:    make(map[mesh.NamespacedName]int, len(clean.Services)),
+		remote:      make(map[string]map[mesh.NamespacedName]int, len(clean.Remote)),
 		splits:      make(map[mesh.NamespacedName]*mesh.TrafficSplit, len(clean.TrafficSplits)),
 		groups:      make(map[mesh.NamespacedName]*mesh.HTTPRouteGroup, len(clean.HTTPRouteGroups)),
 		tcp:         make(map[mesh.NamespacedName]*mesh.TCPRoute, len(clean.TCPRoutes)),
 		targets:     map[mesh.Identity][]*mesh.TrafficTarget{},
+		idServices:  map[mesh.Identity][]int{},
 		serverAddrs: map[mesh.Identity][]ServerAddress{},
 	}
 	for i := range clean.Services {
 		svc := &clean.Services[i]
-		ix.services[svc.Key()] = svc
-		for _, ep := range svc.Endpoints {
-			if ep.Identity == "" {
-				continue
-			}
-			for _, p := range svc.Ports {
-				ix.serverAddrs[ep.Identity] = append(ix.serverAddrs[ep.Identity], ServerAddress{IP: ep.Address, Port: ep.TargetPort(p), Service: svc.Key(), Proto: p.Protocol})
-			}
+		ix.services[svc.Key()] = i
+		for _, id := range svc.EndpointIdentities() {
+			ix.idServices[id] = append(ix.idServices[id], i)
 		}
 	}
-	for id, addrs := range ix.serverAddrs {
-		sort.Slice(addrs, func(i, j int) bool {
-			if addrs[i].IP != addrs[j].IP {
-				return addrs[i].IP < addrs[j].IP
-			}
-			return addrs[i].Port < addrs[j].Port
-		})
-		out := addrs[:0]
-		for i, a := range addrs {
-			if i > 0 && a.IP == addrs[i-1].IP && a.Port == addrs[i-1].Port {
-				continue
-			}
-			out = append(out, a)
+	for id := range ix.idServices {
+		ix.serverAddrs[id] = ix.computeServerAddresses(id)
+	}
+	for c, cat := range clean.Remote {
+		m := make(map[mesh.NamespacedName]int, len(cat.Services))
+		for i := range cat.Services {
+			m[cat.Services[i].Key()] = i
 		}
-		ix.serverAddrs[id] = out
+		ix.remote[c] = m
 	}
 	for i := range clean.TrafficSplits {
 		ts := &clean.TrafficSplits[i]
@@ -91,13 +91,95 @@ func NewIndex(s mesh.State) *Index {
 	return ix
 }
 
+// computeServerAddresses returns the sorted, distinct addresses on which
+// the workloads of id serve, from the services that have its endpoints.
+func (ix *Index) computeServerAddresses(id mesh.Identity) []ServerAddress {
+	var addrs []ServerAddress
+	for _, i := range ix.idServices[id] {
+		svc := &ix.State.Services[i]
+		for _, ep := range svc.Endpoints {
+			if ep.Identity != id {
+				continue
+			}
+			for _, p := range svc.Ports {
+				addrs = append(addrs, ServerAddress{IP: ep.Address, Port: ep.TargetPort(p), Service: svc.Key(), Proto: p.Protocol})
+			}
+		}
+	}
+	sort.SliceStable(addrs, func(i, j int) bool {
+		if addrs[i].IP != addrs[j].IP {
+			return addrs[i].IP < addrs[j].IP
+		}
+		return addrs[i].Port < addrs[j].Port
+	})
+	out := addrs[:0]
+	for i, a := range addrs {
+		if i > 0 && a.IP == addrs[i-1].IP && a.Port == addrs[i-1].Port {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// WithEndpoints returns the Index of next, a state that differs from the
+// one ix was built from only in the endpoints of the local services at
+// positions changed and in remote catalogs' endpoints, without sanitizing
+// or indexing the whole state again: O(changed), not O(mesh).
+//
+// The caller guarantees what makes this exact (the server checks it with
+// mesh.Service.SameShape): next has the same settings, policy objects,
+// remote catalogs and services, in the same order, as ix's input; every
+// service of next is valid (ix.State.Services is next's list, unfiltered);
+// each changed service is SameShape with its old self. The sanitized
+// policy and the problems of ix carry over unchanged.
+func (ix *Index) WithEndpoints(next mesh.State, changed []int) *Index {
+	out := *ix
+	clean := ix.State
+	clean.Services = next.Services
+	clean.Remote = next.Remote
+	out.State = clean
+	var ids []mesh.Identity
+	for _, i := range changed {
+		for _, id := range next.Services[i].EndpointIdentities() {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	if len(ids) > 0 {
+		out.serverAddrs = maps.Clone(ix.serverAddrs)
+		for _, id := range ids {
+			out.serverAddrs[id] = out.computeServerAddresses(id)
+		}
+	}
+	return &out
+}
+
 // ServerAddresses returns the addresses the workloads of id serve on, sorted.
 func (ix *Index) ServerAddresses(id mesh.Identity) []ServerAddress { return ix.serverAddrs[id] }
 
 // Service returns the local service, if any.
 func (ix *Index) Service(key mesh.NamespacedName) (*mesh.Service, bool) {
-	s, ok := ix.services[key]
-	return s, ok
+	i, ok := ix.services[key]
+	if !ok {
+		return nil, false
+	}
+	return &ix.State.Services[i], true
+}
+
+// RemoteService returns the service key that cluster exports (the local
+// service for "" or the local cluster's name), like mesh.State.RemoteService
+// but without a scan.
+func (ix *Index) RemoteService(cluster string, key mesh.NamespacedName) (*mesh.Service, bool) {
+	if cluster == "" || cluster == ix.State.Settings.ClusterName {
+		return ix.Service(key)
+	}
+	i, ok := ix.remote[cluster][key]
+	if !ok {
+		return nil, false
+	}
+	return &ix.State.Remote[cluster].Services[i], true
 }
 
 // upstream is one service whose clusters clients get: a local service or a

@@ -159,7 +159,7 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []weightedBack
 		if remote == ix.State.Settings.ClusterName {
 			remote = ""
 		}
-		svc, ok := ix.State.RemoteService(remote, ts.Namespace, b.Service)
+		svc, ok := ix.RemoteService(remote, mesh.NamespacedName{Namespace: ts.Namespace, Name: b.Service})
 		if !ok {
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -114,20 +115,36 @@ type keyState struct {
 	extra    [types.UnknownType]versioned
 	merged   [types.UnknownType]cachev3.Resources
 	mergedOf [types.UnknownType]string
+	// extraAt is the builder generation extra was generated at (0: never).
+	extraAt uint64
 }
 
 // builder turns states into snapshots. It is owned by Server and used under
 // Server.mu.
 type builder struct {
-	counter  uint64
-	ix       *generate.Index
-	kinds    map[Kind]*sharedKind
+	counter uint64
+	// gen counts updates; shapeAt is the last one that changed more than
+	// endpoints, idChangedAt the last one that moved an identity's
+	// endpoints (its server addresses).
+	gen         uint64
+	shapeAt     uint64
+	idChangedAt map[mesh.Identity]uint64
+	// raw is the last state given to update, as given (before sanitizing).
+	raw   mesh.State
+	ix    *generate.Index
+	kinds map[Kind]*sharedKind
+	// eds is every load assignment, shared by all kinds and proxies; its
+	// items list is not kept (res.Items is the set).
 	eds      versioned
 	edsCache map[string]upstreamEDS
+	// edsNamesAt is the EDS version at which the set of load assignment
+	// names last may have changed (endpoint-only updates keep the names,
+	// so references need no new check).
+	edsNamesAt string
 }
 
 func newBuilder() *builder {
-	return &builder{kinds: map[Kind]*sharedKind{}, edsCache: map[string]upstreamEDS{}}
+	return &builder{kinds: map[Kind]*sharedKind{}, edsCache: map[string]upstreamEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
 }
 
 func (b *builder) nextVersion() string {
@@ -164,13 +181,26 @@ func (b *builder) setVersioned(v *versioned, items []types.Resource, hash uint64
 	return true
 }
 
-// update indexes s and regenerates what changed: the shared listeners,
-// routes and clusters only when something other than endpoints changed,
-// and the load assignments of the services whose endpoints changed.
+// update makes s the current state and regenerates what changed.
+//
+// When s differs from the last state only in endpoints (endpointOnly: same
+// settings, policy and services, each service the same shape), the cost is
+// O(changed services): the index is patched, only the changed services'
+// load assignments are generated, and only proxies whose identity's server
+// addresses moved regenerate their own part. Otherwise everything is
+// re-indexed, the shared listeners, routes and clusters are regenerated
+// (and get new versions only where their content changed), and the load
+// assignments of services whose endpoints or ports changed are regenerated.
 //
 // If a generated resource fails validation, nothing is changed and the
 // error is returned: proxies keep the last good configuration.
 func (b *builder) update(s mesh.State) (*generate.Index, error) {
+	if b.ix != nil {
+		if local, remote, ok := endpointOnly(&b.raw, &s, b.ix); ok {
+			err := b.updateEndpointsOnly(s, local, remote)
+			return b.ix, err
+		}
+	}
 	ix := generate.NewIndex(s)
 	shapeChanged := b.ix == nil || !sameShape(&b.ix.State, &ix.State)
 	if shapeChanged {
@@ -193,8 +223,71 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 			}
 		}
 	}
-	b.ix = ix
-	return ix, b.updateEndpoints(ix)
+	if err := b.updateEndpoints(ix); err != nil {
+		return ix, err
+	}
+	b.gen++
+	b.shapeAt = b.gen
+	b.ix, b.raw = ix, s
+	return ix, nil
+}
+
+// updateEndpointsOnly applies a change that endpointOnly accepted: local
+// and remote name the services whose endpoints changed.
+func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[string][]int) error {
+	type change struct {
+		key string
+		eds upstreamEDS
+	}
+	var changes []change
+	var invalid []error
+	add := func(svc *mesh.Service, cluster string) {
+		e := upstreamEDS{svc: *svc}
+		for _, p := range svc.Ports {
+			e.clas = append(e.clas, generate.LoadAssignment(svc, p, cluster))
+		}
+		if err := generate.Validate(e.clas); err != nil {
+			invalid = append(invalid, err)
+			return
+		}
+		changes = append(changes, change{edsKey(svc, cluster), e})
+	}
+	for _, i := range local {
+		add(&s.Services[i], "")
+	}
+	for _, c := range sortedKeys(remote) {
+		for _, i := range remote[c] {
+			add(&s.Remote[c].Services[i], c)
+		}
+	}
+	if len(invalid) > 0 {
+		return errors.Join(invalid...)
+	}
+	ix := b.ix.WithEndpoints(s, local)
+	b.gen++
+	if len(changes) > 0 {
+		// Snapshots already published hold the old map: copy, never patch.
+		items := maps.Clone(b.eds.res.Items)
+		for _, c := range changes {
+			b.edsCache[c.key] = c.eds
+			for _, r := range c.eds.clas {
+				items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+			}
+		}
+		b.eds.version = b.nextVersion()
+		b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
+		for _, i := range local {
+			for _, id := range s.Services[i].EndpointIdentities() {
+				b.idChangedAt[id] = b.gen
+			}
+		}
+	}
+	b.ix, b.raw = ix, s
+	return nil
+}
+
+func edsKey(svc *mesh.Service, remote string) string {
+	return remote + "|" + svc.Namespace + "/" + svc.Name
 }
 
 // updateEndpoints regenerates the load assignments of changed services and
@@ -202,10 +295,10 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 func (b *builder) updateEndpoints(ix *generate.Index) error {
 	var invalid []error
 	next := make(map[string]upstreamEDS, len(b.edsCache))
-	var all []types.Resource
+	items := make(map[string]types.ResourceWithTTL, len(b.edsCache))
 	changed := false
 	add := func(svc *mesh.Service, remote string) {
-		key := remote + "|" + svc.Namespace + "/" + svc.Name
+		key := edsKey(svc, remote)
 		prev, ok := b.edsCache[key]
 		if !ok || !sameEndpoints(&prev.svc, svc) {
 			changed = true
@@ -219,7 +312,9 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 			}
 		}
 		next[key] = prev
-		all = append(all, prev.clas...)
+		for _, r := range prev.clas {
+			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+		}
 	}
 	for i := range ix.State.Services {
 		add(&ix.State.Services[i], "")
@@ -241,8 +336,9 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 	}
 	b.edsCache = next
 	if changed || b.eds.version == "" {
-		b.eds.items, b.eds.version = all, b.nextVersion()
-		b.eds.res = cachev3.NewResources(b.eds.version, all)
+		b.eds.version = b.nextVersion()
+		b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
+		b.edsNamesAt = b.eds.version
 	}
 	return nil
 }
@@ -260,18 +356,14 @@ func sortedKeys[V any](m map[string]V) []string {
 // assignments.
 func sameEndpoints(a, b *mesh.Service) bool {
 	return a.Namespace == b.Namespace && a.Name == b.Name &&
-		slices.Equal(a.Ports, b.Ports) && reflect.DeepEqual(a.Endpoints, b.Endpoints)
+		slices.Equal(a.Ports, b.Ports) && mesh.SameEndpoints(a.Endpoints, b.Endpoints)
 }
 
 // sameShape reports whether a and b differ at most in endpoints that do not
 // change which identities serve a service: then listeners, routes and
 // clusters are unchanged.
 func sameShape(a, b *mesh.State) bool {
-	if a.Settings != b.Settings ||
-		!reflect.DeepEqual(a.TrafficTargets, b.TrafficTargets) ||
-		!reflect.DeepEqual(a.HTTPRouteGroups, b.HTTPRouteGroups) ||
-		!reflect.DeepEqual(a.TCPRoutes, b.TCPRoutes) ||
-		!reflect.DeepEqual(a.TrafficSplits, b.TrafficSplits) ||
+	if a.Settings != b.Settings || !samePolicy(a, b) ||
 		!sameServiceShapes(a.Services, b.Services) || len(a.Remote) != len(b.Remote) {
 		return false
 	}
@@ -284,18 +376,79 @@ func sameShape(a, b *mesh.State) bool {
 	return true
 }
 
+// samePolicy compares the policy objects (few, next to services and
+// endpoints); lists that share their backing array are equal at once.
+func samePolicy(a, b *mesh.State) bool {
+	return sameList(a.TrafficTargets, b.TrafficTargets) && sameList(a.HTTPRouteGroups, b.HTTPRouteGroups) &&
+		sameList(a.TCPRoutes, b.TCPRoutes) && sameList(a.TrafficSplits, b.TrafficSplits) &&
+		sameList(a.Exports, b.Exports) && sameList(a.Imports, b.Imports)
+}
+
+func sameList[T any](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	return reflect.DeepEqual(a, b)
+}
+
 func sameServiceShapes(a, b []mesh.Service) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		x, y := &a[i], &b[i]
-		if x.Namespace != y.Namespace || x.Name != y.Name || x.Cluster != y.Cluster ||
-			!slices.Equal(x.Ports, y.Ports) || !slices.Equal(x.ServerIdentities(), y.ServerIdentities()) {
+		if !a[i].SameShape(&b[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// endpointOnly reports whether next differs from prev (the last raw state,
+// indexed as ix) only in endpoints that change no service's shape, and
+// which local services (positions) and remote exports changed. It is false
+// whenever the fast path could differ from a full rebuild: other settings
+// or policy, services added, removed or reordered, a changed service that
+// is now invalid, or a state with invalid services (their problems would
+// need re-checking).
+func endpointOnly(prev, next *mesh.State, ix *generate.Index) (local []int, remote map[string][]int, ok bool) {
+	if prev.Settings != next.Settings || !samePolicy(prev, next) ||
+		len(prev.Services) != len(next.Services) || len(ix.State.Services) != len(next.Services) ||
+		len(prev.Remote) != len(next.Remote) {
+		return nil, nil, false
+	}
+	for i := range next.Services {
+		a, b := &prev.Services[i], &next.Services[i]
+		if mesh.SameEndpoints(a.Endpoints, b.Endpoints) && a.Namespace == b.Namespace && a.Name == b.Name &&
+			a.Cluster == b.Cluster && slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Identities, b.Identities) {
+			continue
+		}
+		if !a.SameShape(b) || b.Validate() != nil {
+			return nil, nil, false
+		}
+		local = append(local, i)
+	}
+	for c, ca := range prev.Remote {
+		cb, found := next.Remote[c]
+		if !found || ca.Cluster != cb.Cluster || ca.Network != cb.Network || len(ca.Services) != len(cb.Services) {
+			return nil, nil, false
+		}
+		for i := range cb.Services {
+			a, b := &ca.Services[i], &cb.Services[i]
+			if !a.SameShape(b) {
+				return nil, nil, false
+			}
+			if c != next.Settings.ClusterName && !mesh.SameEndpoints(a.Endpoints, b.Endpoints) {
+				if remote == nil {
+					remote = map[string][]int{}
+				}
+				remote[c] = append(remote[c], i)
+			}
+		}
+	}
+	return local, remote, true
 }
 
 // snapshot returns the snapshot for key from the current state, reusing
@@ -303,11 +456,20 @@ func sameServiceShapes(a, b []mesh.Service) bool {
 // last got. Every snapshot is validated and checked for references.
 func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool, error) {
 	sk := b.kinds[key.kind]
-	extra := kindGenerators[key.kind].perIdentity(b.ix, key.id)
+	// The identity's own part depends on the shape and on its workloads'
+	// addresses only; regenerate it when either moved since it was made.
+	regen := ks.extraAt == 0 || ks.extraAt < b.shapeAt || ks.extraAt < b.idChangedAt[key.id]
+	var extra typeSet
+	if regen {
+		extra = kindGenerators[key.kind].perIdentity(b.ix, key.id)
+	} else {
+		for _, t := range snapshotTypes {
+			extra[t] = ks.extra[t].items
+		}
+	}
 	snap := &cachev3.Snapshot{}
 	changed, shapeChanged := false, false
 	var versions [types.UnknownType]string
-	var all, bases typeSet
 	for _, t := range snapshotTypes {
 		var base versioned
 		if t == types.Endpoint {
@@ -318,10 +480,12 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 		res := base.res
 		if len(extra[t]) > 0 || len(ks.extra[t].items) > 0 {
 			ev := &ks.extra[t]
-			if err := generate.Validate(extra[t]); err != nil {
-				return nil, false, fmt.Errorf("proxy %s: %w", key, err)
+			if regen {
+				if err := generate.Validate(extra[t]); err != nil {
+					return nil, false, fmt.Errorf("proxy %s: %w", key, err)
+				}
+				b.setVersioned(ev, extra[t], hashResources(extra[t]))
 			}
-			b.setVersioned(ev, extra[t], hashResources(extra[t]))
 			version := base.version + "." + ev.version
 			if ks.mergedOf[t] != version {
 				items := make(map[string]types.ResourceWithTTL, len(base.res.Items)+len(extra[t]))
@@ -337,8 +501,6 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 			res = ks.merged[t]
 		}
 		snap.Resources[t] = res
-		all[t] = extra[t]
-		bases[t] = base.items
 		if ks.versions[t] != res.Version {
 			changed = true
 			if t != types.Endpoint {
@@ -351,24 +513,35 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 	// assignment names follows the services, which are shape), so the full
 	// check runs only when another type changed.
 	if shapeChanged {
-		shared, err := b.sharedRefs(key.kind, bases)
+		shared, err := b.sharedRefs(key.kind)
 		if err != nil {
 			return nil, false, fmt.Errorf("proxy %s: %w", key, err)
 		}
-		own := generate.NewRefIndex(shared, all[types.Route], all[types.Cluster], all[types.Endpoint])
-		if err := own.Check(all[types.Listener], all[types.Route], all[types.Cluster]); err != nil {
+		own := generate.NewRefIndex(shared, extra[types.Route], extra[types.Cluster], extra[types.Endpoint])
+		if err := own.Check(extra[types.Listener], extra[types.Route], extra[types.Cluster]); err != nil {
 			return nil, false, fmt.Errorf("proxy %s: %w", key, err)
 		}
 	}
 	ks.versions = versions
+	if regen {
+		ks.extraAt = b.gen
+	}
 	return snap, changed, nil
 }
 
 // sharedRefs returns the reference index of a kind's shared resources,
 // checking them once per set of shared versions.
-func (b *builder) sharedRefs(kind Kind, bases typeSet) (*generate.RefIndex, error) {
+func (b *builder) sharedRefs(kind Kind) (*generate.RefIndex, error) {
 	sk := b.kinds[kind]
-	versions := sk.types[types.Listener].version + "/" + sk.types[types.Route].version + "/" + sk.types[types.Cluster].version + "/" + b.eds.version
+	var bases typeSet
+	for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
+		bases[t] = sk.types[t].items
+	}
+	bases[types.Endpoint] = make([]types.Resource, 0, len(b.eds.res.Items))
+	for _, r := range b.eds.res.Items {
+		bases[types.Endpoint] = append(bases[types.Endpoint], r.Resource)
+	}
+	versions := sk.types[types.Listener].version + "/" + sk.types[types.Route].version + "/" + sk.types[types.Cluster].version + "/" + b.edsNamesAt
 	if sk.refsAt == versions {
 		return sk.refs, nil
 	}

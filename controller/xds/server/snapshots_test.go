@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -128,6 +129,14 @@ func TestEndpointOnlyChangeKeepsListenerRouteAndClusterVersions(t *testing.T) {
 	}
 }
 
+func edsBytes(b *builder) int {
+	n := 0
+	for _, r := range b.eds.res.Items {
+		n += proto.Size(r.Resource)
+	}
+	return n
+}
+
 func bytesOf(rs []types.Resource) int {
 	n := 0
 	for _, r := range rs {
@@ -153,7 +162,7 @@ func BenchmarkGenerateFull(b *testing.B) {
 					b.Fatal(err)
 				}
 				sk := bl.kinds[KindProxyless]
-				full = bytesOf(sk.types[types.Listener].items) + bytesOf(sk.types[types.Route].items) + bytesOf(sk.types[types.Cluster].items) + bytesOf(bl.eds.items)
+				full = bytesOf(sk.types[types.Listener].items) + bytesOf(sk.types[types.Route].items) + bytesOf(sk.types[types.Cluster].items) + edsBytes(bl)
 			}
 			b.ReportMetric(float64(full), "proxyless-full-bytes")
 		})
@@ -193,5 +202,135 @@ func BenchmarkEndpointChange(b *testing.B) {
 			cla := bl.edsCache["|"+state.Services[3].Namespace+"/"+state.Services[3].Name].clas
 			b.ReportMetric(float64(bytesOf(cla)), "changed-eds-bytes")
 		})
+	}
+}
+
+// resourcesOf returns a snapshot's resources by type and name, marshaled.
+func resourcesOf(t *testing.T, snap interface {
+	GetResources(string) map[string]types.Resource
+}) map[string]map[string]string {
+	t.Helper()
+	out := map[string]map[string]string{}
+	for _, typ := range []string{
+		"type.googleapis.com/envoy.config.listener.v3.Listener",
+		"type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+		"type.googleapis.com/envoy.config.cluster.v3.Cluster",
+		"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+	} {
+		out[typ] = map[string]string{}
+		for name, r := range snap.GetResources(typ) {
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[typ][name] = string(b)
+		}
+	}
+	return out
+}
+
+func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
+	base := syntheticMesh(40)
+	serverID := base.Services[5].Endpoints[0].Identity
+	steps := []struct {
+		name   string
+		change func(mesh.State) mesh.State
+	}{
+		{"one endpoint's port moves", func(s mesh.State) mesh.State { return moveEndpoint(s, 5, 1) }},
+		{"nothing changes", func(s mesh.State) mesh.State { return s }},
+		{"an endpoint's address moves", func(s mesh.State) mesh.State {
+			s.Services = append([]mesh.Service(nil), s.Services...)
+			eps := append([]mesh.Endpoint(nil), s.Services[5].Endpoints...)
+			eps[1].Address = "10.99.0.1"
+			s.Services[5].Endpoints = eps
+			return s
+		}},
+		{"an endpoint goes unready", func(s mesh.State) mesh.State {
+			s.Services = append([]mesh.Service(nil), s.Services...)
+			eps := append([]mesh.Endpoint(nil), s.Services[6].Endpoints...)
+			eps[0].Ready = false
+			s.Services[6].Endpoints = eps
+			return s
+		}},
+		{"an endpoint with a new identity (shape change)", func(s mesh.State) mesh.State {
+			s.Services = append([]mesh.Service(nil), s.Services...)
+			eps := append([]mesh.Endpoint(nil), s.Services[7].Endpoints...)
+			eps = append(eps, mesh.Endpoint{Address: "10.98.0.1", Cluster: "east", Ready: true, Identity: serverID})
+			s.Services[7].Endpoints = eps
+			return s
+		}},
+		{"a remote export's endpoints move", func(s mesh.State) mesh.State {
+			svc := s.Services[3]
+			svc.Cluster = "west"
+			if s.Remote == nil {
+				s.Remote = map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Services: []mesh.Service{svc}}}
+				return s
+			}
+			svc.Endpoints = []mesh.Endpoint{{Address: "10.97.0.1", Cluster: "west", Ready: true, Identity: svc.Endpoints[0].Identity}}
+			s.Remote = map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Services: []mesh.Service{svc}}}
+			return s
+		}},
+		{"a remote export's endpoints move again", func(s mesh.State) mesh.State {
+			cat := s.Remote["west"]
+			svc := cat.Services[0]
+			svc.Endpoints = []mesh.Endpoint{{Address: "10.97.0.2", Cluster: "west", Ready: true, Identity: svc.Endpoints[0].Identity}}
+			s.Remote = map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Services: []mesh.Service{svc}}}
+			return s
+		}},
+	}
+	keys := []proxyKey{
+		{id: serverID, kind: KindProxyless}, {id: serverID, kind: KindSidecar},
+		{id: base.Services[6].Endpoints[0].Identity, kind: KindProxyless},
+		{id: mesh.NewIdentity(td, "client", "client"), kind: KindProxyless},
+	}
+	inc := newBuilder()
+	if _, err := inc.update(base); err != nil {
+		t.Fatal(err)
+	}
+	states := map[proxyKey]*keyState{}
+	for _, k := range keys {
+		states[k] = &keyState{}
+		if _, _, err := inc.snapshot(k, states[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := base
+	for _, step := range steps {
+		state = step.change(state)
+		shapeAt := inc.shapeAt
+		if _, err := inc.update(state); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		slow := strings.Contains(step.name, "shape change") || step.name == "a remote export's endpoints move"
+		if fast := inc.shapeAt == shapeAt; fast == slow {
+			t.Errorf("%s: took the endpoint-only path: %v", step.name, fast)
+		}
+		full := newBuilder()
+		if _, err := full.update(state); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			got, _, err := inc.snapshot(k, states[k])
+			if err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			want, _, err := full.snapshot(k, &keyState{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, w := resourcesOf(t, got), resourcesOf(t, want)
+			for typ := range w {
+				for name, wr := range w[typ] {
+					if g[typ][name] != wr {
+						t.Errorf("%s: proxy %s: %s %s differs from a full rebuild", step.name, k, typ, name)
+					}
+				}
+				for name := range g[typ] {
+					if _, ok := w[typ][name]; !ok {
+						t.Errorf("%s: proxy %s: %s %s is stale (absent from a full rebuild)", step.name, k, typ, name)
+					}
+				}
+			}
+		}
 	}
 }
