@@ -1,0 +1,399 @@
+package federate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/meshfed/meshfed/controller/kube"
+	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/federation/catalog"
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// GVRs of the MCS objects the bridge reads and writes.
+var (
+	ServiceExportGVR = schema.GroupVersionResource{Group: mcsv1beta1.GroupName, Version: "v1beta1", Resource: "serviceexports"}
+	ServiceImportGVR = schema.GroupVersionResource{Group: mcsv1beta1.GroupName, Version: "v1beta1", Resource: "serviceimports"}
+	MeshConfigGVR    = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
+)
+
+// Labels on the ServiceImports the bridge writes. It deletes only
+// ServiceImports that carry LabelManagedBy=ManagedBy.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "meshfed"
+)
+
+// Bridge connects one cluster's Kubernetes API with its federation member.
+// Create it with New and start it with Run.
+type Bridge struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	events  *events
+
+	factory    informers.SharedInformerFactory
+	dynFactory dynamicinformer.DynamicSharedInformerFactory
+	services   corelisters.ServiceLister
+	pods       corelisters.PodLister
+	slices     discoverylisters.EndpointSliceLister
+	exports    cache.GenericLister
+	imports    cache.GenericLister
+	synced     []cache.InformerSynced
+
+	changed chan struct{}
+
+	// Owned by Run's goroutine.
+	published     []catalog.ExportedService
+	havePublished bool
+	remoteSince   time.Time // first unhandled federation signal
+	catalogSeen   map[string]uint64
+	reported      map[string]string
+	statusAt      time.Time
+
+	current atomic.Pointer[RemoteState]
+	subsMu  sync.Mutex
+	subs    map[chan struct{}]struct{}
+	pushMu  sync.Mutex
+	pending []pendingPush
+}
+
+type pendingPush struct {
+	version uint64
+	since   time.Time
+}
+
+// New returns a Bridge for cfg. It registers metrics and informers but
+// starts nothing.
+func New(cfg Config) (*Bridge, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bridge{
+		cfg: cfg, log: log, metrics: m,
+		changed:     make(chan struct{}, 1),
+		catalogSeen: map[string]uint64{},
+		reported:    map[string]string{},
+		subs:        map[chan struct{}]struct{}{},
+	}
+	b.current.Store(&RemoteState{Remote: map[string]mesh.ClusterCatalog{}})
+	b.factory = informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
+	b.dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync)
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { b.signal() },
+		UpdateFunc: func(any, any) { b.signal() },
+		DeleteFunc: func(any) { b.signal() },
+	}
+	add := func(inf cache.SharedIndexInformer) error {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+		b.synced = append(b.synced, inf.HasSynced)
+		return nil
+	}
+	core := b.factory.Core().V1()
+	b.services, b.pods = core.Services().Lister(), core.Pods().Lister()
+	b.slices = b.factory.Discovery().V1().EndpointSlices().Lister()
+	se, si := b.dynFactory.ForResource(ServiceExportGVR), b.dynFactory.ForResource(ServiceImportGVR)
+	b.exports, b.imports = se.Lister(), si.Lister()
+	for _, inf := range []cache.SharedIndexInformer{
+		core.Services().Informer(), core.Pods().Informer(), b.factory.Discovery().V1().EndpointSlices().Informer(),
+		se.Informer(), si.Informer(),
+	} {
+		if err := add(inf); err != nil {
+			return nil, err
+		}
+	}
+	b.events = newEvents(cfg, log)
+	return b, nil
+}
+
+func (b *Bridge) signal() {
+	select {
+	case b.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Remote returns the latest remote state. It never blocks; the value is
+// shared and must not be modified.
+func (b *Bridge) Remote() *RemoteState { return b.current.Load() }
+
+// Subscribe returns a channel that receives a value whenever Remote
+// changes, and a func to stop. Signals coalesce (room for one): after a
+// signal, read Remote. The bridge never blocks on a slow subscriber.
+func (b *Bridge) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	b.subsMu.Lock()
+	b.subs[ch] = struct{}{}
+	b.subsMu.Unlock()
+	return ch, func() {
+		b.subsMu.Lock()
+		delete(b.subs, ch)
+		b.subsMu.Unlock()
+	}
+}
+
+// Pushed tells the bridge that a state built from RemoteState version (or
+// a later one) has reached the proxies (the xDS server's ACK, or at least
+// its snapshot update). It feeds the remote-change-to-push metric. Safe
+// from any goroutine; it never blocks.
+func (b *Bridge) Pushed(version uint64) {
+	now := time.Now()
+	b.pushMu.Lock()
+	defer b.pushMu.Unlock()
+	i := 0
+	for ; i < len(b.pending) && b.pending[i].version <= version; i++ {
+		b.metrics.remoteToPush.Observe(now.Sub(b.pending[i].since).Seconds())
+	}
+	b.pending = b.pending[i:]
+}
+
+// Run starts the informers, waits for them to sync, and reconciles until
+// ctx ends. It returns after its goroutines have stopped.
+func (b *Bridge) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	b.factory.Start(ctx.Done())
+	b.dynFactory.Start(ctx.Done())
+	defer b.factory.Shutdown()
+	defer b.dynFactory.Shutdown()
+	defer b.events.shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), b.synced...) {
+		return ctx.Err()
+	}
+	fedCh, stop := b.cfg.Federation.Subscribe()
+	defer stop()
+
+	debounce := time.NewTimer(0)
+	defer debounce.Stop()
+	var first time.Time
+	arm := func() {
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		d := min(b.cfg.Debounce, max(first.Add(b.cfg.MaxDelay).Sub(now), 0))
+		debounce.Reset(d)
+	}
+	resync := time.NewTicker(b.cfg.Resync)
+	defer resync.Stop()
+	var statusC <-chan time.Time
+	if b.cfg.MeshConfigName != "" {
+		st := time.NewTicker(b.cfg.StatusInterval)
+		defer st.Stop()
+		statusC = st.C
+	}
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-b.changed:
+			arm()
+		case <-fedCh:
+			if b.remoteSince.IsZero() {
+				b.remoteSince = time.Now()
+			}
+			arm()
+		case <-retry.C:
+			arm()
+		case <-resync.C:
+			arm()
+		case <-statusC:
+			b.writeStatus(ctx)
+		case <-debounce.C:
+			first = time.Time{}
+			if err := b.reconcile(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				b.log.Warn("federate: reconcile incomplete, retrying", "err", err)
+				retry.Reset(time.Second)
+			}
+		}
+	}
+}
+
+// localExports reads the ServiceExports and the Services they name. It
+// returns the valid exports by key and sets each ServiceExport's Valid
+// condition.
+func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]*mcsv1beta1.ServiceExport, map[string]string) {
+	objs, err := b.exports.List(labels.Everything())
+	if err != nil {
+		b.log.Error("federate: listing ServiceExports", "err", err)
+	}
+	settings := mesh.Settings{ClusterName: b.cfg.ClusterName, Network: b.cfg.Network, TrustDomain: b.cfg.TrustDomain}
+	valid := map[string]catalog.ExportedService{}
+	all := map[string]*mcsv1beta1.ServiceExport{}
+	invalid := map[string]string{} // key → reason: message
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		var se mcsv1beta1.ServiceExport
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &se); err != nil {
+			b.log.Warn("federate: unreadable ServiceExport", "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
+			continue
+		}
+		if se.DeletionTimestamp != nil {
+			continue
+		}
+		key := se.Namespace + "/" + se.Name
+		all[key] = &se
+		svc, err := b.services.Services(se.Namespace).Get(se.Name)
+		if apierrors.IsNotFound(err) {
+			invalid[key] = string(mcsv1beta1.ServiceExportReasonNoService) + ": service " + key + " does not exist"
+			continue
+		} else if err != nil {
+			invalid[key] = string(mcsv1beta1.ServiceExportReasonNoService) + ": " + err.Error()
+			continue
+		}
+		if svc.Spec.Type == corev1.ServiceTypeExternalName {
+			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": ExternalName services cannot be exported"
+			continue
+		}
+		sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: se.Name})
+		slices, _ := b.slices.EndpointSlices(se.Namespace).List(sel)
+		ms, err := kube.ServiceFrom(settings, svc, slices, b.podInfo)
+		if err != nil {
+			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": " + err.Error()
+			continue
+		}
+		valid[key] = exportFrom(ms, svc.Spec.ClusterIP == corev1.ClusterIPNone, se.CreationTimestamp.Time)
+	}
+	return valid, all, invalid
+}
+
+func (b *Bridge) podInfo(ns, name string) (kube.PodInfo, bool) {
+	p, err := b.pods.Pods(ns).Get(name)
+	if err != nil {
+		return kube.PodInfo{}, false
+	}
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	return kube.PodInfo{ServiceAccount: sa}, true
+}
+
+// reconcile does one full pass: exports → Publish, conditions, imports,
+// remote state. It returns an error when something must be retried.
+func (b *Bridge) reconcile(ctx context.Context) error {
+	start := time.Now()
+	remoteSince := b.remoteSince
+	b.remoteSince = time.Time{}
+	snap := b.cfg.Federation.Snapshot()
+	valid, all, invalid := b.localExports()
+	v := computeView(b.cfg.ClusterName, valid, snap)
+
+	var errs []error
+	if !b.havePublished || !reflect.DeepEqual(v.published, b.published) {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		version, err := b.cfg.Federation.Publish(pctx, v.published)
+		cancel()
+		if err != nil {
+			b.metrics.publishes.WithLabelValues("error").Inc()
+			errs = append(errs, fmt.Errorf("publish %d exported services: %w", len(v.published), err))
+		} else {
+			b.metrics.publishes.WithLabelValues("ok").Inc()
+			b.published, b.havePublished = v.published, true
+			b.log.Info("federate: published catalog", "version", version, "services", len(v.published))
+		}
+	}
+	b.metrics.exports.WithLabelValues("published").Set(float64(len(v.published)))
+	b.metrics.exports.WithLabelValues("invalid").Set(float64(len(invalid)))
+	b.metrics.exports.WithLabelValues("conflict").Set(float64(len(v.rejected)))
+
+	if err := b.updateExportConditions(ctx, all, invalid, v.rejected); err != nil {
+		errs = append(errs, err)
+	}
+	if b.cfg.WriteImports {
+		if err := b.applyImports(ctx, v.imports); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.setRemote(v.remote, snap, remoteSince)
+	if b.cfg.MeshConfigName != "" && time.Since(b.statusAt) > 2*time.Second {
+		b.writeStatus(ctx)
+	}
+	b.metrics.reconcile.Observe(time.Since(start).Seconds())
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// setRemote hands out the remote state if it changed, and records how
+// long remote changes took to get here.
+func (b *Bridge) setRemote(rs RemoteState, snap *federation.RemoteView, remoteSince time.Time) {
+	now := time.Now()
+	if snap != nil {
+		for name, cv := range snap.Clusters {
+			if cv.Catalog == nil || b.catalogSeen[name] == cv.Catalog.Version {
+				continue
+			}
+			b.catalogSeen[name] = cv.Catalog.Version
+			if !cv.Catalog.GeneratedAt.IsZero() {
+				b.metrics.catalogAge.Observe(max(now.Sub(cv.Catalog.GeneratedAt), 0).Seconds())
+			}
+		}
+	}
+	cur := b.current.Load()
+	if reflect.DeepEqual(cur.Remote, rs.Remote) && reflect.DeepEqual(cur.Imports, rs.Imports) {
+		return
+	}
+	rs.Version = cur.Version + 1
+	since := remoteSince
+	if since.IsZero() {
+		since = now
+	} else {
+		b.metrics.remoteToView.WithLabelValues().Observe(now.Sub(since).Seconds())
+	}
+	b.pushMu.Lock()
+	b.pending = append(b.pending, pendingPush{version: rs.Version, since: since})
+	if len(b.pending) > 1000 { // nobody calls Pushed
+		b.pending = b.pending[len(b.pending)-1000:]
+	}
+	b.pushMu.Unlock()
+	b.current.Store(&rs)
+	b.subsMu.Lock()
+	for ch := range b.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	b.subsMu.Unlock()
+}

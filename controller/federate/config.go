@@ -1,0 +1,125 @@
+package federate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/federation/catalog"
+)
+
+// Federation is what the bridge needs of a federation member;
+// *federation.Federation implements it. Publish may block until the member
+// runs (see federation.Federation.Publish); Subscribe and Snapshot never
+// block.
+type Federation interface {
+	Publish(ctx context.Context, services []catalog.ExportedService) (uint64, error)
+	Subscribe() (<-chan struct{}, func())
+	Snapshot() *federation.RemoteView
+}
+
+// Config configures a Bridge.
+type Config struct {
+	// Client and Dynamic talk to the local cluster's API server.
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Federation is this cluster's federation member.
+	Federation Federation
+
+	// ClusterName is this cluster's name in the federation. Required.
+	ClusterName string
+	// Network is the network this cluster's pod addresses are on.
+	Network string
+	// TrustDomain makes endpoint identities from Pods' ServiceAccounts.
+	// Required.
+	TrustDomain string
+
+	// Namespace and MeshConfigName locate the MeshConfig whose
+	// status.federation the bridge keeps up to date for `meshfed cluster
+	// list`. Empty MeshConfigName: no status is written.
+	Namespace      string
+	MeshConfigName string
+	// StatusInterval is how often members are written into the MeshConfig
+	// status even when nothing changed (last contact moves). Default 10 s.
+	StatusInterval time.Duration
+
+	// WriteImports makes the bridge create, update and delete
+	// ServiceImports. Default true.
+	WriteImports bool
+
+	// Debounce is how long the bridge waits for a burst of changes to end;
+	// MaxDelay bounds the wait from the burst's first change. Defaults
+	// 100 ms and 1 s.
+	Debounce time.Duration
+	MaxDelay time.Duration
+	// Resync is how often everything is reconciled even with no change,
+	// and the informers' resync period. Default 5 min.
+	Resync time.Duration
+
+	// Registerer receives the bridge's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger receives reports and failures; nil discards them.
+	Logger *slog.Logger
+	// Component is the source of the Events the bridge records.
+	// Default "meshfed-controller".
+	Component string
+}
+
+// DefaultConfig returns a Config with every default filled in; Client,
+// Dynamic, Federation, ClusterName and TrustDomain must still be set.
+func DefaultConfig() Config {
+	return Config{
+		Network:        "default",
+		Namespace:      "meshfed-system",
+		MeshConfigName: "meshfed-mesh-config",
+		StatusInterval: 10 * time.Second,
+		WriteImports:   true,
+		Debounce:       100 * time.Millisecond,
+		MaxDelay:       time.Second,
+		Resync:         5 * time.Minute,
+		Component:      "meshfed-controller",
+	}
+}
+
+// Validate reports every problem with c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Client == nil {
+		errs = append(errs, errors.New("federate: Client is nil"))
+	}
+	if c.Dynamic == nil {
+		errs = append(errs, errors.New("federate: Dynamic is nil"))
+	}
+	if c.Federation == nil {
+		errs = append(errs, errors.New("federate: Federation is nil"))
+	}
+	if !catalog.ValidClusterName(c.ClusterName) {
+		errs = append(errs, fmt.Errorf("federate: ClusterName %q: not a DNS label", c.ClusterName))
+	}
+	if c.TrustDomain == "" {
+		errs = append(errs, errors.New("federate: TrustDomain is empty"))
+	}
+	if c.MeshConfigName != "" && c.Namespace == "" {
+		errs = append(errs, errors.New("federate: MeshConfigName is set but Namespace is empty"))
+	}
+	if c.MeshConfigName != "" && c.StatusInterval <= 0 {
+		errs = append(errs, fmt.Errorf("federate: StatusInterval %v: must be positive", c.StatusInterval))
+	}
+	if c.Debounce <= 0 {
+		errs = append(errs, fmt.Errorf("federate: Debounce %v: must be positive", c.Debounce))
+	}
+	if c.MaxDelay < c.Debounce {
+		errs = append(errs, fmt.Errorf("federate: MaxDelay %v: must be at least Debounce %v", c.MaxDelay, c.Debounce))
+	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("federate: Resync %v: must be positive", c.Resync))
+	}
+	return errors.Join(errs...)
+}

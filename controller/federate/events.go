@@ -1,0 +1,35 @@
+package federate
+
+import (
+	"log/slog"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+)
+
+// events records Kubernetes Events on ServiceExports.
+type events struct {
+	broadcaster record.EventBroadcaster
+	recorder    record.EventRecorder
+	stopOnce    sync.Once
+}
+
+func newEvents(cfg Config, _ *slog.Logger) *events {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cfg.Client.CoreV1().Events("")})
+	return &events{broadcaster: b, recorder: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: cfg.Component})}
+}
+
+func (e *events) warn(se *mcsv1beta1.ServiceExport, reason, msg string) {
+	ref := &corev1.ObjectReference{
+		APIVersion: mcsv1beta1.GroupVersion.String(), Kind: "ServiceExport",
+		Namespace: se.Namespace, Name: se.Name, UID: se.UID, ResourceVersion: se.ResourceVersion,
+	}
+	e.recorder.Event(ref, corev1.EventTypeWarning, reason, msg)
+}
+
+func (e *events) shutdown() { e.stopOnce.Do(e.broadcaster.Shutdown) }

@@ -1,0 +1,191 @@
+package federate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// serviceImportFor returns the ServiceImport spec and status clusters for
+// one desired import.
+func serviceImportFor(imp importSpec) (mcsv1beta1.ServiceImportSpec, []mcsv1beta1.ClusterStatus) {
+	spec := mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.ClusterSetIP, Ports: []mcsv1beta1.ServicePort{}}
+	if imp.Headless {
+		spec.Type = mcsv1beta1.Headless
+	}
+	for _, p := range imp.Ports {
+		sp := mcsv1beta1.ServicePort{Name: p.Name, Protocol: corev1.ProtocolTCP, Port: int32(p.Port)}
+		if ap := appProtocol(p.Protocol); ap != "" {
+			sp.AppProtocol = &ap
+		}
+		spec.Ports = append(spec.Ports, sp)
+	}
+	var clusters []mcsv1beta1.ClusterStatus
+	for _, c := range imp.Clusters {
+		clusters = append(clusters, mcsv1beta1.ClusterStatus{Cluster: c})
+	}
+	return spec, clusters
+}
+
+// appProtocol maps a mesh protocol to a Kubernetes appProtocol (as
+// controller/kube reads it back).
+func appProtocol(p string) string {
+	switch protocolFromCatalog(p) {
+	case mesh.ProtocolGRPC:
+		return "grpc"
+	case mesh.ProtocolHTTP2:
+		return "kubernetes.io/h2c"
+	case mesh.ProtocolTCP:
+		return "tcp"
+	}
+	return "http"
+}
+
+// applyImports makes the ServiceImports the bridge manages match want:
+// creates missing ones, updates changed ones, deletes those no cluster
+// exports any more. A ServiceImport of the same name that meshfed did not
+// create is left alone (and reported).
+func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
+	var errs []error
+	wanted := map[string]bool{}
+	client := b.cfg.Dynamic.Resource(ServiceImportGVR)
+	for _, imp := range want {
+		key := imp.Namespace + "/" + imp.Name
+		wanted[key] = true
+		spec, clusters := serviceImportFor(imp)
+		obj, err := b.imports.ByNamespace(imp.Namespace).Get(imp.Name)
+		if apierrors.IsNotFound(err) {
+			si := &mcsv1beta1.ServiceImport{
+				ObjectMeta: metav1.ObjectMeta{Namespace: imp.Namespace, Name: imp.Name, Labels: map[string]string{
+					LabelManagedBy: ManagedBy, mcsv1beta1.LabelServiceName: imp.Name,
+				}},
+				Spec: spec,
+			}
+			u, err := toUnstructured(si)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			created, err := client.Namespace(imp.Namespace).Create(ctx, u, metav1.CreateOptions{})
+			if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) && strings.Contains(err.Error(), "being terminated") {
+				b.log.Debug("federate: no namespace for ServiceImport", "serviceimport", key, "err", err)
+				continue // namespace sameness: the namespace does not exist here
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("serviceimport %s: create: %w", key, err))
+				continue
+			}
+			if err := unstructured.SetNestedField(created.Object, clustersField(clusters), "status", "clusters"); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if _, err := client.Namespace(imp.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("serviceimport %s: status: %w", key, err))
+			}
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("serviceimport %s: %w", key, err))
+			continue
+		}
+		u := obj.(*unstructured.Unstructured)
+		if u.GetLabels()[LabelManagedBy] != ManagedBy {
+			b.log.Warn("federate: ServiceImport not managed by meshfed, left alone", "serviceimport", key)
+			continue
+		}
+		var cur mcsv1beta1.ServiceImport
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cur); err != nil {
+			errs = append(errs, fmt.Errorf("serviceimport %s: %w", key, err))
+			continue
+		}
+		if !reflect.DeepEqual(normalizeSpec(cur.Spec), normalizeSpec(spec)) {
+			upd := u.DeepCopy()
+			specObj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&spec)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			upd.Object["spec"] = specObj
+			if u, err = client.Namespace(imp.Namespace).Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("serviceimport %s: update: %w", key, err))
+				continue
+			}
+		}
+		if !reflect.DeepEqual(cur.Status.Clusters, clusters) {
+			upd := u.DeepCopy()
+			if err := unstructured.SetNestedField(upd.Object, clustersField(clusters), "status", "clusters"); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if _, err := client.Namespace(imp.Namespace).UpdateStatus(ctx, upd, metav1.UpdateOptions{}); err != nil {
+				errs = append(errs, fmt.Errorf("serviceimport %s: status: %w", key, err))
+			}
+		}
+	}
+	objs, err := b.imports.List(labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy}))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, o := range objs {
+		u := o.(*unstructured.Unstructured)
+		key := u.GetNamespace() + "/" + u.GetName()
+		if wanted[key] || u.GetDeletionTimestamp() != nil {
+			continue
+		}
+		err := client.Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("serviceimport %s: delete: %w", key, err))
+		} else {
+			b.log.Info("federate: ServiceImport removed, no cluster exports it", "serviceimport", key)
+		}
+	}
+	b.metrics.imports.Set(float64(len(wanted)))
+	return errors.Join(errs...)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func clustersField(cs []mcsv1beta1.ClusterStatus) []any {
+	out := make([]any, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, map[string]any{"cluster": c.Cluster})
+	}
+	return out
+}
+
+// normalizeSpec drops what the API server defaults, so that a spec read
+// back compares equal to the one written.
+func normalizeSpec(s mcsv1beta1.ServiceImportSpec) mcsv1beta1.ServiceImportSpec {
+	s.SessionAffinity = ""
+	s.SessionAffinityConfig = nil
+	s.IPFamilies = nil
+	s.IPs = nil
+	if len(s.Ports) == 0 {
+		s.Ports = nil
+	}
+	return s
+}
+
+func toUnstructured(si *mcsv1beta1.ServiceImport) (*unstructured.Unstructured, error) {
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(si)
+	if err != nil {
+		return nil, err
+	}
+	u := &unstructured.Unstructured{Object: obj}
+	u.SetAPIVersion(mcsv1beta1.GroupVersion.String())
+	u.SetKind("ServiceImport")
+	delete(u.Object, "status")
+	return u, nil
+}

@@ -1,0 +1,118 @@
+package federate
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshfed/meshfed/federation"
+)
+
+// Status is what the bridge writes into the MeshConfig's status.federation
+// and `meshfed cluster list` shows.
+type Status struct {
+	// Cluster is the local cluster's name.
+	Cluster string `json:"cluster"`
+	// UpdatedAt is when the controller wrote this status.
+	UpdatedAt time.Time `json:"updatedAt"`
+	// Members are every federation member this cluster knows of,
+	// itself included, sorted by name.
+	Members []MemberStatus `json:"members"`
+}
+
+// MemberStatus is one member as the local cluster sees it.
+type MemberStatus struct {
+	Name string `json:"name"`
+	// Address is its gossip address (host:port).
+	Address string `json:"address,omitempty"`
+	// State is alive, suspect, dead, left or unknown.
+	State string `json:"state"`
+	// Since is when State last changed.
+	Since *time.Time `json:"since,omitempty"`
+	// LastContact is the last direct contact with it.
+	LastContact *time.Time `json:"lastContact,omitempty"`
+	// CatalogVersion is the version of its catalog held here (0: none).
+	CatalogVersion uint64 `json:"catalogVersion"`
+	// Services are its exported services ("namespace/name"), at most
+	// MaxListedServices of them; ServiceCount is the total.
+	Services     []string `json:"services,omitempty"`
+	ServiceCount int      `json:"serviceCount"`
+	// Withdrawn are services the failure policy withdrew.
+	Withdrawn []string `json:"withdrawn,omitempty"`
+	// Reason explains its state ("west: dead since …").
+	Reason string `json:"reason,omitempty"`
+	// TrustBundleFingerprint is the trust bundle its catalog names.
+	TrustBundleFingerprint string `json:"trustBundleFingerprint,omitempty"`
+	Stale                  bool   `json:"stale,omitempty"`
+	Local                  bool   `json:"local,omitempty"`
+}
+
+// MaxListedServices bounds the service names per member in the status, so
+// that a 10,000-service catalog does not blow up the MeshConfig.
+const MaxListedServices = 50
+
+// StatusFrom builds the status for a federation snapshot; published are
+// the local exports' keys.
+func StatusFrom(cluster string, rv *federation.RemoteView, published []string, now time.Time) Status {
+	st := Status{Cluster: cluster, UpdatedAt: now.UTC().Truncate(time.Second)}
+	if rv == nil {
+		return st
+	}
+	tp := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		t = t.UTC().Truncate(time.Second)
+		return &t
+	}
+	for _, m := range rv.Members {
+		ms := MemberStatus{
+			Name: m.Name, Address: m.Addr, State: string(m.State), Since: tp(m.Since), LastContact: tp(m.LastContact),
+			CatalogVersion: m.CatalogVersion, ServiceCount: m.Services, TrustBundleFingerprint: m.TrustBundleFingerprint,
+			Stale: m.Stale, Local: m.Local,
+		}
+		var names []string
+		if m.Local {
+			names = published
+		} else if cv, ok := rv.Clusters[m.Name]; ok {
+			if cv.Catalog != nil {
+				for _, s := range cv.Catalog.Services {
+					names = append(names, s.Key())
+				}
+			}
+			ms.Withdrawn, ms.Reason = cv.Withdrawn, cv.Reason
+		}
+		sort.Strings(names)
+		if len(names) > MaxListedServices {
+			names = names[:MaxListedServices]
+		}
+		ms.Services = names
+		st.Members = append(st.Members, ms)
+	}
+	return st
+}
+
+// writeStatus writes the members into the MeshConfig's status.federation
+// (a merge patch of the status subresource). Failures are logged: the
+// status is informational and rewritten every StatusInterval.
+func (b *Bridge) writeStatus(ctx context.Context) {
+	b.statusAt = time.Now()
+	published := make([]string, 0, len(b.published))
+	for _, s := range b.published {
+		published = append(published, s.Key())
+	}
+	st := StatusFrom(b.cfg.ClusterName, b.cfg.Federation.Snapshot(), published, time.Now())
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"federation": st}})
+	if err != nil {
+		b.log.Error("federate: encoding status", "err", err)
+		return
+	}
+	_, err = b.cfg.Dynamic.Resource(MeshConfigGVR).Namespace(b.cfg.Namespace).Patch(ctx, b.cfg.MeshConfigName, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+	if err != nil && ctx.Err() == nil {
+		b.log.Warn("federate: writing federation status into MeshConfig", "namespace", b.cfg.Namespace, "name", b.cfg.MeshConfigName, "err", err)
+	}
+}

@@ -1,0 +1,115 @@
+package federate
+
+import (
+	"sort"
+
+	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/federation/catalog"
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// RemoteState is the federation as the controller's mesh.State needs it:
+// assign Remote to mesh.State.Remote and Imports to mesh.State.Imports.
+// Values are shared and must not be modified.
+type RemoteState struct {
+	// Version increases with every change the bridge hands out; pass it
+	// to Bridge.Pushed once proxies have the state built from it.
+	Version uint64
+	// Remote holds every other cluster's routable exported services by
+	// cluster name: what its member published, minus what the failure
+	// policy withdrew and minus exports that lost MCS conflict resolution.
+	// Every endpoint carries its cluster, network, zone and identity.
+	Remote map[string]mesh.ClusterCatalog
+	// Imports are the MCS imports (one per exported name across the
+	// federation, this cluster included), sorted by namespace and name.
+	Imports []mesh.Import
+}
+
+// view is what one reconcile computes from the local exports and the
+// federation's snapshot. Pure data; see computeView.
+type view struct {
+	// published is what this cluster publishes: its valid exports that
+	// won conflict resolution, sorted by namespace and name.
+	published []catalog.ExportedService
+	// rejected are local exports that lost conflict resolution, by key.
+	rejected map[string]conflict
+	// imports are the desired ServiceImports, sorted.
+	imports []importSpec
+	remote  RemoteState
+}
+
+// importSpec is one desired ServiceImport.
+type importSpec struct {
+	Namespace, Name string
+	Ports           []catalog.Port
+	Headless        bool
+	// Clusters are the exporting clusters, sorted.
+	Clusters []string
+}
+
+// computeView applies MCS conflict resolution to the local exports (by
+// "namespace/name") and the remote clusters' routable services.
+func computeView(local string, exports map[string]catalog.ExportedService, rv *federation.RemoteView) view {
+	byName := map[string][]exporter{}
+	for k, es := range exports {
+		byName[k] = append(byName[k], exporter{Cluster: local, Service: es})
+	}
+	network := map[string]string{}
+	version := map[string]uint64{}
+	if rv != nil {
+		for name, cv := range rv.Clusters {
+			if cv.Catalog != nil {
+				network[name], version[name] = cv.Catalog.Network, cv.Catalog.Version
+			}
+			for _, es := range cv.Services {
+				byName[es.Key()] = append(byName[es.Key()], exporter{Cluster: name, Service: es})
+			}
+		}
+	}
+	v := view{rejected: map[string]conflict{}, remote: RemoteState{Remote: map[string]mesh.ClusterCatalog{}}}
+	if rv != nil {
+		for name := range rv.Clusters {
+			v.remote.Remote[name] = mesh.ClusterCatalog{Cluster: name, Network: network[name], Version: version[name]}
+		}
+	}
+	keys := make([]string, 0, len(byName))
+	for k := range byName {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := byName[keys[i]][0].Service, byName[keys[j]][0].Service
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		return a.Name < b.Name
+	})
+	for _, k := range keys {
+		res := resolve(byName[k])
+		if c, ok := res.Rejected[local]; ok {
+			v.rejected[k] = c
+		}
+		if len(res.Accepted) == 0 {
+			continue
+		}
+		first := res.Accepted[0].Service
+		imp := importSpec{Namespace: first.Namespace, Name: first.Name, Ports: res.Ports, Headless: res.Headless}
+		for _, e := range res.Accepted {
+			imp.Clusters = append(imp.Clusters, e.Cluster)
+			if e.Cluster == local {
+				v.published = append(v.published, e.Service)
+				continue
+			}
+			cc := v.remote.Remote[e.Cluster]
+			cc.Services = append(cc.Services, serviceFromCatalog(e.Cluster, network[e.Cluster], e.Service))
+			v.remote.Remote[e.Cluster] = cc
+		}
+		sort.Strings(imp.Clusters)
+		v.imports = append(v.imports, imp)
+		mi := mesh.Import{Namespace: imp.Namespace, Name: imp.Name, Clusters: imp.Clusters}
+		for _, p := range imp.Ports {
+			mi.Ports = append(mi.Ports, mesh.Port{Name: p.Name, Port: uint32(p.Port), Protocol: protocolFromCatalog(p.Protocol)})
+		}
+		v.remote.Imports = append(v.remote.Imports, mi)
+	}
+	return v
+}
