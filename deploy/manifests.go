@@ -133,7 +133,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "Role"),
 		ObjectMeta: meta(ControllerName, o.Namespace),
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"secrets", "configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
 		},
 	}
 	rb := &rbacv1.RoleBinding{

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -13,6 +14,8 @@ import (
 func newInstallCommand(kf *kubeFlags) *cobra.Command {
 	o := deploy.DefaultOptions()
 	var dryRun bool
+	var rootFrom kubeFlags
+	var rootFromNS, interCert, interKey, bundle string
 	cmd := &cobra.Command{
 		Use:   "install --cluster-name NAME",
 		Short: "Install the meshfed control plane into the current cluster",
@@ -39,12 +42,31 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 			if err != nil {
 				return err
 			}
-			res, err := c.Install(cmd.Context(), o)
+			src := installer.CASource{RootFromNamespace: rootFromNS}
+			if rootFrom.kubeconfig != "" || rootFrom.context != "" {
+				other, err := rootFrom.installer()
+				if err != nil {
+					return fmt.Errorf("--root-from-kubeconfig: %w", err)
+				}
+				src.RootFrom = other.Kube()
+			}
+			for _, f := range []struct {
+				path string
+				dst  *[]byte
+			}{{interCert, &src.IntermediateChain}, {interKey, &src.IntermediateKey}, {bundle, &src.TrustBundle}} {
+				if f.path == "" {
+					continue
+				}
+				if *f.dst, err = os.ReadFile(f.path); err != nil {
+					return err
+				}
+			}
+			res, err := c.InstallWithCA(cmd.Context(), o, src)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "meshfed %s: mesh %q installed in namespace %q for cluster %q (%d objects applied)\n",
-				deploy.Version, o.MeshName, o.Namespace, o.ClusterName, len(res.Applied))
+			fmt.Fprintf(cmd.OutOrStdout(), "meshfed %s: mesh %q installed in namespace %q for cluster %q (%d objects applied; %s)\n",
+				deploy.Version, o.MeshName, o.Namespace, o.ClusterName, len(res.Applied), res.CA)
 			return nil
 		},
 	}
@@ -56,6 +78,12 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 	f.BoolVar(&o.Permissive, "enable-permissive-traffic-policy", false, "allow all traffic between meshed workloads (still mTLS) instead of only what TrafficTargets allow")
 	f.StringVar(&o.Image, "controller-image", o.Image, "container image of meshfed-controller")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them")
+	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "share the federation root of the cluster this kubeconfig points at (its "+installer.RootSecretName+" Secret is copied)")
+	f.StringVar(&rootFrom.context, "root-from-context", "", "kubeconfig context of the cluster to share the root with")
+	f.StringVar(&rootFromNS, "root-from-namespace", deploy.DefaultNamespace, "control plane namespace in the cluster the root is shared from")
+	f.StringVar(&interCert, "intermediate-cert", "", "PEM chain of an intermediate CA signed offline by the federation root (the root key then never enters a cluster)")
+	f.StringVar(&interKey, "intermediate-key", "", "PEM key of that intermediate")
+	f.StringVar(&bundle, "trust-bundle", "", "PEM trust bundle (the federation root or roots) for that intermediate")
 	return cmd
 }
 

@@ -64,13 +64,21 @@ func (c *Client) Kube() kubernetes.Interface { return c.kube }
 type Result struct {
 	// Applied names every object, as kind/namespace/name.
 	Applied []string
+	// CA says what happened to the certificate authority.
+	CA string
 }
 
 // Install applies the CRDs, waits for them to be served, then applies the
-// control plane. It refuses a mesh whose name is already installed in
-// another namespace.
+// control plane, with a newly generated federation root unless the
+// namespace holds one already. It refuses a mesh whose name is already
+// installed in another namespace.
 func (c *Client) Install(ctx context.Context, o deploy.Options) (*Result, error) {
-	if err := o.Validate(); err != nil {
+	return c.InstallWithCA(ctx, o, CASource{})
+}
+
+// InstallWithCA is Install with the certificate authority taken from src.
+func (c *Client) InstallWithCA(ctx context.Context, o deploy.Options, src CASource) (*Result, error) {
+	if err := errors.Join(o.Validate(), src.validate()); err != nil {
 		return nil, err
 	}
 	meshes, err := c.ListMeshes(ctx)
@@ -109,6 +117,9 @@ func (c *Client) Install(ctx context.Context, o deploy.Options) (*Result, error)
 			return res, err
 		}
 		res.Applied = append(res.Applied, describe(obj))
+	}
+	if res.CA, err = c.InstallCA(ctx, o, src); err != nil {
+		return res, err
 	}
 	return res, nil
 }
@@ -273,11 +284,15 @@ func (c *Client) Uninstall(ctx context.Context, o UninstallOptions) error {
 			errs = append(errs, err)
 		}
 	}
-	// Secrets the control plane made (CA, gossip keys) carry the mesh's
-	// labels.
-	sel := deploy.LabelManagedBy + "=" + deploy.ManagedByMeshfed + "," + deploy.LabelMeshName + "=" + mesh.Name
-	if err := c.kube.CoreV1().Secrets(mesh.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sel}); err != nil && !apierrors.IsNotFound(err) {
+	// Secrets and ConfigMaps meshfed made in the control plane namespace
+	// (CA, trust bundle, gossip keys) carry its managed-by label; the
+	// namespace belongs to this mesh alone.
+	sel := metav1.ListOptions{LabelSelector: deploy.LabelManagedBy + "=" + deploy.ManagedByMeshfed}
+	if err := c.kube.CoreV1().Secrets(mesh.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil && !apierrors.IsNotFound(err) {
 		errs = append(errs, fmt.Errorf("delete secrets: %w", err))
+	}
+	if err := c.kube.CoreV1().ConfigMaps(mesh.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete configmaps: %w", err))
 	}
 	if o.DeleteCRDs {
 		rest, err := c.ListMeshes(ctx)

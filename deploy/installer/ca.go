@@ -1,0 +1,135 @@
+package installer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/trust/ca"
+)
+
+// Secret names the controller reads its CA from (MeshConfig
+// spec.certificate defaults).
+const (
+	RootSecretName         = "meshfed-root-ca"
+	IntermediateSecretName = "meshfed-intermediate-ca"
+)
+
+// CASource says where a cluster's certificate authority comes from at
+// install time. At most one way may be chosen; none generates a new root.
+type CASource struct {
+	// RootFrom, if set, is a client for a cluster that already holds the
+	// federation root: its root Secret is copied, so both clusters share
+	// one trust domain.
+	RootFrom kubernetes.Interface
+	// RootFromNamespace is the control plane namespace in that cluster.
+	// Default meshfed-system.
+	RootFromNamespace string
+	// Signed intermediate (PEM), for a root kept offline: the chain
+	// (intermediate first), its key and the trust bundle.
+	IntermediateChain, IntermediateKey, TrustBundle []byte
+}
+
+func (s CASource) validate() error {
+	inter := len(s.IntermediateChain) > 0 || len(s.IntermediateKey) > 0 || len(s.TrustBundle) > 0
+	var errs []error
+	if s.RootFrom != nil && inter {
+		errs = append(errs, errors.New("take the root from another cluster or give a signed intermediate, not both"))
+	}
+	if inter && (len(s.IntermediateChain) == 0 || len(s.IntermediateKey) == 0 || len(s.TrustBundle) == 0) {
+		errs = append(errs, errors.New("a signed intermediate needs its certificate chain, its key and the trust bundle"))
+	}
+	return errors.Join(errs...)
+}
+
+// InstallCA puts the federation's trust into the control plane namespace
+// before the controller starts: a copy of another cluster's root, a signed
+// intermediate, or — if neither is given and none is there — a new root.
+// Inputs are checked (trust domain, CA flags, key match, chain) and refused
+// with the reason; an existing valid root is kept. It returns what it did.
+func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) (string, error) {
+	if err := src.validate(); err != nil {
+		return "", err
+	}
+	td, err := spiffeid.TrustDomainFromString(o.TrustDomain)
+	if err != nil {
+		return "", fmt.Errorf("trust domain %q: %w", o.TrustDomain, err)
+	}
+	cfg := ca.DefaultConfig()
+	cfg.TrustDomain, cfg.ClusterName = o.TrustDomain, o.ClusterName
+	switch {
+	case src.RootFrom != nil:
+		ns := src.RootFromNamespace
+		if ns == "" {
+			ns = deploy.DefaultNamespace
+		}
+		root, err := ca.LoadRoot(ctx, src.RootFrom, ns, RootSecretName, td)
+		if err != nil {
+			return "", fmt.Errorf("take the root from the other cluster: %w", err)
+		}
+		existing, err := ca.LoadRoot(ctx, c.kube, o.Namespace, RootSecretName, td)
+		switch {
+		case err == nil && existing.Certificate.Equal(root.Certificate):
+			return "root already shared with the other cluster", nil
+		case err == nil:
+			return "", fmt.Errorf("this cluster already has a different root in %s/%s; rotate it (bundle union) instead of replacing it", o.Namespace, RootSecretName)
+		case !apierrors.IsNotFound(errors.Unwrap(err)) && !apierrors.IsNotFound(err):
+			return "", err
+		}
+		if err := ca.SaveRoot(ctx, c.kube, o.Namespace, RootSecretName, root); err != nil {
+			return "", err
+		}
+		return "root copied from the other cluster", nil
+	case len(src.IntermediateChain) > 0:
+		inter, err := ca.ParseIntermediate(td, src.IntermediateChain, src.IntermediateKey, src.TrustBundle, time.Now())
+		if err != nil {
+			return "", fmt.Errorf("signed intermediate: %w", err)
+		}
+		key, err := inter.KeyPEM()
+		if err != nil {
+			return "", err
+		}
+		s := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: IntermediateSecretName, Namespace: o.Namespace, Labels: o.Labels()},
+			Type:       corev1.SecretTypeTLS,
+			Data: map[string][]byte{
+				corev1.TLSCertKey: inter.ChainPEM(), corev1.TLSPrivateKeyKey: key, ca.BundleKey: inter.BundlePEM(),
+			},
+		}
+		secrets := c.kube.CoreV1().Secrets(o.Namespace)
+		if old, err := secrets.Get(ctx, s.Name, metav1.GetOptions{}); err == nil {
+			s.ResourceVersion = old.ResourceVersion
+			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{})
+			if err != nil {
+				return "", fmt.Errorf("intermediate secret %s/%s: %w", o.Namespace, s.Name, err)
+			}
+			return "signed intermediate updated; the root key is not in this cluster", nil
+		}
+		if _, err := secrets.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			return "", fmt.Errorf("intermediate secret %s/%s: %w", o.Namespace, s.Name, err)
+		}
+		return "signed intermediate installed; the root key is not in this cluster", nil
+	default:
+		if _, err := c.kube.CoreV1().Secrets(o.Namespace).Get(ctx, IntermediateSecretName, metav1.GetOptions{}); err == nil {
+			if _, err := ca.LoadRoot(ctx, c.kube, o.Namespace, RootSecretName, td); err != nil {
+				return "existing intermediate kept", nil
+			}
+		}
+		_, created, err := ca.LoadOrCreateRoot(ctx, c.kube, o.Namespace, RootSecretName, cfg)
+		if err != nil {
+			return "", err
+		}
+		if created {
+			return "new federation root generated", nil
+		}
+		return "existing root kept", nil
+	}
+}

@@ -1,0 +1,126 @@
+package installer_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/trust/ca"
+)
+
+// Two clusters installed so that they share one root: the first generates
+// it, the second takes it through the first cluster's API server. A signed
+// intermediate keeps the root key out of a third install, and bad inputs
+// are refused before anything is written.
+func TestInstallSharesTheFederationRoot(t *testing.T) {
+	sb := sandbox.StartForTest(t, "east", "west")
+	east, err := installer.New(sb.Cluster("east").RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	west, err := installer.New(sb.Cluster("west").RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("meshfed.local")
+
+	res, err := east.Install(ctx(t), opts("meshfed", "meshfed-system", "east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CA != "new federation root generated" {
+		t.Errorf("first install: CA %q", res.CA)
+	}
+	eastRoot, err := ca.LoadRoot(ctx(t), east.Kube(), "meshfed-system", installer.RootSecretName, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := east.Install(ctx(t), opts("meshfed", "meshfed-system", "east"))
+	if err != nil || again.CA != "existing root kept" {
+		t.Fatalf("re-install: CA %q, err %v", again.CA, err)
+	}
+
+	res, err = west.InstallWithCA(ctx(t), opts("meshfed", "meshfed-system", "west"), installer.CASource{RootFrom: east.Kube()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	westRoot, err := ca.LoadRoot(ctx(t), west.Kube(), "meshfed-system", installer.RootSecretName, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !westRoot.Certificate.Equal(eastRoot.Certificate) {
+		t.Fatal("west does not hold east's root after --root-from-kubeconfig")
+	}
+
+	// An intermediate for west made from the shared root verifies an SVID
+	// issued in east: one trust domain across both clusters.
+	eastInter, err := eastRoot.NewIntermediate("east", time.Hour, eastRoot.Bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := eastInter.IssueSVID(spiffeid.RequireFromString("spiffe://meshfed.local/ns/bookbuyer/sa/bookbuyer"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	westInter, err := westRoot.NewIntermediate("west", time.Hour, westRoot.Bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, westInter.Bundle()); err != nil {
+		t.Fatalf("east's SVID does not verify against west's bundle: %v", err)
+	}
+
+	// A signed intermediate (made where the root is, handed over as
+	// files): the root key never reaches the cluster.
+	keyPEM, err := eastInter.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := []struct {
+		name string
+		src  installer.CASource
+		want string
+	}{
+		{"both root and intermediate", installer.CASource{RootFrom: east.Kube(), IntermediateChain: eastInter.ChainPEM(), IntermediateKey: keyPEM, TrustBundle: eastInter.BundlePEM()}, "not both"},
+		{"intermediate without key", installer.CASource{IntermediateChain: eastInter.ChainPEM(), TrustBundle: eastInter.BundlePEM()}, "its key"},
+		{"not a certificate", installer.CASource{IntermediateChain: []byte("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"), IntermediateKey: keyPEM, TrustBundle: eastInter.BundlePEM()}, "signed intermediate"},
+		{"bundle of another root", installer.CASource{IntermediateChain: eastInter.ChainPEM(), IntermediateKey: keyPEM, TrustBundle: mustOtherRoot(t, td)}, "signed intermediate"},
+	}
+	for _, b := range bad {
+		t.Run("refuses "+b.name, func(t *testing.T) {
+			_, err := west.InstallWithCA(ctx(t), opts("other", "other-system", "north"), b.src)
+			if err == nil || !strings.Contains(err.Error(), b.want) {
+				t.Fatalf("err = %v; want it to mention %q", err, b.want)
+			}
+		})
+	}
+	res, err = west.InstallWithCA(ctx(t), opts("offline", "offline-system", "west"), installer.CASource{
+		IntermediateChain: eastInter.ChainPEM(), IntermediateKey: keyPEM, TrustBundle: eastInter.BundlePEM(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(res.CA, "root key is not in this cluster") {
+		t.Errorf("signed intermediate install: CA %q", res.CA)
+	}
+	if _, err := ca.LoadRoot(ctx(t), west.Kube(), "offline-system", installer.RootSecretName, td); err == nil {
+		t.Error("a root Secret exists in the namespace installed with a signed intermediate")
+	}
+	if _, err := ca.LoadIntermediate(ctx(t), west.Kube(), "offline-system", installer.IntermediateSecretName, td); err != nil {
+		t.Errorf("signed intermediate not loadable by the controller: %v", err)
+	}
+}
+
+func mustOtherRoot(t *testing.T, td spiffeid.TrustDomain) []byte {
+	t.Helper()
+	r, err := ca.GenerateRoot(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.CertificatePEM()
+}
