@@ -110,13 +110,99 @@ type upstreamEDS struct {
 
 // keyState is what was last published for one proxy key.
 type keyState struct {
-	refs     int
-	versions [types.UnknownType]string
-	extra    [types.UnknownType]versioned
-	merged   [types.UnknownType]cachev3.Resources
-	mergedOf [types.UnknownType]string
+	refs int
+	// versions are the published (narrowed) versions, fullVersions those
+	// of the whole per-key configuration they were cut from.
+	versions     [types.UnknownType]string
+	fullVersions [types.UnknownType]string
+	extra        [types.UnknownType]versioned
+	merged       [types.UnknownType]cachev3.Resources
+	mergedOf     [types.UnknownType]string
 	// extraAt is the builder generation extra was generated at (0: never).
 	extraAt uint64
+
+	// What the key's proxies subscribe to, by type: every name any of its
+	// streams asked for (never shrinks while the key lives), or wildcard.
+	subs     [types.UnknownType]map[string]bool
+	wildcard [types.UnknownType]bool
+	// subsSeq counts subscription growth; narrow is the published subset
+	// of the full per-key resources, built from full version narrowOf at
+	// subscription count narrowSubs.
+	subsSeq    [types.UnknownType]uint64
+	narrow     [types.UnknownType]cachev3.Resources
+	narrowOf   [types.UnknownType]string
+	narrowSubs [types.UnknownType]uint64
+	narrowSeq  uint64
+}
+
+// subscribe records that a stream of the key watches names of type t (or
+// everything); it reports whether that adds anything.
+func (ks *keyState) subscribe(t types.ResponseType, names map[string]struct{}, wildcard bool) bool {
+	if ks.wildcard[t] {
+		return false
+	}
+	if wildcard {
+		ks.wildcard[t] = true
+		ks.subsSeq[t]++
+		return true
+	}
+	grew := false
+	for n := range names {
+		if !ks.subs[t][n] {
+			if ks.subs[t] == nil {
+				ks.subs[t] = map[string]bool{}
+			}
+			ks.subs[t][n] = true
+			grew = true
+		}
+	}
+	if grew {
+		ks.subsSeq[t]++
+	}
+	return grew
+}
+
+// narrowed returns what the key publishes of type t: the full resources if
+// a stream watches everything, else only the subscribed ones. The version
+// moves only when that subset's content changes, so a proxy is sent a type
+// again only when something it watches changed (and go-control-plane,
+// which walks the whole snapshot map for every response, walks a few
+// entries, not the mesh).
+func (ks *keyState) narrowed(t types.ResponseType, full cachev3.Resources) cachev3.Resources {
+	if ks.wildcard[t] {
+		return full
+	}
+	if ks.narrowOf[t] == full.Version && ks.narrowSubs[t] == ks.subsSeq[t] && ks.narrow[t].Version != "" {
+		return ks.narrow[t]
+	}
+	items := make(map[string]types.ResourceWithTTL, len(ks.subs[t]))
+	for n := range ks.subs[t] {
+		if r, ok := full.Items[n]; ok {
+			items[n] = r
+		}
+	}
+	ks.narrowOf[t], ks.narrowSubs[t] = full.Version, ks.subsSeq[t]
+	if prev := ks.narrow[t]; prev.Version != "" && sameItems(prev.Items, items) {
+		return prev
+	}
+	ks.narrowSeq++
+	ks.narrow[t] = cachev3.Resources{Version: full.Version + "~" + strconv.FormatUint(ks.narrowSeq, 10), Items: items}
+	return ks.narrow[t]
+}
+
+// sameItems reports whether a and b hold the very same resources (resources
+// are never modified once published, so identity is equality).
+func sameItems(a, b map[string]types.ResourceWithTTL) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for n, r := range a {
+		o, ok := b[n]
+		if !ok || o.Resource != r.Resource || o.TTL != r.TTL {
+			return false
+		}
+	}
+	return true
 }
 
 // builder turns states into snapshots. It is owned by Server and used under
@@ -469,7 +555,7 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 	}
 	snap := &cachev3.Snapshot{}
 	changed, shapeChanged := false, false
-	var versions [types.UnknownType]string
+	var versions, fullVersions [types.UnknownType]string
 	for _, t := range snapshotTypes {
 		var base versioned
 		if t == types.Endpoint {
@@ -500,12 +586,14 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 			}
 			res = ks.merged[t]
 		}
+		if ks.fullVersions[t] != res.Version && t != types.Endpoint {
+			shapeChanged = true
+		}
+		fullVersions[t] = res.Version
+		res = ks.narrowed(t, res)
 		snap.Resources[t] = res
 		if ks.versions[t] != res.Version {
 			changed = true
-			if t != types.Endpoint {
-				shapeChanged = true
-			}
 		}
 		versions[t] = res.Version
 	}
@@ -522,7 +610,7 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 			return nil, false, fmt.Errorf("proxy %s: %w", key, err)
 		}
 	}
-	ks.versions = versions
+	ks.versions, ks.fullVersions = versions, fullVersions
 	if regen {
 		ks.extraAt = b.gen
 	}

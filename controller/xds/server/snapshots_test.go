@@ -5,9 +5,12 @@ import (
 	"strings"
 	"testing"
 
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshfed/meshfed/controller/xds/generate"
 	"github.com/meshfed/meshfed/mesh"
 )
 
@@ -73,6 +76,49 @@ func moveEndpoint(s mesh.State, i int, gen int) mesh.State {
 	return s
 }
 
+// watchingAll is a key whose proxies watch every resource (as Envoy does
+// for LDS and CDS).
+func watchingAll() *keyState {
+	ks := &keyState{}
+	for _, t := range snapshotTypes {
+		ks.subscribe(t, nil, true)
+	}
+	return ks
+}
+
+func TestProxyIsSentEndpointsOnlyWhenWhatItWatchesChanged(t *testing.T) {
+	b := newBuilder()
+	state := syntheticMesh(50)
+	if _, err := b.update(state); err != nil {
+		t.Fatal(err)
+	}
+	key := proxyKey{id: mesh.NewIdentity(td, "client", "client"), kind: KindProxyless}
+	ks := &keyState{}
+	watched := generate.ClusterName(state.Services[7].Key(), 8080, "")
+	ks.subscribe(types.Endpoint, map[string]struct{}{watched: {}}, false)
+	snap, changed, err := b.snapshot(key, ks)
+	if err != nil || !changed {
+		t.Fatalf("first snapshot: changed %v err %v", changed, err)
+	}
+	if got := snap.GetResources(resourcev3.EndpointType); len(got) != 1 || got[watched] == nil {
+		t.Fatalf("snapshot holds %d load assignments, want only %s", len(got), watched)
+	}
+	state = moveEndpoint(state, 8, 1)
+	if _, err := b.update(state); err != nil {
+		t.Fatal(err)
+	}
+	if _, changed, _ := b.snapshot(key, ks); changed {
+		t.Errorf("a change to a service the proxy does not watch produced a new snapshot")
+	}
+	state = moveEndpoint(state, 7, 2)
+	if _, err := b.update(state); err != nil {
+		t.Fatal(err)
+	}
+	if _, changed, _ := b.snapshot(key, ks); !changed {
+		t.Errorf("a change to the watched service produced no new snapshot")
+	}
+}
+
 func TestEndpointOnlyChangeKeepsListenerRouteAndClusterVersions(t *testing.T) {
 	for _, kind := range []Kind{KindProxyless, KindSidecar} {
 		t.Run(string(kind), func(t *testing.T) {
@@ -82,7 +128,7 @@ func TestEndpointOnlyChangeKeepsListenerRouteAndClusterVersions(t *testing.T) {
 				t.Fatal(err)
 			}
 			key := proxyKey{id: state.Services[0].Endpoints[0].Identity, kind: kind}
-			ks := &keyState{}
+			ks := watchingAll()
 			if _, changed, err := b.snapshot(key, ks); err != nil || !changed {
 				t.Fatalf("first snapshot: changed %v err %v", changed, err)
 			}
@@ -158,7 +204,7 @@ func BenchmarkGenerateFull(b *testing.B) {
 					b.Fatal(err)
 				}
 				key := proxyKey{id: state.Services[0].Endpoints[0].Identity, kind: KindProxyless}
-				if _, _, err := bl.snapshot(key, &keyState{}); err != nil {
+				if _, _, err := bl.snapshot(key, watchingAll()); err != nil {
 					b.Fatal(err)
 				}
 				sk := bl.kinds[KindProxyless]
@@ -183,6 +229,10 @@ func BenchmarkEndpointChange(b *testing.B) {
 			for i := 0; i < 100; i++ {
 				k := proxyKey{id: state.Services[i].Endpoints[0].Identity, kind: KindProxyless}
 				keys[k] = &keyState{}
+				// Like grpc-go: watch the listener, route, cluster and
+				// load assignment of the service it dials (the changed one).
+				name := generate.ClusterName(state.Services[3].Key(), 8080, "")
+				keys[k].subscribe(types.Endpoint, map[string]struct{}{name: {}}, false)
 				if _, _, err := bl.snapshot(k, keys[k]); err != nil {
 					b.Fatal(err)
 				}
@@ -289,7 +339,7 @@ func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
 	}
 	states := map[proxyKey]*keyState{}
 	for _, k := range keys {
-		states[k] = &keyState{}
+		states[k] = watchingAll()
 		if _, _, err := inc.snapshot(k, states[k]); err != nil {
 			t.Fatal(err)
 		}
@@ -314,7 +364,7 @@ func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", step.name, err)
 			}
-			want, _, err := full.snapshot(k, &keyState{})
+			want, _, err := full.snapshot(k, watchingAll())
 			if err != nil {
 				t.Fatal(err)
 			}
