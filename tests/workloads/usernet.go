@@ -179,4 +179,3 @@ func (n *UserNetwork) Close() error {
 
 // PID is the holder's process ID (for nsenter by hand).
 func (n *UserNetwork) PID() int { return n.holder.Process.Pid }
-
