@@ -1,0 +1,164 @@
+package demo
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is one RPC as a bookapp client reports it on stdout (one JSON
+// object per line).
+type Result struct {
+	Seq     int64  `json:"seq"`
+	Method  string `json:"method"`
+	Code    string `json:"code"`
+	Error   string `json:"error,omitempty"`
+	Backend string `json:"backend,omitempty"`
+	Version string `json:"version,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
+}
+
+// Outcome is where an RPC ended: a backend version in a cluster, or the
+// status code it was refused with.
+type Outcome struct {
+	OK      bool
+	Version string // bookstore version that answered (OK only)
+	Cluster string // cluster that answered (OK only)
+	Code    string // gRPC code (not OK only), e.g. PERMISSION_DENIED
+}
+
+func (o Outcome) String() string {
+	if o.OK {
+		return fmt.Sprintf("bookstore-%s @ %s", o.Version, o.Cluster)
+	}
+	if o.Code == "PermissionDenied" {
+		return "DENIED"
+	}
+	return "FAILED " + o.Code
+}
+
+// Key groups RPCs: who called, which method, where it ended.
+type Key struct {
+	Source  string // e.g. "bookbuyer @ east"
+	Method  string
+	Outcome Outcome
+}
+
+type sample struct {
+	at  time.Time
+	key Key
+}
+
+// Stats keeps recent RPC results from every client workload. Safe for
+// concurrent use: Record is called from the workloads' output goroutines.
+type Stats struct {
+	mu      sync.Mutex
+	keep    time.Duration
+	samples []sample
+}
+
+// NewStats keeps results for keep.
+func NewStats(keep time.Duration) *Stats { return &Stats{keep: keep} }
+
+// RecordLine parses one line of a client's output and records it; lines
+// that are not results (logs) are ignored.
+func (s *Stats) RecordLine(source string, line []byte, at time.Time) {
+	var r Result
+	if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &r) != nil || r.Code == "" {
+		return
+	}
+	s.Record(source, r, at)
+}
+
+// Record adds one result.
+func (s *Stats) Record(source string, r Result, at time.Time) {
+	o := Outcome{Code: r.Code}
+	if r.Code == "OK" {
+		o = Outcome{OK: true, Version: r.Version, Cluster: r.Cluster}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.samples = append(s.samples, sample{at: at, key: Key{Source: source, Method: r.Method, Outcome: o}})
+	cut := 0
+	for cut < len(s.samples) && at.Sub(s.samples[cut].at) > s.keep {
+		cut++
+	}
+	if cut > 0 {
+		s.samples = append(s.samples[:0], s.samples[cut:]...)
+	}
+}
+
+// Count returns how many RPCs ended in each way between from and to.
+func (s *Stats) Count(from, to time.Time) map[Key]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[Key]int{}
+	for _, x := range s.samples {
+		if !x.at.Before(from) && x.at.Before(to) {
+			out[x.key]++
+		}
+	}
+	return out
+}
+
+// Row is one line of the live table.
+type Row struct {
+	Key
+	PerSecond float64
+	Share     float64 // of the source's and method's RPCs in the window
+}
+
+// Rows summarises the last window before now, sorted by source, method,
+// outcome.
+func (s *Stats) Rows(now time.Time, window time.Duration) []Row {
+	counts := s.Count(now.Add(-window), now.Add(time.Nanosecond))
+	totals := map[[2]string]int{}
+	for k, n := range counts {
+		totals[[2]string{k.Source, k.Method}] += n
+	}
+	var rows []Row
+	for k, n := range counts {
+		rows = append(rows, Row{Key: k, PerSecond: float64(n) / window.Seconds(),
+			Share: float64(n) / float64(totals[[2]string{k.Source, k.Method}])})
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		a, b := rows[i], rows[j]
+		if a.Source != b.Source {
+			return a.Source < b.Source
+		}
+		if a.Method != b.Method {
+			return a.Method < b.Method
+		}
+		return a.Outcome.String() < b.Outcome.String()
+	})
+	return rows
+}
+
+// Render writes the table.
+func Render(w io.Writer, rows []Row, window time.Duration) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "SOURCE\tMETHOD\tRESULT\tRPC/s\tSHARE (last %s)\n", window)
+	last := ""
+	for _, r := range rows {
+		src := r.Source
+		if src == last {
+			src = ""
+		}
+		last = r.Source
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%3.0f%%\n", src, r.Method, r.Outcome, r.PerSecond, 100*r.Share)
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(tw, "(no RPCs yet: workloads are starting)")
+	}
+	tw.Flush()
+}
+
+// SourceLabel names a client workload for the table: its app and cluster.
+func SourceLabel(app, cluster string) string {
+	return strings.TrimSpace(app) + " @ " + cluster
+}
