@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -114,7 +115,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	xcfg := server.DefaultConfig()
 	xcfg.Address = cfg.XDSAddress
-	xcfg.TLS = mtls.ServerConfig(serving, authority, td)
+	xcfg.TLS = xdsServerTLS(serving, authority, td)
 	xcfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: ms.TrustDomain}
 	xcfg.Registerer, xcfg.Logger = reg, log
 	xcfg.OnAck = watcher.OnAck
@@ -164,6 +165,28 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		all = append(all, err)
 	}
 	return errors.Join(all...)
+}
+
+// xdsServerTLS is trust/mtls's SPIFFE server configuration with the
+// standard library's chain verification switched on as well
+// (RequireAndVerifyClientCert against the current bundle), which the xDS
+// server insists on. go-spiffe's configuration verifies in
+// VerifyPeerCertificate only; with both, a client must pass both.
+func xdsServerTLS(serving *mtls.Source, authority *ca.Authority, td spiffeid.TrustDomain) *tls.Config {
+	base := mtls.ServerConfig(serving, authority, td)
+	perHandshake := func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base.Clone()
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+		c.ClientCAs = x509.NewCertPool()
+		for _, root := range authority.TrustBundle().X509Authorities() {
+			c.ClientCAs.AddCert(root)
+		}
+		return c, nil
+	}
+	out := base.Clone()
+	out.ClientAuth = tls.RequireAndVerifyClientCert
+	out.GetConfigForClient = perHandshake
+	return out
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
