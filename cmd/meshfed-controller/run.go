@@ -107,7 +107,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kcfg.MeshName, kcfg.Namespace, kcfg.MeshConfigName = cfg.MeshName, cfg.Namespace, cfg.MeshConfig
 	kcfg.ClusterName, kcfg.TrustDomain = ms.ClusterName, ms.TrustDomain
 	kcfg.Debounce, kcfg.MaxDelay, kcfg.Resync = cfg.Debounce, cfg.MaxDelay, cfg.Resync
-	kcfg.Sink = kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) })
+	// Federation (federation.go) merges the remote view into every state.
+	fedWiring := newFederationWiring(client, dyn, cfg.Namespace, cfg.MeshConfig, ms.ClusterName, ms.TrustDomain, authority, reg, log)
+	kcfg.Sink = fedWiring.sink(kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) }))
 	kcfg.Registerer, kcfg.Logger = reg, log
 	watcher, err := kube.New(kcfg)
 	if err != nil {
@@ -136,7 +138,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 5)
+	errs := make(chan error, 6)
 	start := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -150,6 +152,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	start("xds server", xds.Run)
 	start("issuer", iss.Run)
 	start("kubernetes watcher", watcher.Run)
+	start("federation", fedWiring.run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
 	start("serving certificate", func(ctx context.Context) error {
 		renewServing(ctx, authority, serving, controllerID, names, log)
