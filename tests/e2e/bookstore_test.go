@@ -55,6 +55,7 @@ type bookstoreMesh struct {
 	apply    *applier
 	results  *tally
 	manifest string
+	metrics  string // the controller's /metrics URL
 }
 
 func startBookstoreMesh(t *testing.T) *bookstoreMesh {
@@ -120,7 +121,7 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	})
 
 	m := &bookstoreMesh{sb: sb, cluster: c, apply: newApplier(t, c.RESTConfig()), results: results,
-		manifest: filepath.Join(repoRoot(t), "docs", "example", "manifests")}
+		manifest: filepath.Join(repoRoot(t), "docs", "example", "manifests"), metrics: "http://" + host + ":9091/metrics"}
 	m.apply.applyFiles(t, filepath.Join(m.manifest, "apps"))
 	if err := inst.AddNamespaces(ctx, meshName, []string{"bookstore", "bookbuyer", "bookthief", "bookwarehouse"}, installer.InjectionUnchanged); err != nil {
 		t.Fatalf("namespace add: %v", err)
@@ -184,6 +185,15 @@ func TestBookstoreAccessIsDeniedByDefaultAllowedByTrafficTargetAndPermissiveMode
 		mark := res.mark()
 		eventually(t, converge, "more bookbuyer RPCs", func() error { _, err := res.lastN(mark, "bookbuyer", buyBook, 50); return err })
 		checkAll(t, res.since(mark, "bookbuyer", buyBook), ok)
+	})
+
+	t.Run("the controller measured changes reaching proxies", func(t *testing.T) {
+		if n := scrape(t, m.metrics, "meshfed_controller_change_to_ack_seconds_count"); n < 1 {
+			t.Errorf("change-to-ACK observations = %v, want ≥ 1", n)
+		}
+		if n := scrape(t, m.metrics, "meshfed_xds_connected_proxies"); n < 4 {
+			t.Errorf("connected proxies = %v, want ≥ 4 (two bookstores, bookbuyer, bookthief)", n)
+		}
 	})
 }
 
@@ -347,5 +357,10 @@ func TestBookstoreBadObjectsGetEventsAndTheRestKeepsServing(t *testing.T) {
 		})
 		checkAll(t, res.since(mark, "bookbuyer", buyBook), ok)
 		checkAll(t, res.since(mark, "bookthief", buyBook), denied)
+	})
+	t.Run("rejected objects are counted", func(t *testing.T) {
+		if n := scrape(t, m.metrics, "meshfed_controller_rejected_objects"); n != float64(len(bad)) {
+			t.Errorf("meshfed_controller_rejected_objects = %v, want %d", n, len(bad))
+		}
 	})
 }
