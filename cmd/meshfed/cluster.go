@@ -157,6 +157,7 @@ func newClusterJoinCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 	var peer kubeFlags
 	var peerMesh, peerAddress string
 	var interCert, interKey, bundle string
+	var replaceRoot bool
 	cmd := &cobra.Command{
 		Use:   "join [CLUSTER] --peer-context CONTEXT",
 		Short: "Connect this newly installed cluster to the federation an existing cluster belongs to",
@@ -206,7 +207,7 @@ Restart this cluster's controller if the CA was copied after it started.`,
 					return err
 				}
 			}
-			return join(ctx, out, local, remote, args, peerAddress, src)
+			return join(ctx, out, local, remote, args, peerAddress, src, replaceRoot)
 		},
 	}
 	f := cmd.Flags()
@@ -217,10 +218,11 @@ Restart this cluster's controller if the CA was copied after it started.`,
 	f.StringVar(&interCert, "intermediate-cert", "", "PEM chain of this cluster's intermediate CA signed by the offline federation root")
 	f.StringVar(&interKey, "intermediate-key", "", "PEM key of that intermediate")
 	f.StringVar(&bundle, "trust-bundle", "", "PEM trust bundle (the federation root or roots) for that intermediate")
+	f.BoolVar(&replaceRoot, "replace-root", false, "this cluster was installed with a root of its own: replace it (and its intermediate) with the peer's; restart its controller and workloads afterwards")
 	return cmd
 }
 
-func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []string, peerAddress string, src installer.CASource) error {
+func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []string, peerAddress string, src installer.CASource, replaceRoot bool) error {
 	lm, pm := local.mesh, peer.mesh
 	var errs []error
 	if len(args) == 1 && args[0] != lm.ClusterName {
@@ -251,10 +253,18 @@ func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []s
 	if len(src.IntermediateChain) == 0 {
 		src.RootFrom, src.RootFromNamespace = peer.kube, pm.Namespace
 	}
+	if replaceRoot && src.RootFrom != nil {
+		if err := dropOwnRoot(ctx, out, local, peer); err != nil {
+			return err
+		}
+	}
 	msg, err := local.inst.InstallCA(ctx, opts, src)
 	if err != nil {
 		if src.RootFrom != nil && (apierrors.IsNotFound(err) || apierrors.IsNotFound(errors.Unwrap(err)) || strings.Contains(err.Error(), "not found")) {
 			return fmt.Errorf("%w\nthe peer keeps no root key (its root is offline): sign an intermediate for %s with the root and pass --intermediate-cert, --intermediate-key and --trust-bundle", err, lm.ClusterName)
+		}
+		if strings.Contains(err.Error(), "different root") {
+			return fmt.Errorf("trust: %w\n`meshfed install` gave %s a root of its own; to take the peer's instead, run join again with --replace-root (then restart %s's controller and workloads)", err, lm.ClusterName, lm.ClusterName)
 		}
 		return fmt.Errorf("trust: %w", err)
 	}
@@ -286,6 +296,25 @@ func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []s
 	}
 	fmt.Fprintf(out, "federation: enabled in %s (seed %s) and %s\n", lm.ClusterName, peerAddress, pm.ClusterName)
 	fmt.Fprintf(out, "cluster %s joins %s's federation; check with `meshfed cluster list`\n", lm.ClusterName, pm.ClusterName)
+	return nil
+}
+
+// dropOwnRoot deletes this cluster's own root and intermediate Secrets
+// when they differ from the peer's root, so that InstallCA copies the
+// peer's and the controller signs a new intermediate under it.
+func dropOwnRoot(ctx context.Context, out io.Writer, local, peer *meshCluster) error {
+	ns := local.mesh.Namespace
+	mine, err1 := local.kube.CoreV1().Secrets(ns).Get(ctx, installer.RootSecretName, metav1.GetOptions{})
+	theirs, err2 := peer.kube.CoreV1().Secrets(peer.mesh.Namespace).Get(ctx, installer.RootSecretName, metav1.GetOptions{})
+	if err1 != nil || err2 != nil || string(mine.Data["ca.crt"]) == string(theirs.Data["ca.crt"]) {
+		return nil
+	}
+	for _, name := range []string{installer.RootSecretName, installer.IntermediateSecretName} {
+		if err := local.kube.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("replace root: Secret %s/%s: %w", ns, name, err)
+		}
+	}
+	fmt.Fprintf(out, "trust: dropped %s's own root and intermediate; restart its controller and workloads\n", local.mesh.ClusterName)
 	return nil
 }
 
