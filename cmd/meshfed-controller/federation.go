@@ -48,8 +48,14 @@ type federationSettings struct {
 
 func readFederationSettings(u *unstructured.Unstructured) (federationSettings, error) {
 	fs := federationSettings{Network: "default", BindAddress: "0.0.0.0", BindPort: 7946, GossipKeySecret: federate.DefaultGossipKeySecret, WithdrawAfter: 30 * time.Second}
-	str := func(f string) string { v, _, _ := unstructured.NestedString(u.Object, "spec", "federation", f); return v }
-	num := func(f string) int { v, _, _ := unstructured.NestedInt64(u.Object, "spec", "federation", f); return int(v) }
+	str := func(f string) string {
+		v, _, _ := unstructured.NestedString(u.Object, "spec", "federation", f)
+		return v
+	}
+	num := func(f string) int {
+		v, _, _ := unstructured.NestedInt64(u.Object, "spec", "federation", f)
+		return int(v)
+	}
 	fs.Enabled, _, _ = unstructured.NestedBool(u.Object, "spec", "federation", "enabled")
 	fs.FailStatic, _, _ = unstructured.NestedBool(u.Object, "spec", "federation", "failStatic")
 	fs.Peers, _, _ = unstructured.NestedStringSlice(u.Object, "spec", "federation", "peers")
@@ -178,6 +184,9 @@ func (w *federationWiring) run(ctx context.Context) error {
 			if cur != nil {
 				w.log.Info("federation disabled: leaving")
 				stop()
+				if err := federate.RemoveImports(ctx, w.dyn); err != nil {
+					w.log.Warn("removing ServiceImports after leaving", "err", err)
+				}
 			}
 		default:
 			newKeys, kerr := federate.LoadGossipKeys(ctx, w.client, w.namespace, fs.GossipKeySecret)

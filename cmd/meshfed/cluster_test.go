@@ -184,6 +184,10 @@ func TestClusterJoinListLeave(t *testing.T) {
 		out, err := run(t, "--kubeconfig", kc("east"), "cluster", "list")
 		return err == nil && strings.Contains(out, "left"), fmt.Sprintf("cluster list in east after west left: %v\n%s", err, out)
 	})
+	eventuallyCLI(t, time.Minute, func() (bool, string) {
+		_, err := dyn["west"].Resource(federate.ServiceImportGVR).Namespace("bookstore").Get(ctx, "bookstore-v1", metav1.GetOptions{})
+		return err != nil, "west kept its ServiceImport after leaving"
+	})
 }
 
 func nsObj(name string) *corev1.Namespace {

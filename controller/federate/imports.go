@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/mesh"
@@ -188,4 +189,21 @@ func toUnstructured(si *mcsv1beta1.ServiceImport) (*unstructured.Unstructured, e
 	u.SetKind("ServiceImport")
 	delete(u.Object, "status")
 	return u, nil
+}
+
+// RemoveImports deletes every ServiceImport the bridge wrote, in every
+// namespace: what a cluster that leaves the federation does after its
+// bridge has stopped.
+func RemoveImports(ctx context.Context, dyn dynamic.Interface) error {
+	list, err := dyn.Resource(ServiceImportGVR).List(ctx, metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedBy})
+	if err != nil {
+		return fmt.Errorf("list ServiceImports: %w", err)
+	}
+	var errs []error
+	for _, u := range list.Items {
+		if err := dyn.Resource(ServiceImportGVR).Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("serviceimport %s/%s: delete: %w", u.GetNamespace(), u.GetName(), err))
+		}
+	}
+	return errors.Join(errs...)
 }
