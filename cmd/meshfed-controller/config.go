@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -24,7 +23,7 @@ type config struct {
 	ClusterName string
 	TrustDomain string
 	// XDSAddress, IssuerAddress and MetricsAddress are host:port listen
-	// addresses.
+	// addresses, or unix://PATH for a Unix socket.
 	XDSAddress     string
 	IssuerAddress  string
 	MetricsAddress string
@@ -80,7 +79,7 @@ func (c *config) register(fs *pflag.FlagSet) {
 func (c config) validate() error {
 	var errs []error
 	for flag, addr := range map[string]string{"--xds-address": c.XDSAddress, "--issuer-address": c.IssuerAddress, "--metrics-address": c.MetricsAddress} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		if err := checkListenAddress(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", flag, addr, err))
 		}
 	}

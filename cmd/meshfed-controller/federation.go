@@ -127,6 +127,8 @@ func (w *federationWiring) pushLocked() ([]mesh.Problem, error) {
 	if w.bridge != nil {
 		rs := w.bridge.Remote()
 		s.Remote, s.Imports, version = rs.Remote, rs.Imports, rs.Version
+		// A split backend that only other clusters export goes to them.
+		s = mesh.ResolveSplitBackends(s)
 	}
 	problems, err := w.next.Update(s)
 	if err == nil && w.bridge != nil {

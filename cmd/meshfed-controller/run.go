@@ -116,7 +116,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	xcfg := server.DefaultConfig()
-	xcfg.Address = cfg.XDSAddress
+	if xcfg.Listener, err = listen(cfg.XDSAddress); err != nil {
+		return fmt.Errorf("xds server: %w", err)
+	}
+	defer xcfg.Listener.Close()
 	xcfg.TLS = xdsServerTLS(serving, authority, td)
 	xcfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: ms.TrustDomain}
 	xcfg.Registerer, xcfg.Logger = reg, log
@@ -130,7 +133,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	metricsLis, err := net.Listen("tcp", cfg.MetricsAddress)
+	issuerLis, err := listen(cfg.IssuerAddress)
+	if err != nil {
+		return fmt.Errorf("issuer: %w", err)
+	}
+	defer issuerLis.Close()
+	metricsLis, err := listen(cfg.MetricsAddress)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -150,7 +158,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}()
 	}
 	start("xds server", xds.Run)
-	start("issuer", iss.Run)
+	start("issuer", func(ctx context.Context) error { return iss.Serve(ctx, issuerLis) })
 	start("kubernetes watcher", watcher.Run)
 	start("federation", fedWiring.run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })

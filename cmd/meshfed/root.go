@@ -61,6 +61,7 @@ func newRootCommand() *cobra.Command {
 		newSandboxCommand(),
 		newVersionCommand(),
 		newAgentCommand(),
+		newDemoCommand(),
 		newClusterCommand(kf),
 	)
 	return root

@@ -30,6 +30,9 @@ import (
 // writes.
 const FieldManager = "meshfed-install"
 
+// MeshConfigGVR is the resource of meshfed's MeshConfig.
+var MeshConfigGVR = meshConfigGVR
+
 var (
 	meshConfigGVR = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
 	crdGVR        = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -59,6 +62,9 @@ func New(cfg *rest.Config) (*Client, error) {
 
 // Kube returns the typed client.
 func (c *Client) Kube() kubernetes.Interface { return c.kube }
+
+// Dynamic returns the dynamic client.
+func (c *Client) Dynamic() dynamic.Interface { return c.dyn }
 
 // Result lists what Install applied.
 type Result struct {

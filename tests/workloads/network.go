@@ -129,6 +129,12 @@ func (n *Network) AddAddress(ip string) error {
 	return err
 }
 
+// Command returns a command that runs name inside the namespace (through
+// `ip netns exec`, which execs the program itself).
+func (n *Network) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+}
+
 // Delete removes the namespace and the veth pair.
 func (n *Network) Delete() error {
 	var errs []error

@@ -63,7 +63,7 @@ type Cluster struct {
 	// Network is where the cluster's workloads run; each Pod's address is
 	// added to it. Nil runs them in the runner's own network namespace
 	// (then Pod addresses must exist already).
-	Network *Network
+	Network PodNetwork
 	// IssuerAddress and XDSAddress are the controller's, as reached from
 	// inside Netns.
 	IssuerAddress, XDSAddress string
@@ -71,6 +71,15 @@ type Cluster struct {
 	TrustDomain string
 	// BundlePEM is the trust bundle the agent verifies the issuer with.
 	BundlePEM []byte
+}
+
+// PodNetwork is a network namespace that pod addresses are put on and
+// workloads run in: a Network (root, `ip netns`) or a UserNetwork (no root).
+type PodNetwork interface {
+	// AddAddress makes a pod address exist in the network.
+	AddAddress(ip string) error
+	// Command returns a command that runs name inside the network.
+	Command(name string, args ...string) *exec.Cmd
 }
 
 // Workload names one running Pod.
@@ -157,9 +166,8 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 		return fmt.Errorf("workloads: cluster %s is not registered yet", cluster)
 	}
 	key := cluster + "/" + pod.Namespace + "/" + pod.Name
-	netns := ""
+	netns := c.Network
 	if c.Network != nil {
-		netns = c.Network.Name
 		if err := c.Network.AddAddress(pod.Status.PodIP); err != nil {
 			return err
 		}
@@ -251,17 +259,34 @@ func (r *Runner) stop(cluster string, pod *corev1.Pod) {
 	}
 }
 
-// command runs name in netns (through `ip netns exec`, which execs the
-// program itself, so the process is the program).
-func (r *Runner) command(netns, name string, args ...string) *exec.Cmd {
+// command runs name in the network (nil: this process's own), killed if
+// the runner dies.
+func (r *Runner) command(network PodNetwork, name string, args ...string) *exec.Cmd {
 	var cmd *exec.Cmd
-	if netns == "" {
+	if network == nil {
 		cmd = exec.Command(name, args...)
 	} else {
-		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, name}, args...)...)
+		cmd = network.Command(name, args...)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
+}
+
+// StopCluster stops every workload of one cluster, as losing the cluster
+// would; their pod addresses are taken away where the network allows it.
+func (r *Runner) StopCluster(cluster string) {
+	r.mu.Lock()
+	var stop []*proc
+	for key, p := range r.running {
+		if strings.HasPrefix(key, cluster+"/") {
+			stop = append(stop, p)
+			delete(r.running, key)
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range stop {
+		p.terminate()
+	}
 }
 
 // podEnv evaluates the app container's environment: values and the
