@@ -1,7 +1,6 @@
 package generate
 
 import (
-	"fmt"
 	"net"
 	"strconv"
 
@@ -26,7 +25,7 @@ const ServerListenerNamePrefix = "grpc/server?xds.resource.listening_address="
 // ClusterName names the CDS cluster and EDS assignment of a service port;
 // remote is the exporting cluster, "" for a local service.
 func ClusterName(svc mesh.NamespacedName, port uint32, remote string) string {
-	name := fmt.Sprintf("%s/%s:%d", svc.Namespace, svc.Name, port)
+	name := svc.Namespace + "/" + svc.Name + ":" + strconv.FormatUint(uint64(port), 10)
 	if remote != "" {
 		name += "@" + remote
 	}
@@ -36,7 +35,16 @@ func ClusterName(svc mesh.NamespacedName, port uint32, remote string) string {
 // ClientListenerName names the proxyless client listener (and its route
 // configuration) of a service port: the target clients dial.
 func ClientListenerName(svc *mesh.Service, port uint32) string {
-	return fmt.Sprintf("%s:%d", svc.FQDN(), port)
+	return clientListenerName(svc.Key(), port)
+}
+
+func clientListenerName(svc mesh.NamespacedName, port uint32) string {
+	return fqdn(svc) + ":" + strconv.FormatUint(uint64(port), 10)
+}
+
+// fqdn is mesh.Service.FQDN from the service's key.
+func fqdn(svc mesh.NamespacedName) string {
+	return svc.Name + "." + svc.Namespace + ".svc.cluster.local"
 }
 
 // ServerListenerName names the proxyless server listener for ip:port.

@@ -70,21 +70,26 @@ func clientPorts(ix *Index, f func(svc *mesh.Service, p mesh.Port)) {
 // port, named for the target clients dial, that takes its routes by RDS.
 func ProxylessClientListeners(ix *Index) []types.Resource {
 	var out []types.Resource
-	clientPorts(ix, func(svc *mesh.Service, p mesh.Port) {
-		name := ClientListenerName(svc, p.Port)
-		hcm := &hcmv3.HttpConnectionManager{
-			StatPrefix: name,
-			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-				ConfigSource: adsSource(), RouteConfigName: name,
-			}},
-			HttpFilters: []*hcmv3.HttpFilter{routerFilter()},
-		}
-		out = append(out, &listenerv3.Listener{
-			Name:        name,
-			ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(hcm)},
-		})
-	})
+	for _, c := range ix.ClientPorts() {
+		out = append(out, ProxylessClientListener(&c))
+	}
 	return out
+}
+
+// ProxylessClientListener is the ApiListener of one client port.
+func ProxylessClientListener(c *ClientPort) *listenerv3.Listener {
+	name := c.Name()
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource: adsSource(), RouteConfigName: name,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{routerFilter()},
+	}
+	return &listenerv3.Listener{
+		Name:        name,
+		ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(hcm)},
+	}
 }
 
 // ProxylessRoutes returns the route configuration of every client
@@ -92,18 +97,23 @@ func ProxylessClientListeners(ix *Index) []types.Resource {
 // TrafficSplit's backends by weight.
 func ProxylessRoutes(ix *Index) []types.Resource {
 	var out []types.Resource
-	clientPorts(ix, func(svc *mesh.Service, p mesh.Port) {
-		name := ClientListenerName(svc, p.Port)
-		out = append(out, &routev3.RouteConfiguration{
-			Name: name,
-			VirtualHosts: []*routev3.VirtualHost{{
-				Name:    name,
-				Domains: []string{name},
-				Routes:  []*routev3.Route{{Name: "default", Match: prefixMatch("/"), Action: routeAction(ix, svc, p.Port)}},
-			}},
-		})
-	})
+	for _, c := range ix.ClientPorts() {
+		out = append(out, ProxylessRoute(&c))
+	}
 	return out
+}
+
+// ProxylessRoute is the route configuration of one client port.
+func ProxylessRoute(c *ClientPort) *routev3.RouteConfiguration {
+	name := c.Name()
+	return &routev3.RouteConfiguration{
+		Name: name,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    name,
+			Domains: []string{name},
+			Routes:  []*routev3.Route{{Name: "default", Match: prefixMatch("/"), Action: routeAction(c)}},
+		}},
+	}
 }
 
 func prefixMatch(prefix string) *routev3.RouteMatch {
@@ -111,40 +121,26 @@ func prefixMatch(prefix string) *routev3.RouteMatch {
 }
 
 // routeAction forwards to the service's cluster, or to the weighted
-// backends of the TrafficSplit whose root is svc. Backends at weight zero
-// stay in the list (DESIGN.md, Known traps: grpc-go fails RPCs briefly when
-// a cluster it dropped comes back).
-func routeAction(ix *Index, svc *mesh.Service, port uint32) *routev3.Route_Route {
-	local := func(cluster string) *routev3.Route_Route {
-		return &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}}
+// backends of the TrafficSplit whose root is the service. Backends at
+// weight zero stay in the list (DESIGN.md, Known traps: grpc-go fails RPCs
+// briefly when a cluster it dropped comes back).
+func routeAction(c *ClientPort) *routev3.Route_Route {
+	if len(c.Backends) == 0 {
+		return &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c.Cluster()}}}
 	}
-	split, ok := ix.splits[svc.Key()]
-	if !ok {
-		return local(ClusterName(svc.Key(), port, ""))
-	}
-	var weighted []*routev3.WeightedCluster_ClusterWeight
-	var total uint64
-	for _, b := range splitBackends(ix, split, port) {
-		weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: b.cluster, Weight: wrapperspb.UInt32(b.weight)})
-		total += uint64(b.weight)
-	}
-	if total == 0 {
-		return local(ClusterName(svc.Key(), port, ""))
+	weighted := make([]*routev3.WeightedCluster_ClusterWeight, 0, len(c.Backends))
+	for _, b := range c.Backends {
+		weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: b.Cluster, Weight: wrapperspb.UInt32(b.Weight)})
 	}
 	return &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
 		WeightedClusters: &routev3.WeightedCluster{Clusters: weighted},
 	}}}
 }
 
-type weightedBackend struct {
-	cluster string
-	weight  uint32
-}
-
 // splitBackends resolves a split's backends on port to cluster names and
 // uint32 weights (scaled down if the sum would not fit). Backends without
 // the port are left out.
-func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []weightedBackend {
+func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBackend {
 	var sum int64
 	for _, b := range ts.Backends {
 		sum += b.Weight
@@ -153,7 +149,7 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []weightedBack
 	for sum/scale > 1<<31 {
 		scale *= 2
 	}
-	var out []weightedBackend
+	var out []WeightedBackend
 	for _, b := range ts.Backends {
 		remote := b.Cluster
 		if remote == ix.State.Settings.ClusterName {
@@ -166,9 +162,9 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []weightedBack
 		if _, ok := svc.Port(port); !ok {
 			continue
 		}
-		out = append(out, weightedBackend{
-			cluster: ClusterName(svc.Key(), port, remote),
-			weight:  uint32(b.Weight / scale),
+		out = append(out, WeightedBackend{
+			Cluster: ClusterName(svc.Key(), port, remote),
+			Weight:  uint32(b.Weight / scale),
 		})
 	}
 	return out
@@ -177,14 +173,12 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []weightedBack
 // sanMatchers are the identities a client accepts from a service's
 // servers: its workloads' identities, or, when none are known, any identity
 // of the service's namespace in the trust domain.
-func sanMatchers(ix *Index, svc *mesh.Service) []*matcherv3.StringMatcher {
-	ids := svc.ServerIdentities()
-	if len(ids) == 0 {
-		prefix := mesh.TrustDomainPrefix(ix.State.Settings.TrustDomain) + "ns/" + svc.Namespace + "/sa/"
-		return []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: prefix}}}
+func sanMatchers(u *UpstreamPort) []*matcherv3.StringMatcher {
+	if len(u.SANs) == 0 {
+		return []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: u.SANPrefix}}}
 	}
-	out := make([]*matcherv3.StringMatcher, 0, len(ids))
-	for _, id := range ids {
+	out := make([]*matcherv3.StringMatcher, 0, len(u.SANs))
+	for _, id := range u.SANs {
 		out = append(out, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: string(id)}})
 	}
 	return out
@@ -195,29 +189,31 @@ func sanMatchers(ix *Index, svc *mesh.Service) []*matcherv3.StringMatcher {
 // provider instances and a SAN match on the server's SPIFFE IDs.
 func ProxylessClusters(ix *Index) []types.Resource {
 	var out []types.Resource
-	for _, u := range ix.upstreams() {
-		sans := sanMatchers(ix, u.svc)
-		for _, p := range u.svc.Ports {
-			name := ClusterName(u.svc.Key(), p.Port, u.remote)
-			tlsCtx := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
-				TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessIdentityProvider},
-				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-					CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessRootProvider},
-					MatchSubjectAltNames:          sans,
-				}},
-			}}
-			out = append(out, &clusterv3.Cluster{
-				Name:                 name,
-				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-				EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
-				LbPolicy:             defaultClusterLBPol,
-				TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{
-					TypedConfig: mustAny(tlsCtx),
-				}},
-			})
-		}
+	for _, u := range ix.UpstreamPorts() {
+		out = append(out, ProxylessCluster(&u))
 	}
 	return out
+}
+
+// ProxylessCluster is the cluster of one upstream port.
+func ProxylessCluster(u *UpstreamPort) *clusterv3.Cluster {
+	name := u.Name()
+	tlsCtx := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessIdentityProvider},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessRootProvider},
+			MatchSubjectAltNames:          sanMatchers(u),
+		}},
+	}}
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		LbPolicy:             defaultClusterLBPol,
+		TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{
+			TypedConfig: mustAny(tlsCtx),
+		}},
+	}
 }
 
 // Endpoints returns the cluster load assignment of every cluster that

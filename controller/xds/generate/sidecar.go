@@ -53,16 +53,16 @@ func hcmFilter(statPrefix string, hcm *hcmv3.HttpConnectionManager) *listenerv3.
 	return &listenerv3.Filter{Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}
 }
 
-// outboundPorts returns the distinct HTTP-family service ports, sorted.
-func outboundPorts(ix *Index) []uint32 {
+// outboundPorts returns the distinct ports of cps, sorted.
+func outboundPorts(cps []ClientPort) []uint32 {
 	seen := map[uint32]bool{}
 	var ports []uint32
-	clientPorts(ix, func(_ *mesh.Service, p mesh.Port) {
-		if !seen[p.Port] {
-			seen[p.Port] = true
-			ports = append(ports, p.Port)
+	for _, c := range cps {
+		if !seen[c.Port] {
+			seen[c.Port] = true
+			ports = append(ports, c.Port)
 		}
-	})
+	}
 	sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
 	return ports
 }
@@ -70,7 +70,16 @@ func outboundPorts(ix *Index) []uint32 {
 // SidecarOutboundListeners returns the outbound listener: one filter chain
 // per service port, routing HTTP by RDS (SidecarOutboundRouteName).
 func SidecarOutboundListeners(ix *Index) []types.Resource {
-	ports := outboundPorts(ix)
+	if l := SidecarOutbound(ix.ClientPorts()); l != nil {
+		return []types.Resource{l}
+	}
+	return nil
+}
+
+// SidecarOutbound is the outbound listener for the client ports
+// cps (nil if there are none).
+func SidecarOutbound(cps []ClientPort) *listenerv3.Listener {
+	ports := outboundPorts(cps)
 	if len(ports) == 0 {
 		return nil
 	}
@@ -91,7 +100,7 @@ func SidecarOutboundListeners(ix *Index) []types.Resource {
 			})},
 		})
 	}
-	return []types.Resource{l}
+	return l
 }
 
 // SidecarOutboundRoutes returns a route configuration per port with one
@@ -99,29 +108,38 @@ func SidecarOutboundListeners(ix *Index) []types.Resource {
 // without the port), forwarding to its cluster or its TrafficSplit's
 // weighted backends.
 func SidecarOutboundRoutes(ix *Index) []types.Resource {
-	byPort := map[uint32]*routev3.RouteConfiguration{}
-	clientPorts(ix, func(svc *mesh.Service, p mesh.Port) {
-		name := SidecarOutboundRouteName(p.Port)
-		rc := byPort[p.Port]
-		if rc == nil {
-			rc = &routev3.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
-			byPort[p.Port] = rc
-		}
-		var domains []string
-		for _, host := range []string{svc.Name + "." + svc.Namespace, svc.Name + "." + svc.Namespace + ".svc", svc.FQDN()} {
-			domains = append(domains, host, fmt.Sprintf("%s:%d", host, p.Port))
-		}
-		rc.VirtualHosts = append(rc.VirtualHosts, &routev3.VirtualHost{
-			Name:    ClusterName(svc.Key(), p.Port, ""),
-			Domains: domains,
-			Routes:  []*routev3.Route{{Name: "default", Match: prefixMatch("/"), Action: routeAction(ix, svc, p.Port)}},
-		})
-	})
+	cps := ix.ClientPorts()
+	byPort := map[uint32][]*routev3.VirtualHost{}
+	for i := range cps {
+		byPort[cps[i].Port] = append(byPort[cps[i].Port], SidecarVirtualHost(&cps[i]))
+	}
 	out := make([]types.Resource, 0, len(byPort))
-	for _, port := range outboundPorts(ix) {
-		out = append(out, byPort[port])
+	for _, port := range outboundPorts(cps) {
+		rc := SidecarOutboundRoute(port)
+		rc.VirtualHosts = byPort[port]
+		out = append(out, rc)
 	}
 	return out
+}
+
+// SidecarOutboundRoute is the outbound route configuration of port
+// without its virtual hosts (SidecarVirtualHost of each client port on
+// port, in ClientPorts order).
+func SidecarOutboundRoute(port uint32) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{Name: SidecarOutboundRouteName(port), ValidateClusters: wrapperspb.Bool(false)}
+}
+
+// SidecarVirtualHost is the outbound virtual host of one client port.
+func SidecarVirtualHost(c *ClientPort) *routev3.VirtualHost {
+	var domains []string
+	for _, host := range []string{c.Service.Name + "." + c.Service.Namespace, c.Service.Name + "." + c.Service.Namespace + ".svc", fqdn(c.Service)} {
+		domains = append(domains, host, fmt.Sprintf("%s:%d", host, c.Port))
+	}
+	return &routev3.VirtualHost{
+		Name:    c.Cluster(),
+		Domains: domains,
+		Routes:  []*routev3.Route{{Name: "default", Match: prefixMatch("/"), Action: routeAction(c)}},
+	}
 }
 
 // SidecarClusters returns an EDS cluster per port of every local service and
@@ -130,39 +148,42 @@ func SidecarOutboundRoutes(ix *Index) []types.Resource {
 // of the service's SPIFFE IDs. gRPC and HTTP/2 ports speak HTTP/2 upstream.
 func SidecarClusters(ix *Index) []types.Resource {
 	var out []types.Resource
-	for _, u := range ix.upstreams() {
-		var sans []*tlsv3.SubjectAltNameMatcher
-		for _, m := range sanMatchers(ix, u.svc) {
-			sans = append(sans, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: m})
-		}
-		for _, p := range u.svc.Ports {
-			name := ClusterName(u.svc.Key(), p.Port, u.remote)
-			tlsCtx := &tlsv3.UpstreamTlsContext{
-				Sni: u.svc.FQDN(),
-				CommonTlsContext: &tlsv3.CommonTlsContext{
-					TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(SDSIdentitySecret)},
-					ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-						DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
-						ValidationContextSdsSecretConfig: sdsSecret(SDSTrustBundleSecret),
-					}},
-				},
-			}
-			c := &clusterv3.Cluster{
-				Name:                 name,
-				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-				EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
-				LbPolicy:             defaultClusterLBPol,
-				TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{
-					TypedConfig: mustAny(tlsCtx),
-				}},
-			}
-			if p.Protocol == mesh.ProtocolGRPC || p.Protocol == mesh.ProtocolHTTP2 {
-				c.TypedExtensionProtocolOptions = http2Options()
-			}
-			out = append(out, c)
-		}
+	for _, u := range ix.UpstreamPorts() {
+		out = append(out, SidecarCluster(&u))
 	}
 	return out
+}
+
+// SidecarCluster is the cluster of one upstream port.
+func SidecarCluster(u *UpstreamPort) *clusterv3.Cluster {
+	var sans []*tlsv3.SubjectAltNameMatcher
+	for _, m := range sanMatchers(u) {
+		sans = append(sans, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: m})
+	}
+	name := u.Name()
+	tlsCtx := &tlsv3.UpstreamTlsContext{
+		Sni: fqdn(u.Service),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(SDSIdentitySecret)},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
+				ValidationContextSdsSecretConfig: sdsSecret(SDSTrustBundleSecret),
+			}},
+		},
+	}
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		LbPolicy:             defaultClusterLBPol,
+		TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{
+			TypedConfig: mustAny(tlsCtx),
+		}},
+	}
+	if u.Port.Protocol == mesh.ProtocolGRPC || u.Port.Protocol == mesh.ProtocolHTTP2 {
+		c.TypedExtensionProtocolOptions = http2Options()
+	}
+	return c
 }
 
 // SidecarInboundConfig is the identity-specific part of a sidecar's

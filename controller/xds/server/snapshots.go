@@ -43,23 +43,16 @@ var snapshotTypes = [...]types.ResponseType{types.Cluster, types.Endpoint, types
 // typeSet holds resources by type (indexed by types.ResponseType).
 type typeSet [types.UnknownType][]types.Resource
 
-// kindGenerator generates one data plane's configuration: the part every
-// proxy of the kind shares (listeners, routes, clusters; endpoints are
-// shared by all kinds) and the part that depends on the proxy's identity.
+// kindGenerator generates the part of one data plane's configuration that
+// depends on the proxy's identity. The part every proxy of a kind shares
+// (listeners, routes, clusters) is assembled from cached per-service pieces
+// (pieceCache); endpoints are shared by all kinds.
 type kindGenerator struct {
-	shared      func(ix *generate.Index) typeSet
 	perIdentity func(ix *generate.Index, id mesh.Identity) typeSet
 }
 
 var kindGenerators = map[Kind]kindGenerator{
 	KindProxyless: {
-		shared: func(ix *generate.Index) typeSet {
-			var s typeSet
-			s[types.Listener] = generate.ProxylessClientListeners(ix)
-			s[types.Route] = generate.ProxylessRoutes(ix)
-			s[types.Cluster] = generate.ProxylessClusters(ix)
-			return s
-		},
 		perIdentity: func(ix *generate.Index, id mesh.Identity) typeSet {
 			var s typeSet
 			s[types.Listener] = generate.ProxylessServerListeners(ix, id)
@@ -67,13 +60,6 @@ var kindGenerators = map[Kind]kindGenerator{
 		},
 	},
 	KindSidecar: {
-		shared: func(ix *generate.Index) typeSet {
-			var s typeSet
-			s[types.Listener] = generate.SidecarOutboundListeners(ix)
-			s[types.Route] = generate.SidecarOutboundRoutes(ix)
-			s[types.Cluster] = generate.SidecarClusters(ix)
-			return s
-		},
 		perIdentity: func(ix *generate.Index, id mesh.Identity) typeSet {
 			in := generate.SidecarInbound(ix, id)
 			var s typeSet
@@ -87,7 +73,9 @@ var kindGenerators = map[Kind]kindGenerator{
 
 // versioned is one type's resources with the version they were published at.
 type versioned struct {
-	items   []types.Resource
+	items []types.Resource
+	// refs are the references of items (shared parts only).
+	refs    []*generate.Refs
 	res     cachev3.Resources
 	hash    uint64
 	version string
@@ -219,6 +207,8 @@ type builder struct {
 	raw   mesh.State
 	ix    *generate.Index
 	kinds map[Kind]*sharedKind
+	// pieces caches the per-service pieces the shared parts are made of.
+	pieces *pieceCache
 	// eds is every load assignment, shared by all kinds and proxies; its
 	// items list is not kept (res.Items is the set).
 	eds      versioned
@@ -230,7 +220,7 @@ type builder struct {
 }
 
 func newBuilder() *builder {
-	return &builder{kinds: map[Kind]*sharedKind{}, edsCache: map[string]upstreamEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
+	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[string]upstreamEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
 }
 
 func (b *builder) nextVersion() string {
@@ -290,13 +280,9 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 	ix := generate.NewIndex(s)
 	shapeChanged := b.ix == nil || !sameShape(&b.ix.State, &ix.State)
 	if shapeChanged {
-		sets := map[Kind]typeSet{}
-		for kind, g := range kindGenerators {
-			set := g.shared(ix)
-			if err := generate.Validate(set[types.Listener], set[types.Route], set[types.Cluster]); err != nil {
-				return ix, fmt.Errorf("%s configuration: %w", kind, err)
-			}
-			sets[kind] = set
+		sets, err := b.pieces.update(ix)
+		if err != nil {
+			return ix, fmt.Errorf("shared configuration: %w", err)
 		}
 		for kind, set := range sets {
 			sk := b.kinds[kind]
@@ -305,7 +291,9 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 				b.kinds[kind] = sk
 			}
 			for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
-				b.setVersioned(&sk.types[t], set[t], hashResources(set[t]))
+				if b.setVersioned(&sk.types[t], set.items[t], set.hash[t]) {
+					sk.types[t].refs = set.refs[t]
+				}
 			}
 		}
 	}
@@ -618,23 +606,26 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 }
 
 // sharedRefs returns the reference index of a kind's shared resources,
-// checking them once per set of shared versions.
+// checking them once per set of shared versions. The check looks the
+// references each piece recorded when it was built up in the published
+// resource maps: O(references) lookups, no unmarshaling.
 func (b *builder) sharedRefs(kind Kind) (*generate.RefIndex, error) {
 	sk := b.kinds[kind]
-	var bases typeSet
-	for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
-		bases[t] = sk.types[t].items
-	}
-	bases[types.Endpoint] = make([]types.Resource, 0, len(b.eds.res.Items))
-	for _, r := range b.eds.res.Items {
-		bases[types.Endpoint] = append(bases[types.Endpoint], r.Resource)
-	}
 	versions := sk.types[types.Listener].version + "/" + sk.types[types.Route].version + "/" + sk.types[types.Cluster].version + "/" + b.edsNamesAt
 	if sk.refsAt == versions {
 		return sk.refs, nil
 	}
-	ix := generate.NewRefIndex(nil, bases[types.Route], bases[types.Cluster], bases[types.Endpoint])
-	if err := ix.Check(bases[types.Listener], bases[types.Route], bases[types.Cluster]); err != nil {
+	ix := generate.NewRefIndexOf(nil, generate.ItemSet(sk.types[types.Route].res.Items),
+		generate.ItemSet(sk.types[types.Cluster].res.Items), generate.ItemSet(b.eds.res.Items))
+	var errs []error
+	for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
+		for _, refs := range sk.types[t].refs {
+			if err := ix.CheckRefs(refs); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	sk.refs, sk.refsAt = ix, versions

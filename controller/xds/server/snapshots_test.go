@@ -384,3 +384,61 @@ func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
 		}
 	}
 }
+
+// withNewService returns s with one more service, "fresh-<i>" in ns-0,
+// served by a new identity (as a Service created for running pods).
+func withNewService(s mesh.State, i int) mesh.State {
+	id := mesh.NewIdentity(td, "ns-0", fmt.Sprintf("fresh-%d", i))
+	s.Services = append(append([]mesh.Service(nil), s.Services...), mesh.Service{
+		Namespace: "ns-0", Name: fmt.Sprintf("fresh-%d", i), Cluster: "east",
+		Ports:     []mesh.Port{{Name: "grpc", Port: 8080, Protocol: mesh.ProtocolGRPC}},
+		Endpoints: []mesh.Endpoint{{Address: "10.250.0.1", TargetPorts: map[string]uint32{"grpc": 9000}, Cluster: "east", Ready: true, Identity: id}},
+	})
+	return s
+}
+
+// BenchmarkNewService measures the update for a new Service (the previous
+// iteration's new Service goes away, this one's arrives) in a mesh of N
+// services, republishing 100 proxyless keys that each watch one service
+// (as grpc-go clients do) and one sidecar key that watches everything.
+func BenchmarkNewService(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		state := syntheticMesh(n)
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			bl := newBuilder()
+			if _, err := bl.update(state); err != nil {
+				b.Fatal(err)
+			}
+			keys := map[proxyKey]*keyState{}
+			for i := 0; i < 100; i++ {
+				k := proxyKey{id: mesh.NewIdentity(td, "clients", fmt.Sprintf("c-%d", i)), kind: KindProxyless}
+				ks := &keyState{}
+				svc := state.Services[i]
+				name := generate.ClientListenerName(&svc, 8080)
+				cluster := generate.ClusterName(svc.Key(), 8080, "")
+				ks.subscribe(types.Listener, map[string]struct{}{name: {}}, false)
+				ks.subscribe(types.Route, map[string]struct{}{name: {}}, false)
+				ks.subscribe(types.Cluster, map[string]struct{}{cluster: {}}, false)
+				ks.subscribe(types.Endpoint, map[string]struct{}{cluster: {}}, false)
+				keys[k] = ks
+			}
+			keys[proxyKey{id: state.Services[1].Endpoints[0].Identity, kind: KindSidecar}] = watchingAll()
+			for k, ks := range keys {
+				if _, _, err := bl.snapshot(k, ks); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := bl.update(withNewService(state, i)); err != nil {
+					b.Fatal(err)
+				}
+				for k, ks := range keys {
+					if _, _, err := bl.snapshot(k, ks); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}

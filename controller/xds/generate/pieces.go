@@ -1,0 +1,120 @@
+package generate
+
+import (
+	"slices"
+
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// A service port's client-side resources (proxyless client listener and
+// route configuration, sidecar virtual host) and its clusters (both data
+// planes) are pure functions of small input values, ClientPort and
+// UpstreamPort. The Index computes those values; the resources are built
+// from them alone. A consumer that keeps the resources of the last inputs
+// may reuse them whenever the new inputs are Equal (controller/xds/server
+// does, so that a new Service costs its own resources, not the mesh's).
+
+// ClientPort is everything the client-side configuration of one
+// HTTP-family port of a local service depends on.
+type ClientPort struct {
+	Service mesh.NamespacedName
+	Port    uint32
+	// Backends are the weighted clusters of the TrafficSplit rooted at the
+	// service, on this port; empty means the service's own cluster.
+	Backends []WeightedBackend
+}
+
+// WeightedBackend is one cluster of a split with its weight.
+type WeightedBackend struct {
+	Cluster string
+	Weight  uint32
+}
+
+// Equal reports whether c and o produce the same resources.
+func (c *ClientPort) Equal(o *ClientPort) bool {
+	return c.Service == o.Service && c.Port == o.Port && slices.Equal(c.Backends, o.Backends)
+}
+
+// Name is the proxyless client listener's and route configuration's name.
+func (c *ClientPort) Name() string { return clientListenerName(c.Service, c.Port) }
+
+// Cluster is the name of the service's own cluster on this port.
+func (c *ClientPort) Cluster() string { return ClusterName(c.Service, c.Port, "") }
+
+// UpstreamPort is everything the cluster of one port of a local service
+// or remote export depends on, in either data plane.
+type UpstreamPort struct {
+	Service mesh.NamespacedName
+	// Remote is the exporting cluster, "" for a local service.
+	Remote string
+	Port   mesh.Port
+	// SANs are the server identities clients accept; when empty, any
+	// identity whose SPIFFE ID starts with SANPrefix.
+	SANs      []mesh.Identity
+	SANPrefix string
+}
+
+// Equal reports whether u and o produce the same clusters.
+func (u *UpstreamPort) Equal(o *UpstreamPort) bool {
+	return u.Service == o.Service && u.Remote == o.Remote && u.Port == o.Port &&
+		u.SANPrefix == o.SANPrefix && slices.Equal(u.SANs, o.SANs)
+}
+
+// Name is the cluster's (and its load assignment's) name.
+func (u *UpstreamPort) Name() string { return ClusterName(u.Service, u.Port.Port, u.Remote) }
+
+// ClientPorts returns the inputs of every HTTP-family port of every local
+// service, in order: the ports clients get listeners and routes for.
+func (ix *Index) ClientPorts() []ClientPort {
+	out := make([]ClientPort, 0, len(ix.State.Services))
+	clientPorts(ix, func(svc *mesh.Service, p mesh.Port) {
+		out = append(out, ClientPort{Service: svc.Key(), Port: p.Port, Backends: routeBackends(ix, svc, p.Port)})
+	})
+	return out
+}
+
+// UpstreamPorts returns the inputs of every port of every local service
+// and then every remote export (upstreams order).
+func (ix *Index) UpstreamPorts() []UpstreamPort {
+	out := make([]UpstreamPort, 0, len(ix.State.Services))
+	for _, u := range ix.upstreams() {
+		sans, prefix := serverSANs(ix, u.svc)
+		for _, p := range u.svc.Ports {
+			out = append(out, UpstreamPort{Service: u.svc.Key(), Remote: u.remote, Port: p, SANs: sans, SANPrefix: prefix})
+		}
+	}
+	return out
+}
+
+// serverSANs returns the identities a client accepts from svc's servers:
+// its workloads' identities, or, when none are known, the prefix of any
+// identity of the service's namespace in the trust domain.
+func serverSANs(ix *Index, svc *mesh.Service) ([]mesh.Identity, string) {
+	ids := svc.Identities
+	if len(ids) == 0 {
+		ids = svc.EndpointIdentities() // ServerIdentities without its map
+	}
+	if len(ids) == 0 {
+		return nil, mesh.TrustDomainPrefix(ix.State.Settings.TrustDomain) + "ns/" + svc.Namespace + "/sa/"
+	}
+	return ids, ""
+}
+
+// routeBackends resolves the TrafficSplit rooted at svc on port; nil when
+// there is none or its weights on this port sum to zero (then the service's
+// own cluster takes the traffic).
+func routeBackends(ix *Index, svc *mesh.Service, port uint32) []WeightedBackend {
+	split, ok := ix.splits[svc.Key()]
+	if !ok {
+		return nil
+	}
+	backends := splitBackends(ix, split, port)
+	var total uint64
+	for _, b := range backends {
+		total += uint64(b.Weight)
+	}
+	if total == 0 {
+		return nil
+	}
+	return backends
+}
