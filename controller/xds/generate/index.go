@@ -1,8 +1,6 @@
 package generate
 
 import (
-	"maps"
-	"slices"
 	"sort"
 
 	"github.com/meshfed/meshfed/mesh"
@@ -24,10 +22,10 @@ type Index struct {
 	tcp     map[mesh.NamespacedName]*mesh.TCPRoute
 	targets map[mesh.Identity][]*mesh.TrafficTarget
 	// idServices lists, per identity, the positions of the services that
-	// have endpoints of that identity.
+	// have endpoints of that identity. Server addresses are computed from
+	// it when asked for (per proxy, O(its services)), not for every
+	// identity at every update.
 	idServices map[mesh.Identity][]int
-	// serverAddrs lists, per identity, the addresses its workloads serve on.
-	serverAddrs map[mesh.Identity][]ServerAddress
 }
 
 // ServerAddress is one address a workload of an identity listens on, with
@@ -44,16 +42,15 @@ type ServerAddress struct {
 func NewIndex(s mesh.State) *Index {
 	clean, problems := mesh.Sanitize(s)
 	ix := &Index{
-		State:       clean,
-		Problems:    problems,
-		services:    make(map[mesh.NamespacedName]int, len(clean.Services)),
-		remote:      make(map[string]map[mesh.NamespacedName]int, len(clean.Remote)),
-		splits:      make(map[mesh.NamespacedName]*mesh.TrafficSplit, len(clean.TrafficSplits)),
-		groups:      make(map[mesh.NamespacedName]*mesh.HTTPRouteGroup, len(clean.HTTPRouteGroups)),
-		tcp:         make(map[mesh.NamespacedName]*mesh.TCPRoute, len(clean.TCPRoutes)),
-		targets:     map[mesh.Identity][]*mesh.TrafficTarget{},
-		idServices:  map[mesh.Identity][]int{},
-		serverAddrs: map[mesh.Identity][]ServerAddress{},
+		State:      clean,
+		Problems:   problems,
+		services:   make(map[mesh.NamespacedName]int, len(clean.Services)),
+		remote:     make(map[string]map[mesh.NamespacedName]int, len(clean.Remote)),
+		splits:     make(map[mesh.NamespacedName]*mesh.TrafficSplit, len(clean.TrafficSplits)),
+		groups:     make(map[mesh.NamespacedName]*mesh.HTTPRouteGroup, len(clean.HTTPRouteGroups)),
+		tcp:        make(map[mesh.NamespacedName]*mesh.TCPRoute, len(clean.TCPRoutes)),
+		targets:    map[mesh.Identity][]*mesh.TrafficTarget{},
+		idServices: map[mesh.Identity][]int{},
 	}
 	for i := range clean.Services {
 		svc := &clean.Services[i]
@@ -61,9 +58,6 @@ func NewIndex(s mesh.State) *Index {
 		for _, id := range svc.EndpointIdentities() {
 			ix.idServices[id] = append(ix.idServices[id], i)
 		}
-	}
-	for id := range ix.idServices {
-		ix.serverAddrs[id] = ix.computeServerAddresses(id)
 	}
 	for c, cat := range clean.Remote {
 		m := make(map[mesh.NamespacedName]int, len(cat.Services))
@@ -123,9 +117,10 @@ func (ix *Index) computeServerAddresses(id mesh.Identity) []ServerAddress {
 }
 
 // WithEndpoints returns the Index of next, a state that differs from the
-// one ix was built from only in the endpoints of the local services at
-// positions changed and in remote catalogs' endpoints, without sanitizing
-// or indexing the whole state again: O(changed), not O(mesh).
+// one ix was built from only in the endpoints of local services and in
+// remote catalogs' endpoints, without sanitizing or indexing the whole
+// state again: O(1), not O(mesh) (server addresses are computed from the
+// services when asked for).
 //
 // The caller guarantees what makes this exact (the server checks it with
 // mesh.Service.SameShape): next has the same settings, policy objects,
@@ -133,31 +128,19 @@ func (ix *Index) computeServerAddresses(id mesh.Identity) []ServerAddress {
 // service of next is valid (ix.State.Services is next's list, unfiltered);
 // each changed service is SameShape with its old self. The sanitized
 // policy and the problems of ix carry over unchanged.
-func (ix *Index) WithEndpoints(next mesh.State, changed []int) *Index {
+func (ix *Index) WithEndpoints(next mesh.State) *Index {
 	out := *ix
 	clean := ix.State
 	clean.Services = next.Services
 	clean.Remote = next.Remote
 	out.State = clean
-	var ids []mesh.Identity
-	for _, i := range changed {
-		for _, id := range next.Services[i].EndpointIdentities() {
-			if !slices.Contains(ids, id) {
-				ids = append(ids, id)
-			}
-		}
-	}
-	if len(ids) > 0 {
-		out.serverAddrs = maps.Clone(ix.serverAddrs)
-		for _, id := range ids {
-			out.serverAddrs[id] = out.computeServerAddresses(id)
-		}
-	}
 	return &out
 }
 
 // ServerAddresses returns the addresses the workloads of id serve on, sorted.
-func (ix *Index) ServerAddresses(id mesh.Identity) []ServerAddress { return ix.serverAddrs[id] }
+func (ix *Index) ServerAddresses(id mesh.Identity) []ServerAddress {
+	return ix.computeServerAddresses(id)
+}
 
 // Service returns the local service, if any.
 func (ix *Index) Service(key mesh.NamespacedName) (*mesh.Service, bool) {

@@ -32,11 +32,13 @@ const (
 	defaultClusterLBPol = clusterv3.Cluster_ROUND_ROBIN
 )
 
-// mustAny packs m; it panics only on a programming error (an unregistered
-// message type), which every golden test would catch.
+// mustAny packs m, marshaled deterministically (so that equal content —
+// an RBAC filter's policy map — packs to equal bytes and hashes equal); it
+// panics only on a programming error (an unregistered message type), which
+// every golden test would catch.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		panic(fmt.Sprintf("generate: pack %T: %v", m, err))
 	}
 	return a

@@ -94,6 +94,15 @@ type sharedKind struct {
 type upstreamEDS struct {
 	svc  mesh.Service
 	clas []types.Resource
+	// seenAt is the last updateEndpoints call (builder.edsStamp) that
+	// had the service.
+	seenAt uint64
+}
+
+// edsKey names one upstream service: remote is its cluster, "" if local.
+type edsKey struct {
+	remote string
+	svc    mesh.NamespacedName
 }
 
 // keyState is what was last published for one proxy key.
@@ -212,7 +221,8 @@ type builder struct {
 	// eds is every load assignment, shared by all kinds and proxies; its
 	// items list is not kept (res.Items is the set).
 	eds      versioned
-	edsCache map[string]upstreamEDS
+	edsCache map[edsKey]*upstreamEDS
+	edsStamp uint64
 	// edsNamesAt is the EDS version at which the set of load assignment
 	// names last may have changed (endpoint-only updates keep the names,
 	// so references need no new check).
@@ -220,7 +230,7 @@ type builder struct {
 }
 
 func newBuilder() *builder {
-	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[string]upstreamEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
+	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
 }
 
 func (b *builder) nextVersion() string {
@@ -310,13 +320,14 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 // and remote name the services whose endpoints changed.
 func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[string][]int) error {
 	type change struct {
-		key string
-		eds upstreamEDS
+		key edsKey
+		eds *upstreamEDS
 	}
 	var changes []change
 	var invalid []error
 	add := func(svc *mesh.Service, cluster string) {
-		e := upstreamEDS{svc: *svc}
+		key := edsKey{cluster, svc.Key()}
+		e := &upstreamEDS{svc: *svc, seenAt: b.edsCache[key].seenAtOrZero()}
 		for _, p := range svc.Ports {
 			e.clas = append(e.clas, generate.LoadAssignment(svc, p, cluster))
 		}
@@ -324,7 +335,7 @@ func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[stri
 			invalid = append(invalid, err)
 			return
 		}
-		changes = append(changes, change{edsKey(svc, cluster), e})
+		changes = append(changes, change{key, e})
 	}
 	for _, i := range local {
 		add(&s.Services[i], "")
@@ -337,7 +348,7 @@ func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[stri
 	if len(invalid) > 0 {
 		return errors.Join(invalid...)
 	}
-	ix := b.ix.WithEndpoints(s, local)
+	ix := b.ix.WithEndpoints(s)
 	b.gen++
 	if len(changes) > 0 {
 		// Snapshots already published hold the old map: copy, never patch.
@@ -360,35 +371,48 @@ func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[stri
 	return nil
 }
 
-func edsKey(svc *mesh.Service, remote string) string {
-	return remote + "|" + svc.Namespace + "/" + svc.Name
+func (e *upstreamEDS) seenAtOrZero() uint64 {
+	if e == nil {
+		return 0
+	}
+	return e.seenAt
 }
 
-// updateEndpoints regenerates the load assignments of changed services and
-// bumps the EDS version if any changed.
+// updateEndpoints regenerates the load assignments of services that are
+// new or whose endpoints or ports changed, drops those of services that are
+// gone, and bumps the EDS version if anything changed. The published map is
+// copied and patched (O(services) to find what changed, map copy; no
+// re-insertion of every load assignment).
 func (b *builder) updateEndpoints(ix *generate.Index) error {
+	b.edsStamp++
+	stamp := b.edsStamp
 	var invalid []error
-	next := make(map[string]upstreamEDS, len(b.edsCache))
-	items := make(map[string]types.ResourceWithTTL, len(b.edsCache))
-	changed := false
+	type change struct {
+		key  edsKey
+		prev *upstreamEDS
+		next *upstreamEDS
+	}
+	var changes []change
+	seen := 0
 	add := func(svc *mesh.Service, remote string) {
-		key := edsKey(svc, remote)
-		prev, ok := b.edsCache[key]
-		if !ok || !sameEndpoints(&prev.svc, svc) {
-			changed = true
-			prev = upstreamEDS{svc: *svc}
-			for _, p := range svc.Ports {
-				prev.clas = append(prev.clas, generate.LoadAssignment(svc, p, remote))
-			}
-			if err := generate.Validate(prev.clas); err != nil {
-				invalid = append(invalid, err)
-				return
-			}
+		key := edsKey{remote, svc.Key()}
+		prev := b.edsCache[key]
+		if prev != nil && prev.seenAt != stamp {
+			prev.seenAt = stamp
+			seen++
 		}
-		next[key] = prev
-		for _, r := range prev.clas {
-			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+		if prev != nil && sameEndpoints(&prev.svc, svc) {
+			return
 		}
+		next := &upstreamEDS{svc: *svc, seenAt: stamp}
+		for _, p := range svc.Ports {
+			next.clas = append(next.clas, generate.LoadAssignment(svc, p, remote))
+		}
+		if err := generate.Validate(next.clas); err != nil {
+			invalid = append(invalid, err)
+			return
+		}
+		changes = append(changes, change{key, prev, next})
 	}
 	for i := range ix.State.Services {
 		add(&ix.State.Services[i], "")
@@ -405,15 +429,45 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 	if len(invalid) > 0 {
 		return errors.Join(invalid...)
 	}
-	if len(next) != len(b.edsCache) {
-		changed = true
+	var gone []edsKey
+	if seen < len(b.edsCache) {
+		for k, e := range b.edsCache {
+			if e.seenAt != stamp {
+				gone = append(gone, k)
+			}
+		}
 	}
-	b.edsCache = next
-	if changed || b.eds.version == "" {
-		b.eds.version = b.nextVersion()
-		b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
-		b.edsNamesAt = b.eds.version
+	if len(changes) == 0 && len(gone) == 0 && b.eds.version != "" {
+		return nil
 	}
+	// Snapshots already published hold the old map: copy, never patch.
+	items := maps.Clone(b.eds.res.Items)
+	if items == nil {
+		items = map[string]types.ResourceWithTTL{}
+	}
+	drop := func(e *upstreamEDS) {
+		for _, r := range e.clas {
+			delete(items, cachev3.GetResourceName(r))
+		}
+	}
+	for _, k := range gone {
+		drop(b.edsCache[k])
+		delete(b.edsCache, k)
+	}
+	for _, c := range changes {
+		if c.prev != nil {
+			drop(c.prev)
+		}
+	}
+	for _, c := range changes {
+		b.edsCache[c.key] = c.next
+		for _, r := range c.next.clas {
+			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+		}
+	}
+	b.eds.version = b.nextVersion()
+	b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
+	b.edsNamesAt = b.eds.version
 	return nil
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -249,7 +250,7 @@ func BenchmarkEndpointChange(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			cla := bl.edsCache["|"+state.Services[3].Namespace+"/"+state.Services[3].Name].clas
+			cla := bl.edsCache[edsKey{svc: state.Services[3].Key()}].clas
 			b.ReportMetric(float64(bytesOf(cla)), "changed-eds-bytes")
 		})
 	}
@@ -440,5 +441,152 @@ func BenchmarkNewService(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// marshalAll marshals resources deterministically, in order.
+func marshalAll(t *testing.T, rs []types.Resource) []string {
+	t.Helper()
+	out := make([]string, 0, len(rs))
+	for _, r := range rs {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	return out
+}
+
+func TestCachedRebuildEqualsFromScratchAfterChanges(t *testing.T) {
+	base := syntheticMesh(60)
+	serverID := base.Services[5].Endpoints[0].Identity
+	steps := []struct {
+		name string
+		// maxBuilt bounds the pieces the step may generate (-1: no bound).
+		maxBuilt int
+		change   func(mesh.State) mesh.State
+	}{
+		{"a service is added", 5, func(s mesh.State) mesh.State { return withNewService(s, 1) }},
+		{"a service gets a second port", 10, func(s mesh.State) mesh.State {
+			s.Services = append([]mesh.Service(nil), s.Services...)
+			s.Services[5].Ports = []mesh.Port{{Name: "grpc", Port: 8080, Protocol: mesh.ProtocolGRPC}, {Name: "http", Port: 9090, Protocol: mesh.ProtocolHTTP}}
+			return s
+		}},
+		{"a service's port changes protocol", 10, func(s mesh.State) mesh.State {
+			s.Services = append([]mesh.Service(nil), s.Services...)
+			s.Services[5].Ports = []mesh.Port{{Name: "grpc", Port: 8080, Protocol: mesh.ProtocolGRPC}, {Name: "http", Port: 9090, Protocol: mesh.ProtocolHTTP2}}
+			return s
+		}},
+		{"a split's weights change", 5, func(s mesh.State) mesh.State {
+			s.TrafficSplits = append([]mesh.TrafficSplit(nil), s.TrafficSplits...)
+			s.TrafficSplits[0].Backends = []mesh.SplitBackend{{Service: "svc-10", Weight: 0}, {Service: "svc-20", Weight: 100}}
+			return s
+		}},
+		{"a split's backends all go to zero", 5, func(s mesh.State) mesh.State {
+			s.TrafficSplits = append([]mesh.TrafficSplit(nil), s.TrafficSplits...)
+			s.TrafficSplits[1].Backends = []mesh.SplitBackend{{Service: "svc-21", Weight: 0}, {Service: "svc-31", Weight: 0}}
+			return s
+		}},
+		{"a traffic target gains a source", 0, func(s mesh.State) mesh.State {
+			s.TrafficTargets = append([]mesh.TrafficTarget(nil), s.TrafficTargets...)
+			s.TrafficTargets[5].Sources = []mesh.Identity{mesh.NewIdentity(td, "client", "client"), mesh.NewIdentity(td, "client", "other")}
+			return s
+		}},
+		{"permissive mode is switched on", 0, func(s mesh.State) mesh.State {
+			s.Settings.PermissiveTrafficPolicy = true
+			return s
+		}},
+		{"a split backend's service is removed", -1, func(s mesh.State) mesh.State {
+			s.Services = slices.DeleteFunc(append([]mesh.Service(nil), s.Services...), func(svc mesh.Service) bool { return svc.Name == "svc-20" })
+			return s
+		}},
+		{"a service without endpoints is added", 5, func(s mesh.State) mesh.State {
+			s.Services = append(append([]mesh.Service(nil), s.Services...), mesh.Service{Namespace: "ns-3", Name: "empty", Cluster: "east",
+				Ports: []mesh.Port{{Name: "http", Port: 8080, Protocol: mesh.ProtocolHTTP}}})
+			return s
+		}},
+		{"the trust domain changes", -1, func(s mesh.State) mesh.State {
+			s.Settings.TrustDomain = "other.local"
+			return s
+		}},
+		{"the added service is removed", 0, func(s mesh.State) mesh.State {
+			s.Services = slices.DeleteFunc(append([]mesh.Service(nil), s.Services...), func(svc mesh.Service) bool { return svc.Name == "fresh-1" })
+			return s
+		}},
+		{"permissive mode is switched off", 0, func(s mesh.State) mesh.State {
+			s.Settings.PermissiveTrafficPolicy = false
+			return s
+		}},
+	}
+	keys := []proxyKey{
+		{id: serverID, kind: KindProxyless}, {id: serverID, kind: KindSidecar},
+		{id: mesh.NewIdentity(td, "ns-0", "fresh-1"), kind: KindProxyless},
+		{id: mesh.NewIdentity(td, "client", "client"), kind: KindSidecar},
+	}
+	inc := newBuilder()
+	if _, err := inc.update(base); err != nil {
+		t.Fatal(err)
+	}
+	states := map[proxyKey]*keyState{}
+	for _, k := range keys {
+		states[k] = watchingAll()
+		if _, _, err := inc.snapshot(k, states[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := base
+	for _, step := range steps {
+		state = step.change(state)
+		before := inc.pieces.built
+		if _, err := inc.update(state); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if built := inc.pieces.built - before; step.maxBuilt >= 0 && built > step.maxBuilt {
+			t.Errorf("%s: generated %d pieces, want at most %d (the changed services' own)", step.name, built, step.maxBuilt)
+		}
+
+		// The shared parts equal what the generators make from scratch.
+		ix := generate.NewIndex(state)
+		scratch := map[Kind]typeSet{
+			KindProxyless: {types.Listener: generate.ProxylessClientListeners(ix), types.Route: generate.ProxylessRoutes(ix), types.Cluster: generate.ProxylessClusters(ix)},
+			KindSidecar:   {types.Listener: generate.SidecarOutboundListeners(ix), types.Route: generate.SidecarOutboundRoutes(ix), types.Cluster: generate.SidecarClusters(ix)},
+		}
+		for kind, set := range scratch {
+			for _, typ := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
+				if got, want := marshalAll(t, inc.kinds[kind].types[typ].items), marshalAll(t, set[typ]); !slices.Equal(got, want) {
+					t.Errorf("%s: %s type %d: cached pieces differ from a from-scratch generation (%d vs %d resources)", step.name, kind, typ, len(got), len(want))
+				}
+			}
+		}
+
+		// Every proxy's snapshot equals a new builder's.
+		full := newBuilder()
+		if _, err := full.update(state); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			got, _, err := inc.snapshot(k, states[k])
+			if err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			want, _, err := full.snapshot(k, watchingAll())
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, w := resourcesOf(t, got), resourcesOf(t, want)
+			for typ := range w {
+				for name, wr := range w[typ] {
+					if g[typ][name] != wr {
+						t.Errorf("%s: proxy %s: %s %s differs from a full rebuild", step.name, k, typ, name)
+					}
+				}
+				for name := range g[typ] {
+					if _, ok := w[typ][name]; !ok {
+						t.Errorf("%s: proxy %s: %s %s is stale (absent from a full rebuild)", step.name, k, typ, name)
+					}
+				}
+			}
+		}
 	}
 }
