@@ -96,7 +96,7 @@ func (e *env) check(ctx context.Context) error {
 	from := time.Now()
 	sleep(ctx, 10*time.Second)
 	t := e.tally(bookbuyer, "BuyBook", from, time.Now())
-	fail(checkShare("bookbuyer BuyBook to bookstore-v2 in west under the 50/50 split", t, v2West, 0.5))
+	fail(e.checkShare("bookbuyer BuyBook to bookstore-v2 in west under the 50/50 split", t, v2West, 0.5))
 	if t.failed > 0 {
 		fail(fmt.Errorf("bookbuyer had %d failed BuyBook RPCs under the 50/50 split: %v", t.failed, t.by))
 	}
@@ -154,8 +154,8 @@ func (e *env) check(ctx context.Context) error {
 }
 
 // checkShare checks that the share of want among t's answers is within
-// five standard deviations of p (a binomial sample).
-func checkShare(what string, t tally, want Outcome, p float64) error {
+// five standard deviations of p (a binomial sample), and says so.
+func (e *env) checkShare(what string, t tally, want Outcome, p float64) error {
 	if t.answers < 50 {
 		return fmt.Errorf("%s: only %d answers in the sample", what, t.answers)
 	}
@@ -164,6 +164,7 @@ func checkShare(what string, t tally, want Outcome, p float64) error {
 	if math.Abs(got-p) > tol {
 		return fmt.Errorf("%s: %.1f%% of %d answers, want %.0f%% ± %.1f%%", what, 100*got, t.answers, 100*p, 100*tol)
 	}
+	e.say("ok: %s: %.1f%% of %d answers (want %.0f%% ± %.1f%%)", what, 100*got, t.answers, 100*p, 100*tol)
 	return nil
 }
 

@@ -17,8 +17,8 @@ func (e *env) live(ctx context.Context) error {
 	help := fmt.Sprintf(`Try, in another terminal (the table follows within a second or two):
   %[1]s --kubeconfig %[2]s apply -f %[4]s
   %[1]s --kubeconfig %[2]s apply -f %[5]s
-  %[1]s --kubeconfig %[3]s delete traffictarget bookstore -n bookstore     # west stops letting bookbuyer in
-  %[1]s --kubeconfig %[3]s apply -f %[6]s                                  # and lets it in again
+  %[1]s --kubeconfig %[3]s delete traffictarget bookbuyer-access-bookstore -n bookstore   # west stops letting bookbuyer in
+  %[1]s --kubeconfig %[3]s apply -f %[6]s   # and lets it in again
   %[1]s --kubeconfig %[2]s patch meshconfig meshfed-mesh-config -n meshfed-system --type merge -p '{"spec":{"traffic":{"enablePermissiveTrafficPolicyMode":true}}}'
   kill -STOP %[7]d   # freeze west's controller: workloads keep their config (fail-static)
   kill -CONT %[7]d
@@ -31,7 +31,7 @@ Press Ctrl-C to stop everything.
 	for {
 		var buf bytes.Buffer
 		buf.WriteString("\x1b[H\x1b[2J")
-		fmt.Fprintf(&buf, "meshfed demo — clusters east and west, federated; bookstore split 50/50 across them (%s)\n\n", time.Now().Format("15:04:05"))
+		fmt.Fprintf(&buf, "meshfed demo — clusters east and west, federated; the bookstore split across them (%s)\n\n", time.Now().Format("15:04:05"))
 		Render(&buf, e.stats.Rows(time.Now(), window), window)
 		buf.WriteString("\n" + help)
 		if _, err := e.cfg.Out.Write(buf.Bytes()); err != nil {
