@@ -202,8 +202,11 @@ func responseType(url string) types.ResponseType {
 // (controller/kube, federation) get the fast path for free and make the
 // comparison O(1) per unchanged service by reusing that service's
 // Endpoints slice in the next State instead of rebuilding it. Anything
-// else (a new Service, a policy change) regenerates the shared
-// configuration: at 10,000 services that takes ~0.5 s (docs/benchmarks.md).
+// else (a new Service, a policy change) re-indexes the state and
+// reassembles the shared configuration from per-service pieces cached by
+// their inputs: only pieces whose inputs changed are generated, validated
+// and hashed (a new Service: its own listener, route, virtual host and
+// clusters), the rest is O(services) map work (docs/benchmarks.md).
 func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 	start := time.Now()
 	s.mu.Lock()
