@@ -84,6 +84,17 @@ func TestForgedAndBadCatalogsAreRejectedAndLastGoodKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A certificate naming west, issued by mallory's own intermediate under
+	// the trusted root: every cluster holds an intermediate, so the chain
+	// must show that west's intermediate issued it.
+	mintedKey, mintedChain, err := tf.root.SignerUnder("mallory", catalog.ClusterID(testTD, "west"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byMinted, err := catalog.Sign(forgedWest(evil), mintedKey, mintedChain)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// West's real key, but the bytes were changed after signing.
 	westKey, westChain, _ := westCfg.Signer.CatalogSigner()
 	tampered, err := catalog.Sign(forgedWest(svc("bookstore", "bookstore-v2", "10.244.2.5")), westKey, westChain)
@@ -113,6 +124,7 @@ func TestForgedAndBadCatalogsAreRejectedAndLastGoodKept(t *testing.T) {
 	}{
 		{"claims west, signed by mallory", "identity", byMallory.Bytes},
 		{"names west, untrusted root", "chain", byOtherRoot.Bytes},
+		{"names west, minted by mallory's intermediate", "identity", byMinted.Bytes},
 		{"west's key, tampered bytes", "signature", tamperedBytes},
 		{"does not decode", "decode", []byte("MFSC\x01 this is not a catalog")},
 		{"over the size limit", "oversize", oversize.Bytes},

@@ -182,8 +182,28 @@ type VerifyOptions struct {
 	Now time.Time
 }
 
+// ClusterCACommonName is the subject common name of a cluster's
+// intermediate CA, as trust/ca issues it. A catalog-signing certificate
+// must be issued by the intermediate of the cluster it names (or by a root
+// directly): every cluster holds an intermediate that could mint a
+// certificate with any URI SAN, so the chain, not the leaf alone, says who
+// may speak for a cluster.
+func ClusterCACommonName(cluster string) string { return "meshfed intermediate CA " + cluster }
+
+// issuedForCluster reports whether some verified chain has the leaf issued
+// directly by a root, or by cluster's own intermediate.
+func issuedForCluster(chains [][]*x509.Certificate, cluster string) bool {
+	for _, ch := range chains {
+		if len(ch) == 2 || (len(ch) > 2 && ch[1].Subject.CommonName == ClusterCACommonName(cluster)) {
+			return true
+		}
+	}
+	return false
+}
+
 // Verify checks an envelope: size, signature, chain to opts.Roots, that the
-// leaf names the cluster the catalog claims, and the catalog's content. It
+// leaf names the cluster the catalog claims and was issued by that
+// cluster's intermediate, and the catalog's content. It
 // returns the catalog and its Signed form, or an error wrapping one of the
 // Err* reasons.
 func Verify(b []byte, opts VerifyOptions) (*Catalog, *Signed, error) {
@@ -218,11 +238,16 @@ func Verify(b []byte, opts VerifyOptions) (*Catalog, *Signed, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
+	chains, err := leaf.Verify(x509.VerifyOptions{
 		Roots: opts.Roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, nil, fmt.Errorf("catalog %s v%d: %w: %v", h.Cluster, h.Version, ErrChain, err)
+	}
+	if !issuedForCluster(chains, h.Cluster) {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: signer's certificate was not issued by %s's intermediate CA (%q) or by a root",
+			h.Cluster, h.Version, ErrIdentity, h.Cluster, ClusterCACommonName(h.Cluster))
 	}
 	want := ClusterID(opts.TrustDomain, h.Cluster)
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {

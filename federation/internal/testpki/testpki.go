@@ -13,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net/url"
+	"path"
 	"time"
 )
 
@@ -70,10 +71,17 @@ func issue(parent *x509.Certificate, parentKey crypto.Signer, tmpl *x509.Certifi
 }
 
 // Signer returns a key and chain (leaf, intermediate) whose leaf carries
-// uri as its only URI SAN, issued under a fresh intermediate of r.
+// uri as its only URI SAN, issued under a fresh intermediate of r named for
+// the cluster uri names (its last path element), as trust/ca names them.
 func (r *Root) Signer(uri string) (crypto.Signer, []*x509.Certificate, error) {
+	return r.SignerUnder(path.Base(uri), uri)
+}
+
+// SignerUnder is Signer with the intermediate named for cluster, which may
+// differ from the one uri names (a forgery).
+func (r *Root) SignerUnder(cluster, uri string) (crypto.Signer, []*x509.Certificate, error) {
 	inter, interKey, err := issue(r.Cert, r.Key, &x509.Certificate{
-		Subject: pkix.Name{CommonName: "intermediate " + uri}, IsCA: true,
+		Subject: pkix.Name{CommonName: "meshfed intermediate CA " + cluster}, IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	})
 	if err != nil {
