@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/meshfed/meshfed/tests/federated"
 )
 
 // window is what the live table summarises.
@@ -13,7 +15,7 @@ const window = 3 * time.Second
 // live redraws the table every Refresh until ctx ends, with the commands a
 // user can run meanwhile to change what it shows.
 func (e *env) live(ctx context.Context) error {
-	east, west := e.clusters["east"], e.clusters["west"]
+	east, west := e.h.Cluster("east"), e.h.Cluster("west")
 	help := fmt.Sprintf(`Try, in another terminal (the table follows within a second or two):
   %[1]s --kubeconfig %[2]s apply -f %[4]s
   %[1]s --kubeconfig %[2]s apply -f %[5]s
@@ -23,16 +25,16 @@ func (e *env) live(ctx context.Context) error {
   kill -STOP %[7]d   # freeze west's controller: workloads keep their config (fail-static)
   kill -CONT %[7]d
 Press Ctrl-C to stop everything.
-`, e.bins.kubectl, east.kubeconfig, west.kubeconfig,
-		e.manifest("split/bookstore-0-100.yaml"), e.manifest("split/bookstore-50-50.yaml"),
-		e.manifest("access"), west.controller.Process.Pid)
+`, e.h.KubectlPath(), east.Kubeconfig, west.Kubeconfig,
+		e.h.Manifest("split/bookstore-0-100.yaml"), e.h.Manifest("split/bookstore-50-50.yaml"),
+		e.h.Manifest("access"), e.h.ControllerPID("west"))
 	tick := time.NewTicker(e.cfg.Refresh)
 	defer tick.Stop()
 	for {
 		var buf bytes.Buffer
 		buf.WriteString("\x1b[H\x1b[2J")
 		fmt.Fprintf(&buf, "meshfed demo — clusters east and west, federated; the bookstore split across them (%s)\n\n", time.Now().Format("15:04:05"))
-		Render(&buf, e.stats.Rows(time.Now(), window), window)
+		federated.Render(&buf, e.h.Stats().Rows(time.Now(), window), window)
 		buf.WriteString("\n" + help)
 		if _, err := e.cfg.Out.Write(buf.Bytes()); err != nil {
 			return err

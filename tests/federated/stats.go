@@ -1,4 +1,4 @@
-package demo
+package federated
 
 import (
 	"encoding/json"
@@ -50,8 +50,9 @@ type Key struct {
 }
 
 type sample struct {
-	at  time.Time
-	key Key
+	at      time.Time
+	key     Key
+	backend string // the pod that answered (OK only)
 }
 
 // Stats keeps recent RPC results from every client workload. Safe for
@@ -83,7 +84,11 @@ func (s *Stats) Record(source string, r Result, at time.Time) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.samples = append(s.samples, sample{at: at, key: Key{Source: source, Method: r.Method, Outcome: o}})
+	x := sample{at: at, key: Key{Source: source, Method: r.Method, Outcome: o}}
+	if o.OK {
+		x.backend = r.Backend
+	}
+	s.samples = append(s.samples, x)
 	cut := 0
 	for cut < len(s.samples) && at.Sub(s.samples[cut].at) > s.keep {
 		cut++
@@ -104,6 +109,36 @@ func (s *Stats) Count(from, to time.Time) map[Key]int {
 		}
 	}
 	return out
+}
+
+// FirstAnswer returns when source was first answered by the pod backend
+// at or after from.
+func (s *Stats) FirstAnswer(source, backend string, from time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, x := range s.samples {
+		if x.backend == backend && x.key.Source == source && !x.at.Before(from) {
+			return x.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// Last returns when source's last call of method at or after from ended
+// in an outcome match accepts.
+func (s *Stats) Last(source, method string, from time.Time, match func(Outcome) bool) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.samples) - 1; i >= 0; i-- {
+		x := s.samples[i]
+		if x.at.Before(from) {
+			break
+		}
+		if x.key.Source == source && x.key.Method == method && match(x.key.Outcome) {
+			return x.at, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // Row is one line of the live table.
