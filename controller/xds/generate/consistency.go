@@ -62,6 +62,9 @@ type Refs struct {
 	Routes    []string
 	Clusters  []string
 	Endpoints []string
+	// Secrets are SDS names (sidecar TLS contexts); they resolve in the
+	// proxy's own secrets, see CheckSecretRefs.
+	Secrets []string
 }
 
 // ReferencesOf returns the names a listener, route configuration, virtual
@@ -89,6 +92,11 @@ func ReferencesOf(r proto.Message, owner string) (Refs, error) {
 			}
 			refs.Endpoints = []string{name}
 		}
+		secrets, err := transportSocketSecretRefs(r.GetTransportSocket(), false)
+		if err != nil {
+			return refs, fmt.Errorf("%w: cluster %s: %w", ErrInconsistent, r.GetName(), err)
+		}
+		refs.Secrets = secrets
 		return refs, nil
 	}
 	return Refs{}, nil
@@ -128,6 +136,11 @@ func listenerRefs(l *listenerv3.Listener) (Refs, error) {
 			addHCM(hcm)
 		}
 	}
+	secrets, err := listenerSecretRefs(l)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	refs.Secrets = secrets
 	return refs, errors.Join(errs...)
 }
 

@@ -15,6 +15,9 @@ type metrics struct {
 	snapshotsSet prometheus.Counter
 	rejected     prometheus.Gauge
 	authFailures prometheus.Counter
+	// secretErrors and refusedSecrets: SDS (secrets.go).
+	secretErrors   prometheus.Counter
+	refusedSecrets prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,9 +51,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshfed_xds_auth_failures_total", Help: "xDS streams refused because the peer was not authenticated.",
 		}),
+		secretErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshfed_xds_secret_errors_total", Help: "Failures to get an identity's SDS secrets from the CA.",
+		}),
+		refusedSecrets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshfed_xds_refused_secret_requests_total", Help: "SDS secret names proxies asked for and are never served (another identity's, or any for a proxyless client).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.pushes, m.pushedBytes, m.pushAck, m.nacks, m.generation, m.snapshotsSet, m.rejected, m.authFailures)
+		reg.MustRegister(m.connected, m.pushes, m.pushedBytes, m.pushAck, m.nacks, m.generation, m.snapshotsSet, m.rejected, m.authFailures,
+			m.secretErrors, m.refusedSecrets)
 	}
 	return m
 }

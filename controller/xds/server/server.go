@@ -56,12 +56,22 @@ type Config struct {
 	// on the stream's goroutine, must not block and must not call Update.
 	// It serves "time from a change to the last ACK" measurements.
 	OnAck func(proxy, typeURL, version string)
+	// Secrets serves SDS: each sidecar proxy's own identity's certificate
+	// and the trust bundle (SecretSource). If nil, sidecar proxies are not
+	// served at all (their TLS contexts would have nothing to resolve
+	// to); proxyless clients never get secrets.
+	Secrets SecretSource
+	// SecretCheckInterval is how often the secrets of every connected
+	// sidecar identity are re-read from Secrets, which renews them at half
+	// life and after a CA or bundle rotation (RefreshSecrets does it at
+	// once).
+	SecretCheckInterval time.Duration
 }
 
 // DefaultConfig returns a Config listening on :15128 with 30 s keepalives;
 // TLS and Authenticator must still be set.
 func DefaultConfig() Config {
-	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second}
+	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second, SecretCheckInterval: 30 * time.Second}
 }
 
 // Validate reports every problem with c.
@@ -84,6 +94,9 @@ func (c Config) Validate() error {
 	if c.KeepaliveTime <= 0 {
 		errs = append(errs, errors.New("xds server: KeepaliveTime must be positive"))
 	}
+	if c.Secrets != nil && c.SecretCheckInterval <= 0 {
+		errs = append(errs, errors.New("xds server: SecretCheckInterval must be positive"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -104,6 +117,13 @@ type Server struct {
 	// streams tracks sent responses for NACK/ACK accounting.
 	streamsMu sync.Mutex
 	streams   map[int64]*streamState
+
+	// secretsMu guards the identities whose secrets the secrets goroutine
+	// (secrets.go) is to fetch; secretsWake wakes it.
+	secretsMu      sync.Mutex
+	secretsPending map[mesh.Identity]bool
+	secretsAll     bool
+	secretsWake    chan struct{}
 }
 
 type streamState struct {
@@ -127,6 +147,9 @@ func New(cfg Config) (*Server, error) {
 		builder: newBuilder(),
 		keys:    map[proxyKey]*keyState{},
 		streams: map[int64]*streamState{},
+
+		secretsPending: map[mesh.Identity]bool{},
+		secretsWake:    make(chan struct{}, 1),
 	}
 	s.cache = subscribingCache{SnapshotCache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), server: s}
 	return s, nil
@@ -164,6 +187,9 @@ func (s *Server) subscribe(nodeID, typeURL string, sub cachev3.Subscription) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ks := s.keys[key]; ks != nil {
+		if t == types.Secret {
+			s.refusedSecrets(key, sub.SubscribedResources(), ks)
+		}
 		if ks.subscribe(t, sub.SubscribedResources(), sub.IsWildcard()) && s.builder.ix != nil {
 			if _, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
 				s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", nodeID, "err", err)
@@ -184,6 +210,8 @@ func responseType(url string) types.ResponseType {
 		return types.Listener
 	case resourcev3.RouteType:
 		return types.Route
+	case resourcev3.SecretType:
+		return types.Secret
 	}
 	return types.UnknownType
 }
@@ -247,6 +275,9 @@ func (s *Server) EndpointsVersion() string {
 // acquire registers a stream for key and publishes its snapshot if it has
 // none yet.
 func (s *Server) acquire(key proxyKey) {
+	if key.kind == KindSidecar {
+		defer s.wantSecrets(key.id)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks, ok := s.keys[key]
@@ -301,6 +332,15 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	xs := xdsserver.NewServer(srvCtx, s.cache, s.callbacks())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+
+	secretsDone := make(chan struct{})
+	go func() {
+		defer close(secretsDone)
+		if s.cfg.Secrets != nil {
+			s.runSecrets(srvCtx)
+		}
+	}()
+	defer func() { cancel(); <-secretsDone }()
 
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
@@ -443,6 +483,8 @@ func shortType(url string) string {
 		return "cds"
 	case "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment":
 		return "eds"
+	case resourcev3.SecretType:
+		return "sds"
 	}
 	return "other"
 }

@@ -87,6 +87,9 @@ type sharedKind struct {
 	// refs indexes the shared names, checked at versions refsAt.
 	refs   *generate.RefIndex
 	refsAt string
+	// secretRefs are the SDS names the shared resources use, one Refs per
+	// distinct name; each proxy's own secrets must resolve them.
+	secretRefs []generate.Refs
 }
 
 // upstreamEDS caches the load assignments of one service so that an
@@ -117,6 +120,10 @@ type keyState struct {
 	mergedOf     [types.UnknownType]string
 	// extraAt is the builder generation extra was generated at (0: never).
 	extraAt uint64
+	// secrets are the SDS secrets of a sidecar key (secrets.go); a sidecar
+	// key is published only once it has them.
+	secrets    versioned
+	hasSecrets bool
 
 	// What the key's proxies subscribe to, by type: every name any of its
 	// streams asked for (never shrinks while the key lives), or wildcard.
@@ -639,6 +646,27 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 		}
 		versions[t] = res.Version
 	}
+	// A sidecar's secrets (its own identity's only) are published with it;
+	// its listeners' and clusters' SDS names must resolve to them.
+	secretsChanged := false
+	if ks.hasSecrets {
+		res := ks.narrowed(types.Secret, ks.secrets.res)
+		snap.Resources[types.Secret] = res
+		if ks.versions[types.Secret] != res.Version {
+			changed = true
+		}
+		versions[types.Secret] = res.Version
+		fullVersions[types.Secret] = ks.secrets.version
+		secretsChanged = ks.fullVersions[types.Secret] != ks.secrets.version
+	}
+	if (shapeChanged || secretsChanged) && ks.hasSecrets {
+		if _, err := b.sharedRefs(key.kind); err != nil {
+			return nil, false, fmt.Errorf("proxy %s: %w", key, err)
+		}
+		if err := b.checkSecretRefs(key, sk, extra, ks); err != nil {
+			return nil, false, err
+		}
+	}
 	// Endpoint-only changes cannot break references (the set of load
 	// assignment names follows the services, which are shape), so the full
 	// check runs only when another type changed.
@@ -672,22 +700,34 @@ func (b *builder) sharedRefs(kind Kind) (*generate.RefIndex, error) {
 	ix := generate.NewRefIndexOf(nil, generate.ItemSet(sk.types[types.Route].res.Items),
 		generate.ItemSet(sk.types[types.Cluster].res.Items), generate.ItemSet(b.eds.res.Items))
 	var errs []error
+	var secretRefs []generate.Refs
+	secretSeen := map[string]bool{}
 	for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
 		for _, refs := range sk.types[t].refs {
 			if err := ix.CheckRefs(refs); err != nil {
 				errs = append(errs, err)
+			}
+			for _, n := range refs.Secrets {
+				if !secretSeen[n] {
+					secretSeen[n] = true
+					secretRefs = append(secretRefs, generate.Refs{Owner: refs.Owner, Secrets: []string{n}})
+				}
 			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	sk.refs, sk.refsAt = ix, versions
+	sk.refs, sk.refsAt, sk.secretRefs = ix, versions, secretRefs
 	return ix, nil
 }
 
-// publish sets key's snapshot if it changed.
+// publish sets key's snapshot if it changed. A sidecar key waits for its
+// secrets: without them its TLS contexts could not resolve.
 func (b *builder) publish(ctx context.Context, cache cachev3.SnapshotCache, key proxyKey, ks *keyState) (bool, error) {
+	if key.kind == KindSidecar && !ks.hasSecrets {
+		return false, nil
+	}
 	snap, changed, err := b.snapshot(key, ks)
 	if err != nil || !changed {
 		return false, err
