@@ -124,6 +124,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	xcfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: ms.TrustDomain}
 	xcfg.Registerer, xcfg.Logger = reg, log
 	xcfg.OnAck = watcher.OnAck
+	// SDS: each sidecar gets its own identity's SVID from this cluster's CA.
+	xcfg.Secrets = server.NewAuthoritySecrets(authority, ms.SVIDTTL)
 	if xds, err = server.New(xcfg); err != nil {
 		return err
 	}
