@@ -91,6 +91,8 @@ func (m *testMesh) update(t *testing.T, s mesh.State) {
 type backend struct {
 	name string
 	port uint32
+	// ip is the address it listens on; empty means 127.0.0.1.
+	ip string
 }
 
 func startBackend(t *testing.T, m *testMesh, id mesh.Identity, name string) (*backend, <-chan struct{}) {
@@ -148,7 +150,11 @@ func client(t *testing.T, m *testMesh, id mesh.Identity) healthpb.HealthClient {
 }
 
 func endpoint(b *backend) mesh.Endpoint {
-	return mesh.Endpoint{Address: "127.0.0.1", TargetPorts: map[string]uint32{"grpc": b.port}, Cluster: "east",
+	ip := b.ip
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	return mesh.Endpoint{Address: ip, TargetPorts: map[string]uint32{"grpc": b.port}, Cluster: "east",
 		Locality: mesh.Locality{Zone: "z1"}, Ready: true, Identity: bookstoreID}
 }
 
