@@ -32,6 +32,8 @@ import (
 type AuthoritySecrets struct {
 	authority *ca.Authority
 	ttl       time.Duration
+	// now is the clock (tests move it).
+	now func() time.Time
 
 	mu     sync.Mutex
 	issued map[mesh.Identity]issuedSecrets
@@ -46,13 +48,13 @@ type issuedSecrets struct {
 // NewAuthoritySecrets returns a SecretSource issuing SVIDs valid for ttl
 // from authority.
 func NewAuthoritySecrets(authority *ca.Authority, ttl time.Duration) *AuthoritySecrets {
-	return &AuthoritySecrets{authority: authority, ttl: ttl, issued: map[mesh.Identity]issuedSecrets{}}
+	return &AuthoritySecrets{authority: authority, ttl: ttl, now: time.Now, issued: map[mesh.Identity]issuedSecrets{}}
 }
 
 // Secrets implements SecretSource.
 func (a *AuthoritySecrets) Secrets(id mesh.Identity) ([]types.Resource, error) {
 	inter := a.authority.Current()
-	now := time.Now()
+	now := a.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if e, ok := a.issued[id]; ok && e.by == inter && now.Before(e.renewAt) {
