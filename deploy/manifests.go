@@ -118,6 +118,8 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 			{APIGroups: []string{"config.meshfed.io"}, Resources: []string{"meshconfigs"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"config.meshfed.io"}, Resources: []string{"meshconfigs/status"}, Verbs: []string{"get", "update", "patch"}},
 			{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+			// The trust bundle ConfigMap in every namespace of the mesh.
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "create", "update"}},
 			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 		},
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshfed/meshfed/controller/bundle"
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/controller/xds/server"
 	"github.com/meshfed/meshfed/deploy"
@@ -164,6 +166,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	start("kubernetes watcher", watcher.Run)
 	start("federation", fedWiring.run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
+	bcfg := bundle.DefaultConfig()
+	bcfg.Client, bcfg.MeshName, bcfg.ConfigMapName, bcfg.Log = client, cfg.MeshName, cfg.BundleConfigMap, log
+	bcfg.Bundle = func() *x509bundle.Bundle { return authority.Current().Bundle() }
+	bundles, err := bundle.New(bcfg)
+	if err != nil {
+		return err
+	}
+	start("trust bundle in mesh namespaces", bundles.Run)
 	start("serving certificate", func(ctx context.Context) error {
 		renewServing(ctx, authority, serving, controllerID, names, log)
 		return nil
