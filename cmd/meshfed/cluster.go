@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,7 +155,7 @@ func newClusterCommand(kf *kubeFlags) *cobra.Command {
 func newClusterJoinCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 	var peer kubeFlags
 	var peerMesh, peerAddress string
-	var interCert, interKey, bundle string
+	var inter intermediateFlags
 	var replaceRoot bool
 	cmd := &cobra.Command{
 		Use:   "join [CLUSTER] --peer-context CONTEXT",
@@ -196,16 +195,8 @@ Restart this cluster's controller if the CA was copied after it started.`,
 				return fmt.Errorf("peer cluster: %w", err)
 			}
 			var src installer.CASource
-			for _, f := range []struct {
-				path string
-				dst  *[]byte
-			}{{interCert, &src.IntermediateChain}, {interKey, &src.IntermediateKey}, {bundle, &src.TrustBundle}} {
-				if f.path == "" {
-					continue
-				}
-				if *f.dst, err = os.ReadFile(f.path); err != nil {
-					return err
-				}
+			if err := inter.read(&src); err != nil {
+				return err
 			}
 			return join(ctx, out, local, remote, args, peerAddress, src, replaceRoot)
 		},
@@ -215,9 +206,7 @@ Restart this cluster's controller if the CA was copied after it started.`,
 	f.StringVar(&peer.context, "peer-context", "", "kubeconfig context of the existing federation member")
 	f.StringVar(&peerMesh, "peer-mesh-name", "", "mesh name in the peer cluster (default: --mesh-name)")
 	f.StringVar(&peerAddress, "peer-address", "", "gossip address host:port of the peer, when its MeshConfig has no advertiseAddress")
-	f.StringVar(&interCert, "intermediate-cert", "", "PEM chain of this cluster's intermediate CA signed by the offline federation root")
-	f.StringVar(&interKey, "intermediate-key", "", "PEM key of that intermediate")
-	f.StringVar(&bundle, "trust-bundle", "", "PEM trust bundle (the federation root or roots) for that intermediate")
+	inter.register(f)
 	f.BoolVar(&replaceRoot, "replace-root", false, "this cluster was installed with a root of its own: replace it (and its intermediate) with the peer's; restart its controller and workloads afterwards")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
@@ -15,7 +16,8 @@ func newInstallCommand(kf *kubeFlags) *cobra.Command {
 	o := deploy.DefaultOptions()
 	var dryRun bool
 	var rootFrom kubeFlags
-	var rootFromNS, interCert, interKey, bundle string
+	var rootFromNS string
+	var inter intermediateFlags
 	cmd := &cobra.Command{
 		Use:   "install --cluster-name NAME",
 		Short: "Install the meshfed control plane into the current cluster",
@@ -50,16 +52,8 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 				}
 				src.RootFrom = other.Kube()
 			}
-			for _, f := range []struct {
-				path string
-				dst  *[]byte
-			}{{interCert, &src.IntermediateChain}, {interKey, &src.IntermediateKey}, {bundle, &src.TrustBundle}} {
-				if f.path == "" {
-					continue
-				}
-				if *f.dst, err = os.ReadFile(f.path); err != nil {
-					return err
-				}
+			if err := inter.read(&src); err != nil {
+				return err
 			}
 			res, err := c.InstallWithCA(cmd.Context(), o, src)
 			if err != nil {
@@ -81,9 +75,7 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "share the federation root of the cluster this kubeconfig points at (its "+installer.RootSecretName+" Secret is copied)")
 	f.StringVar(&rootFrom.context, "root-from-context", "", "kubeconfig context of the cluster to share the root with")
 	f.StringVar(&rootFromNS, "root-from-namespace", deploy.DefaultNamespace, "control plane namespace in the cluster the root is shared from")
-	f.StringVar(&interCert, "intermediate-cert", "", "PEM chain of an intermediate CA signed offline by the federation root (the root key then never enters a cluster)")
-	f.StringVar(&interKey, "intermediate-key", "", "PEM key of that intermediate")
-	f.StringVar(&bundle, "trust-bundle", "", "PEM trust bundle (the federation root or roots) for that intermediate")
+	inter.register(f)
 	return cmd
 }
 
@@ -141,4 +133,32 @@ func newMeshCommand(kf *kubeFlags) *cobra.Command {
 		},
 	})
 	return mesh
+}
+
+// intermediateFlags name the files of a signed intermediate CA: one made
+// by the federation root offline, so the root key never enters a cluster.
+type intermediateFlags struct{ cert, key, bundle string }
+
+func (i *intermediateFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&i.cert, "intermediate-cert", "", "PEM chain of this cluster's intermediate CA, signed offline by the federation root (the root key then never enters a cluster)")
+	f.StringVar(&i.key, "intermediate-key", "", "PEM key of that intermediate")
+	f.StringVar(&i.bundle, "trust-bundle", "", "PEM trust bundle (the federation root or roots) for that intermediate")
+}
+
+// read loads the files that were named into src.
+func (i *intermediateFlags) read(src *installer.CASource) error {
+	for _, f := range []struct {
+		path string
+		dst  *[]byte
+	}{{i.cert, &src.IntermediateChain}, {i.key, &src.IntermediateKey}, {i.bundle, &src.TrustBundle}} {
+		if f.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			return err
+		}
+		*f.dst = b
+	}
+	return nil
 }
