@@ -10,7 +10,10 @@ import (
 // Names of certificate provider instances (proxyless, grpc-go bootstrap
 // "certificate_providers") and SDS secrets (Envoy) that carry the workload's
 // own SVID and the mesh trust bundle. The workload side (meshfed agent,
-// bootstrap) must define exactly these.
+// bootstrap) must define exactly these. The SDS names are the same for
+// every sidecar, so that sidecar clusters can be shared by all identities;
+// the xDS server puts the proxy's own identity's secrets under them in each
+// proxy's snapshot (trust/sds names secrets by SPIFFE ID; the server renames).
 const (
 	ProxylessIdentityProvider = "meshfed-identity"
 	ProxylessRootProvider     = "meshfed-roots"
