@@ -5,8 +5,10 @@
 // connected proxy identity and data-plane kind; versions per resource type
 // (an endpoint-only change resends only EDS); who a proxy is (the SPIFFE ID
 // of its authenticated client certificate, never what its node claims); and
-// the xDS metrics. It does not own certificates (trust/) or reading
-// Kubernetes (controller/kube).
+// the xDS metrics; and SDS for Envoy sidecars: each sidecar's snapshot holds
+// its own identity's certificate and the trust bundle, from a SecretSource
+// (secrets.go; AuthoritySecrets issues them with trust/ca). It does not own
+// the CA (trust/) or reading Kubernetes (controller/kube).
 //
 // Snapshots live in go-control-plane's snapshot cache in non-ADS mode,
 // which answers the named subsets grpc-go asks for (DESIGN.md, Known traps:
