@@ -271,6 +271,12 @@ type Settings struct {
 	// PermissiveTrafficPolicy allows every authenticated mesh peer to reach
 	// every meshed workload; mTLS stays required.
 	PermissiveTrafficPolicy bool
+	// ClusterSetLocalFirst sends clients of a "<svc>.<ns>.svc.clusterset.local"
+	// name to the local cluster's ready endpoints while it has any, and to
+	// the other exporting clusters only when it has none. When false, every
+	// exporting cluster takes a share of the requests proportional to its
+	// ready endpoints.
+	ClusterSetLocalFirst bool
 }
 
 // State is everything the control plane knows about the mesh at one

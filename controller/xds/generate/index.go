@@ -26,6 +26,10 @@ type Index struct {
 	// it when asked for (per proxy, O(its services)), not for every
 	// identity at every update.
 	idServices map[mesh.Identity][]int
+	// importList are the imports that get clusterset names (first of each
+	// name), imports indexes them by key.
+	importList []*mesh.Import
+	imports    map[mesh.NamespacedName]int
 }
 
 // ServerAddress is one address a workload of an identity listens on, with
@@ -65,6 +69,11 @@ func NewIndex(s mesh.State) *Index {
 			m[cat.Services[i].Key()] = i
 		}
 		ix.remote[c] = m
+	}
+	ix.importList = clusterSetImports(&clean)
+	ix.imports = make(map[mesh.NamespacedName]int, len(ix.importList))
+	for i, imp := range ix.importList {
+		ix.imports[mesh.NamespacedName{Namespace: imp.Namespace, Name: imp.Name}] = i
 	}
 	for i := range clean.TrafficSplits {
 		ts := &clean.TrafficSplits[i]

@@ -22,6 +22,10 @@ type ClientPort struct {
 	// Backends are the weighted clusters of the TrafficSplit rooted at the
 	// service, on this port; empty means the service's own cluster.
 	Backends []WeightedBackend
+	// ClusterSet makes this the port of the service's clusterset name
+	// ("<svc>.<ns>.svc.clusterset.local", an MCS import) rather than of the
+	// local service; it has no Backends.
+	ClusterSet bool
 }
 
 // WeightedBackend is one cluster of a split with its weight.
@@ -32,14 +36,25 @@ type WeightedBackend struct {
 
 // Equal reports whether c and o produce the same resources.
 func (c *ClientPort) Equal(o *ClientPort) bool {
-	return c.Service == o.Service && c.Port == o.Port && slices.Equal(c.Backends, o.Backends)
+	return c.Service == o.Service && c.Port == o.Port && c.ClusterSet == o.ClusterSet && slices.Equal(c.Backends, o.Backends)
 }
 
 // Name is the proxyless client listener's and route configuration's name.
-func (c *ClientPort) Name() string { return clientListenerName(c.Service, c.Port) }
+func (c *ClientPort) Name() string {
+	if c.ClusterSet {
+		return ClusterSetName(c.Service, c.Port)
+	}
+	return clientListenerName(c.Service, c.Port)
+}
 
-// Cluster is the name of the service's own cluster on this port.
-func (c *ClientPort) Cluster() string { return ClusterName(c.Service, c.Port, "") }
+// Cluster is the name of the service's own cluster (or clusterset
+// cluster) on this port.
+func (c *ClientPort) Cluster() string {
+	if c.ClusterSet {
+		return ClusterSetName(c.Service, c.Port)
+	}
+	return ClusterName(c.Service, c.Port, "")
+}
 
 // UpstreamPort is everything the cluster of one port of a local service
 // or remote export depends on, in either data plane.
@@ -47,7 +62,10 @@ type UpstreamPort struct {
 	Service mesh.NamespacedName
 	// Remote is the exporting cluster, "" for a local service.
 	Remote string
-	Port   mesh.Port
+	// ClusterSet makes this the cluster of a clusterset name's port,
+	// balancing over every exporting cluster (Remote is "").
+	ClusterSet bool
+	Port       mesh.Port
 	// SANs are the server identities clients accept; when empty, any
 	// identity whose SPIFFE ID starts with SANPrefix.
 	SANs      []mesh.Identity
@@ -56,20 +74,33 @@ type UpstreamPort struct {
 
 // Equal reports whether u and o produce the same clusters.
 func (u *UpstreamPort) Equal(o *UpstreamPort) bool {
-	return u.Service == o.Service && u.Remote == o.Remote && u.Port == o.Port &&
+	return u.Service == o.Service && u.Remote == o.Remote && u.ClusterSet == o.ClusterSet && u.Port == o.Port &&
 		u.SANPrefix == o.SANPrefix && slices.Equal(u.SANs, o.SANs)
 }
 
 // Name is the cluster's (and its load assignment's) name.
-func (u *UpstreamPort) Name() string { return ClusterName(u.Service, u.Port.Port, u.Remote) }
+func (u *UpstreamPort) Name() string {
+	if u.ClusterSet {
+		return ClusterSetName(u.Service, u.Port.Port)
+	}
+	return ClusterName(u.Service, u.Port.Port, u.Remote)
+}
 
 // ClientPorts returns the inputs of every HTTP-family port of every local
-// service, in order: the ports clients get listeners and routes for.
+// service and then of every clusterset name, in order: the ports clients
+// get listeners and routes for.
 func (ix *Index) ClientPorts() []ClientPort {
-	out := make([]ClientPort, 0, len(ix.State.Services))
+	out := make([]ClientPort, 0, len(ix.State.Services)+len(ix.importList))
 	clientPorts(ix, func(svc *mesh.Service, p mesh.Port) {
 		out = append(out, ClientPort{Service: svc.Key(), Port: p.Port, Backends: routeBackends(ix, svc, p.Port)})
 	})
+	for _, imp := range ix.importList {
+		for _, p := range imp.Ports {
+			if p.Protocol.IsHTTP() {
+				out = append(out, ClientPort{Service: mesh.NamespacedName{Namespace: imp.Namespace, Name: imp.Name}, Port: p.Port, ClusterSet: true})
+			}
+		}
+	}
 	return out
 }
 
@@ -81,6 +112,12 @@ func (ix *Index) UpstreamPorts() []UpstreamPort {
 		sans, prefix := serverSANs(ix, u.svc)
 		for _, p := range u.svc.Ports {
 			out = append(out, UpstreamPort{Service: u.svc.Key(), Remote: u.remote, Port: p, SANs: sans, SANPrefix: prefix})
+		}
+	}
+	for _, imp := range ix.importList {
+		sans, prefix := clusterSetSANs(ix, ix.ClusterSetMembers(imp), imp.Namespace)
+		for _, p := range imp.Ports {
+			out = append(out, UpstreamPort{Service: mesh.NamespacedName{Namespace: imp.Namespace, Name: imp.Name}, ClusterSet: true, Port: p, SANs: sans, SANPrefix: prefix})
 		}
 	}
 	return out

@@ -227,15 +227,17 @@ func Endpoints(ix *Index) []types.Resource {
 			out = append(out, LoadAssignment(u.svc, p, u.remote))
 		}
 	}
-	return out
+	return append(out, ClusterSetEndpoints(ix)...)
 }
 
 // LoadAssignment returns the endpoints of one service port, grouped by
 // locality: one locality per (cluster, region, zone, sub-zone), whose
 // sub_zone is "<cluster>" or "<cluster>/<sub-zone>" so that two clusters'
-// zones never merge, and whose weight is its number of endpoints (grpc-go
-// honours locality weights, not endpoint weights). Ready endpoints are
-// HEALTHY, terminating ones DRAINING, the rest UNHEALTHY.
+// zones never merge, and whose weight is its number of ready endpoints
+// (grpc-go honours locality weights, not endpoint weights; counting
+// endpoints that take no traffic would overload a zone's ready ones).
+// Ready endpoints are HEALTHY, terminating ones DRAINING, the rest
+// UNHEALTHY.
 func LoadAssignment(svc *mesh.Service, p mesh.Port, remote string) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: ClusterName(svc.Key(), p.Port, remote)}
 	type locKey struct{ region, zone, subZone string }
@@ -269,7 +271,15 @@ func LoadAssignment(svc *mesh.Service, p mesh.Port, remote string) *endpointv3.C
 		})
 	}
 	for _, l := range cla.Endpoints {
-		l.LoadBalancingWeight = wrapperspb.UInt32(uint32(len(l.LbEndpoints)))
+		var ready uint32
+		for _, e := range l.LbEndpoints {
+			if e.HealthStatus == corev3.HealthStatus_HEALTHY {
+				ready++
+			}
+		}
+		// A locality with nothing ready takes no traffic in grpc-go (it is
+		// not READY) whatever its weight; weights must be ≥ 1.
+		l.LoadBalancingWeight = wrapperspb.UInt32(max(ready, 1))
 	}
 	return cla
 }

@@ -132,7 +132,11 @@ func SidecarOutboundRoute(port uint32) *routev3.RouteConfiguration {
 // SidecarVirtualHost is the outbound virtual host of one client port.
 func SidecarVirtualHost(c *ClientPort) *routev3.VirtualHost {
 	var domains []string
-	for _, host := range []string{c.Service.Name + "." + c.Service.Namespace, c.Service.Name + "." + c.Service.Namespace + ".svc", fqdn(c.Service)} {
+	hosts := []string{c.Service.Name + "." + c.Service.Namespace, c.Service.Name + "." + c.Service.Namespace + ".svc", fqdn(c.Service)}
+	if c.ClusterSet {
+		hosts = []string{ClusterSetFQDN(c.Service)}
+	}
+	for _, host := range hosts {
 		domains = append(domains, host, fmt.Sprintf("%s:%d", host, c.Port))
 	}
 	return &routev3.VirtualHost{
@@ -182,6 +186,13 @@ func SidecarCluster(u *UpstreamPort) *clusterv3.Cluster {
 	}
 	if u.Port.Protocol == mesh.ProtocolGRPC || u.Port.Protocol == mesh.ProtocolHTTP2 {
 		c.TypedExtensionProtocolOptions = http2Options()
+	}
+	if u.ClusterSet {
+		// Envoy honours locality weights (one locality per exporting
+		// cluster) only when told to.
+		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{LocalityConfigSpecifier: &clusterv3.Cluster_CommonLbConfig_LocalityWeightedLbConfig_{
+			LocalityWeightedLbConfig: &clusterv3.Cluster_CommonLbConfig_LocalityWeightedLbConfig{},
+		}}
 	}
 	return c
 }

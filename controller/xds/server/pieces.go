@@ -91,8 +91,9 @@ func (c *hashCombiner) add(x uint64) {
 }
 
 type clientKey struct {
-	svc  mesh.NamespacedName
-	port uint32
+	svc        mesh.NamespacedName
+	port       uint32
+	clusterSet bool
 }
 
 // clientPieces are the client-side pieces of one generate.ClientPort.
@@ -102,9 +103,10 @@ type clientPieces struct {
 }
 
 type upstreamKey struct {
-	svc    mesh.NamespacedName
-	remote string
-	port   uint32
+	svc        mesh.NamespacedName
+	remote     string
+	port       uint32
+	clusterSet bool
 }
 
 // upstreamPieces are the clusters of one generate.UpstreamPort.
@@ -154,7 +156,7 @@ func (c *pieceCache) update(ix *generate.Index) (map[Kind]*sharedSet, error) {
 	nextClient := make(map[clientKey]*clientPieces, len(cps))
 	for i := range cps {
 		in := &cps[i]
-		k := clientKey{in.Service, in.Port}
+		k := clientKey{in.Service, in.Port, in.ClusterSet}
 		e := c.client[k]
 		if e == nil || !e.in.Equal(in) {
 			var err error
@@ -171,7 +173,7 @@ func (c *pieceCache) update(ix *generate.Index) (map[Kind]*sharedSet, error) {
 	nextUpstream := make(map[upstreamKey]*upstreamPieces, len(ups))
 	for i := range ups {
 		in := &ups[i]
-		k := upstreamKey{in.Service, in.Remote, in.Port.Port}
+		k := upstreamKey{in.Service, in.Remote, in.Port.Port, in.ClusterSet}
 		e := c.upstream[k]
 		if e == nil || !e.in.Equal(in) {
 			var err error

@@ -229,7 +229,10 @@ type builder struct {
 	// items list is not kept (res.Items is the set).
 	eds      versioned
 	edsCache map[edsKey]*upstreamEDS
-	edsStamp uint64
+	// clusterSets caches the load assignments of clusterset names
+	// (clusterset.go).
+	clusterSets map[mesh.NamespacedName]*clusterSetEDS
+	edsStamp    uint64
 	// edsNamesAt is the EDS version at which the set of load assignment
 	// names last may have changed (endpoint-only updates keep the names,
 	// so references need no new check).
@@ -237,7 +240,8 @@ type builder struct {
 }
 
 func newBuilder() *builder {
-	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
+	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{},
+		clusterSets: map[mesh.NamespacedName]*clusterSetEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
 }
 
 func (b *builder) nextVersion() string {
@@ -352,12 +356,20 @@ func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[stri
 			add(&s.Remote[c].Services[i], c)
 		}
 	}
+	ix := b.ix.WithEndpoints(s)
+	moved := make([]mesh.NamespacedName, 0, len(changes))
+	for _, c := range changes {
+		moved = append(moved, c.key.svc)
+	}
+	cs, err := clusterSetChanges(ix, b.clusterSets, moved)
+	if err != nil {
+		invalid = append(invalid, err)
+	}
 	if len(invalid) > 0 {
 		return errors.Join(invalid...)
 	}
-	ix := b.ix.WithEndpoints(s)
 	b.gen++
-	if len(changes) > 0 {
+	if len(changes) > 0 || !cs.empty() {
 		// Snapshots already published hold the old map: copy, never patch.
 		items := maps.Clone(b.eds.res.Items)
 		for _, c := range changes {
@@ -366,6 +378,7 @@ func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[stri
 				items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
 			}
 		}
+		applyClusterSet(items, b.clusterSets, cs)
 		b.eds.version = b.nextVersion()
 		b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
 		for _, i := range local {
@@ -433,6 +446,10 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 			add(&cat.Services[i], c)
 		}
 	}
+	cs, err := clusterSetChanges(ix, b.clusterSets, nil)
+	if err != nil {
+		invalid = append(invalid, err)
+	}
 	if len(invalid) > 0 {
 		return errors.Join(invalid...)
 	}
@@ -444,7 +461,7 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 			}
 		}
 	}
-	if len(changes) == 0 && len(gone) == 0 && b.eds.version != "" {
+	if len(changes) == 0 && len(gone) == 0 && cs.empty() && b.eds.version != "" {
 		return nil
 	}
 	// Snapshots already published hold the old map: copy, never patch.
@@ -472,6 +489,7 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
 		}
 	}
+	applyClusterSet(items, b.clusterSets, cs)
 	b.eds.version = b.nextVersion()
 	b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
 	b.edsNamesAt = b.eds.version
