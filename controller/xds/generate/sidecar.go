@@ -180,6 +180,7 @@ func SidecarCluster(u *UpstreamPort) *clusterv3.Cluster {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
 		LbPolicy:             defaultClusterLBPol,
+		OutlierDetection:     outlierDetection(),
 		TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{
 			TypedConfig: mustAny(tlsCtx),
 		}},
