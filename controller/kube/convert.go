@@ -81,7 +81,8 @@ type meshConfigSpec struct {
 		EnablePermissiveTrafficPolicyMode bool `json:"enablePermissiveTrafficPolicyMode"`
 	} `json:"traffic"`
 	Federation struct {
-		Network string `json:"network"`
+		Network              string `json:"network"`
+		ClusterSetLocalFirst bool   `json:"clusterSetLocalFirst"`
 	} `json:"federation"`
 }
 
@@ -203,6 +204,7 @@ func settingsFrom(base mesh.Settings, u *unstructured.Unstructured) (mesh.Settin
 		s.Network = spec.Federation.Network
 	}
 	s.PermissiveTrafficPolicy = spec.Traffic.EnablePermissiveTrafficPolicyMode
+	s.ClusterSetLocalFirst = spec.Federation.ClusterSetLocalFirst
 	return s, nil
 }
 
