@@ -518,6 +518,46 @@ func TestCachedRebuildEqualsFromScratchAfterChanges(t *testing.T) {
 			s.Settings.PermissiveTrafficPolicy = false
 			return s
 		}},
+		{"a remote cluster exports a local service and it is imported (clusterset name)", -1, func(s mesh.State) mesh.State {
+			port := []mesh.Port{{Name: "grpc", Port: 8080, TargetPort: 9100, Protocol: mesh.ProtocolGRPC}}
+			s.Remote = map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Version: 1, Services: []mesh.Service{{
+				Namespace: "ns-5", Name: "svc-5", Cluster: "west", Ports: port,
+				Endpoints: []mesh.Endpoint{{Address: "10.200.0.1", Cluster: "west", Ready: true, Identity: serverID}},
+			}}}}
+			s.Imports = []mesh.Import{{Namespace: "ns-5", Name: "svc-5", Ports: port, Clusters: []string{"east", "west"}}}
+			return s
+		}},
+		{"the remote export's endpoints change", 0, func(s mesh.State) mesh.State {
+			cat := s.Remote["west"]
+			cat.Services = append([]mesh.Service(nil), cat.Services...)
+			cat.Services[0].Endpoints = []mesh.Endpoint{
+				{Address: "10.200.0.1", Cluster: "west", Ready: true, Identity: serverID},
+				{Address: "10.200.0.2", Cluster: "west", Ready: true, Identity: serverID},
+			}
+			s.Remote = map[string]mesh.ClusterCatalog{"west": cat}
+			return s
+		}},
+		{"clusterset local first is switched on", 0, func(s mesh.State) mesh.State {
+			s.Settings.ClusterSetLocalFirst = true
+			return s
+		}},
+		{"the local exporter has nothing ready", 0, func(s mesh.State) mesh.State {
+			s.Services = append([]mesh.Service(nil), s.Services...)
+			for i := range s.Services {
+				if s.Services[i].Name == "svc-5" {
+					eps := append([]mesh.Endpoint(nil), s.Services[i].Endpoints...)
+					for j := range eps {
+						eps[j].Ready = false
+					}
+					s.Services[i].Endpoints = eps
+				}
+			}
+			return s
+		}},
+		{"the import is removed", 0, func(s mesh.State) mesh.State {
+			s.Imports = nil
+			return s
+		}},
 	}
 	keys := []proxyKey{
 		{id: serverID, kind: KindProxyless}, {id: serverID, kind: KindSidecar},
