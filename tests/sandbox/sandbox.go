@@ -15,12 +15,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Config describes the clusters to start.
@@ -139,6 +141,7 @@ func (s *Sandbox) Cluster(name string) *Cluster {
 // the sandbox with Stop; cancelling ctx also stops the kubelet stand-ins but
 // not the processes.
 func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
+	quietEnvtest()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
@@ -370,6 +373,15 @@ func writeKubeconfig(path, name string, cfg *rest.Config) error {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
+}
+
+var quietOnce sync.Once
+
+// quietEnvtest gives controller-runtime's global logger a sink, once:
+// envtest logs through it, and without one it prints a warning with a
+// stack trace after 30 seconds. The sandbox reports through Config.Log.
+func quietEnvtest() {
+	quietOnce.Do(func() { ctrllog.SetLogger(logr.Discard()) })
 }
 
 // prefixWriter prefixes each line written to w.
