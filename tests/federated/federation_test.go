@@ -106,6 +106,7 @@ func TestThreeClusterFederation(t *testing.T) {
 		{"EndpointChangeInWestReachesEastClient", testEndpointChangeLatency},
 		{"ControlPlaneLossKeepsTrafficFlowing", testControlPlaneLoss},
 		{"LostClusterIsWithdrawnAndReturns", testLostCluster},
+		{"ClusterSetNameBalancesOverExportingClusters", testClusterSetName},
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, func(t *testing.T) { s.run(t, ctx, h) }) {
@@ -535,5 +536,39 @@ func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
 	}
 	if thief := st.Tally(thiefNorth, "BuyBook", from, time.Now()); thief.Total == 0 || thief.Denied != thief.Total {
 		t.Errorf("bookthief (north) after west returned should still be denied: %v", thief.By)
+	}
+}
+
+// bookstore exported by east (v1) and west (v2): a client in east that
+// dials bookstore.bookstore.svc.clusterset.local is answered by both
+// clusters, each in proportion to its ready endpoints (one each: 50/50).
+func testClusterSetName(t *testing.T, ctx context.Context, h *federated.Harness) {
+	st := h.Stats()
+	for _, c := range []string{"east", "west"} {
+		if err := h.Apply(ctx, c, "export/bookstore.yaml"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Apply(ctx, "east", "apps/bookbuyer-clusterset.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	src := federated.SourceLabel("bookbuyer-clusterset", "east")
+	if err := federated.WaitUntil(ctx, 2*time.Minute, "the clusterset name is answered by east and west", func(now time.Time) (bool, string) {
+		r := st.Recent(now, 2*time.Second, src, "BuyBook")
+		return r.By[v1East] > 0 && r.By[v2West] > 0, fmt.Sprint(r.By)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	from := time.Now()
+	federated.Sleep(ctx, 10*time.Second)
+	r := st.Tally(src, "BuyBook", from, time.Now())
+	msg, err := r.CheckShare("bookbuyer (east) via bookstore.bookstore.svc.clusterset.local answered by west", v2West, 0.5)
+	if err != nil {
+		t.Error(err)
+	} else {
+		t.Log(msg)
+	}
+	if r.Failed > 0 {
+		t.Errorf("%d RPCs to the clusterset name failed: %v", r.Failed, r.By)
 	}
 }
