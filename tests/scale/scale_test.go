@@ -32,7 +32,7 @@ import (
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
-const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see tests/sandbox), about 1 GiB of memory and 10-20 minutes on 2 cores:
+const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see tests/sandbox), about 1 GiB of memory and 3-5 minutes for both sizes on 2 cores:
     MESHFED_SCALE=1 go test ./tests/scale -run TestScaleFromAPIServer -v -timeout 60m
 MESHFED_SCALE_SERVICES=1000,10000 (the default) chooses the mesh sizes; MESHFED_SCALE_DEBOUNCE=10ms passes --debounce to the controller (default: the controller's own, 100ms)`
 
@@ -119,6 +119,8 @@ type result struct {
 	connectPushes map[string]float64
 	// (d), KiB
 	rssIdle, rss, hwm int
+	// the controller's Go runtime at the same time (its metrics), bytes
+	heapInuse, nextGC, goSys float64
 }
 
 func runScale(t *testing.T, bin string, n, rounds int) result {
@@ -261,6 +263,8 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 
 	// (d) memory with the 100 clients connected.
 	res.rss, res.hwm = procStatus(t, pid)
+	mem := scrape(t, metricsURL)
+	res.heapInuse, res.nextGC, res.goSys = mem["go_memstats_heap_inuse_bytes"], mem["go_memstats_next_gc_bytes"], mem["go_memstats_sys_bytes"]
 
 	// (b) a new Service → a new client's full config for it. The client's
 	// process runs and holds its certificate; it connects as soon as the
@@ -641,7 +645,8 @@ func (r result) print(w *os.File) {
 	fmt.Fprintf(w, "    all rounds, last client: %v\n", r.last)
 	fmt.Fprintf(w, "(b) new Service: creates %s; new client's full config at %s\n", ms(r.freshCreate), ms(r.freshConfig))
 	fmt.Fprintf(w, "(c) %d clients at once: full config p50 %s p99 %s last %s\n", r.clients, ms(pct(r.connect, .5)), ms(pct(r.connect, .99)), ms(pct(r.connect, 1)))
-	fmt.Fprintf(w, "(d) controller VmRSS %d MiB with %d clients (VmHWM %d MiB)\n", r.rss>>10, r.clients, r.hwm>>10)
+	fmt.Fprintf(w, "(d) controller VmRSS %d MiB with %d clients (VmHWM %d MiB); Go heap in use %.0f MiB, next GC at %.0f MiB, Go sys %.0f MiB\n",
+		r.rss>>10, r.clients, r.hwm>>10, r.heapInuse/(1<<20), r.nextGC/(1<<20), r.goSys/(1<<20))
 	fmt.Fprintf(w, "(e) per endpoint change: %s pushed (%s) in %s responses; 100 first configs: %s (%s) in %s responses; during (b): %s\n",
 		kib(sum(r.changeBytes)), typesString(r.changeBytes, kib), typesString(r.changePushes, count),
 		kib(sum(r.connectBytes)), typesString(r.connectBytes, kib), typesString(r.connectPushes, count), typesString(r.freshBytes, kib))
