@@ -291,7 +291,14 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": " + err.Error()
 			continue
 		}
-		valid[key] = exportFrom(ms, svc.Spec.ClusterIP == corev1.ClusterIPNone, se.CreationTimestamp.Time)
+		exp := exportFrom(ms, svc.Spec.ClusterIP == corev1.ClusterIPNone, se.CreationTimestamp.Time)
+		fs, err := failStaticOverride(se.Annotations)
+		if err != nil {
+			invalid[key] = "InvalidAnnotation: " + err.Error()
+			continue
+		}
+		exp.FailStatic = fs
+		valid[key] = exp
 	}
 	return valid, all, invalid
 }

@@ -1,6 +1,7 @@
 package federate
 
 import (
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -9,6 +10,25 @@ import (
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
 )
+
+// AnnotationFailStatic on a ServiceExport overrides, for that service, what
+// the other clusters do when this cluster is lost: "true" keeps its
+// endpoints until it returns, "false" withdraws them after withdrawAfter,
+// whatever the importing cluster's MeshConfig says.
+const AnnotationFailStatic = "meshfed.io/fail-static"
+
+// failStaticOverride reads AnnotationFailStatic; nil means no override.
+func failStaticOverride(annotations map[string]string) (*bool, error) {
+	v, ok := annotations[AnnotationFailStatic]
+	if !ok {
+		return nil, nil
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s=%q: want true or false", AnnotationFailStatic, v)
+	}
+	return &b, nil
+}
 
 // exportFrom turns a local service (as controller/kube reads it) into the
 // catalog entry this cluster publishes. A port's target is the Service's

@@ -2,6 +2,7 @@ package federate
 
 import (
 	"reflect"
+	"strconv"
 	"testing"
 	"time"
 
@@ -167,5 +168,31 @@ func TestViewLabelsRemoteEndpointsAndLeavesOutLosers(t *testing.T) {
 	}
 	if !reflect.DeepEqual(names, []string{"bookstore-v1@east", "bookstore-v2@west"}) {
 		t.Fatalf("imports %v", names)
+	}
+}
+
+func TestFailStaticAnnotation(t *testing.T) {
+	for _, tc := range []struct {
+		annotations map[string]string
+		want        string // "nil", "true", "false" or "error"
+	}{
+		{nil, "nil"},
+		{map[string]string{AnnotationFailStatic: "true"}, "true"},
+		{map[string]string{AnnotationFailStatic: " false "}, "false"},
+		{map[string]string{AnnotationFailStatic: "sometimes"}, "error"},
+	} {
+		got, err := failStaticOverride(tc.annotations)
+		var s string
+		switch {
+		case err != nil:
+			s = "error"
+		case got == nil:
+			s = "nil"
+		default:
+			s = strconv.FormatBool(*got)
+		}
+		if s != tc.want {
+			t.Errorf("%v: got %s (err %v), want %s", tc.annotations, s, err, tc.want)
+		}
 	}
 }
