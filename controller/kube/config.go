@@ -45,9 +45,16 @@ type Config struct {
 	// (the MeshConfig's values win).
 	ClusterName string
 	TrustDomain string
+	// LeadingDelay is how long the watcher waits before building a change
+	// that follows a quiet period (no change for at least Debounce); 0
+	// builds it at once. An isolated change (one EndpointSlice update)
+	// therefore pays no debounce. A change arriving during that wait, or
+	// within Debounce of the previous change, makes a burst.
+	LeadingDelay time.Duration
 	// Debounce is how long the watcher waits for a burst of changes to
-	// end before rebuilding; MaxDelay bounds the wait from the first change
-	// of a burst.
+	// end before building it (a burst is coalesced into one build);
+	// MaxDelay bounds the wait from the first change of a burst, so a
+	// steady stream of changes is built at least every MaxDelay.
 	Debounce time.Duration
 	MaxDelay time.Duration
 	// Resync is how often the state is rebuilt and re-sent even with no
@@ -64,7 +71,8 @@ type Config struct {
 }
 
 // DefaultConfig returns a Config for mesh "meshfed" in "meshfed-system"
-// with a 100 ms debounce bounded at 1 s and a 5 minute resync. Client,
+// that builds an isolated change at once, debounces bursts by 100 ms
+// bounded at 1 s, and resyncs every 5 minutes. Client,
 // Dynamic and Sink must still be set.
 func DefaultConfig() Config {
 	return Config{
@@ -72,6 +80,7 @@ func DefaultConfig() Config {
 		Namespace:      "meshfed-system",
 		MeshConfigName: "meshfed-mesh-config",
 		TrustDomain:    "meshfed.local",
+		LeadingDelay:   0,
 		Debounce:       100 * time.Millisecond,
 		MaxDelay:       time.Second,
 		Resync:         5 * time.Minute,
@@ -102,6 +111,9 @@ func (c Config) Validate() error {
 	}
 	if c.Debounce <= 0 {
 		errs = append(errs, fmt.Errorf("kube: Debounce %v: must be positive", c.Debounce))
+	}
+	if c.LeadingDelay < 0 || c.LeadingDelay > c.Debounce {
+		errs = append(errs, fmt.Errorf("kube: LeadingDelay %v: must be between 0 and Debounce %v", c.LeadingDelay, c.Debounce))
 	}
 	if c.MaxDelay < c.Debounce {
 		errs = append(errs, fmt.Errorf("kube: MaxDelay %v: must be at least Debounce %v", c.MaxDelay, c.Debounce))

@@ -1,9 +1,11 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -11,13 +13,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshfed/meshfed/mesh"
@@ -42,16 +44,35 @@ type Watcher struct {
 	namespaces corelisters.NamespaceLister
 	services   corelisters.ServiceLister
 	pods       corelisters.PodLister
-	slices     discoverylisters.EndpointSliceLister
+	slices     cache.Indexer // EndpointSlices, indexed by indexByService
 	dyn        map[schema.GroupVersionResource]cache.GenericLister
 	synced     []cache.InformerSynced
 
 	changed chan struct{}
-	// firstChange is the time (UnixNano) of the first change of the
-	// pending burst; 0 when none is pending.
-	firstChange atomic.Int64
-	ready       atomic.Bool
-	acks        ackTracker
+	// mu guards pending, written by informer handlers and read by the
+	// worker.
+	mu      sync.Mutex
+	pending pending
+	ready   atomic.Bool
+	acks    ackTracker
+
+	// converted is the worker's cache of converted Services.
+	converted *serviceCache
+}
+
+// pending is what the informer handlers tell the worker about the changes
+// it has not built yet.
+type pending struct {
+	// first is the time of the first change not yet built; zero when none.
+	first time.Time
+	// last is the time of the latest change, built or not.
+	last time.Time
+	// quiet is whether the change at first came after at least Debounce
+	// without changes (it is built after LeadingDelay, not Debounce).
+	quiet bool
+	// pods are the Pods ("ns/name") added, deleted or given another
+	// ServiceAccount since the last build.
+	pods []string
 }
 
 // New returns a Watcher for cfg. It registers its metrics and informers but
@@ -65,10 +86,11 @@ func New(cfg Config) (*Watcher, error) {
 		log = discard
 	}
 	w := &Watcher{
-		cfg:     cfg,
-		log:     log,
-		changed: make(chan struct{}, 1),
-		dyn:     map[schema.GroupVersionResource]cache.GenericLister{},
+		cfg:       cfg,
+		log:       log,
+		changed:   make(chan struct{}, 1),
+		dyn:       map[schema.GroupVersionResource]cache.GenericLister{},
+		converted: newServiceCache(),
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -85,8 +107,11 @@ func New(cfg Config) (*Watcher, error) {
 		UpdateFunc: func(oldObj, newObj any) { w.signalUpdate(oldObj, newObj) },
 		DeleteFunc: func(any) { w.signal() },
 	}
-	add := func(inf cache.SharedIndexInformer) error {
-		if _, err := inf.AddEventHandler(handler); err != nil {
+	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return err
+		}
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return err
 		}
 		w.synced = append(w.synced, inf.HasSynced)
@@ -96,25 +121,37 @@ func New(cfg Config) (*Watcher, error) {
 	w.namespaces = core.Namespaces().Lister()
 	w.services = core.Services().Lister()
 	w.pods = core.Pods().Lister()
-	w.slices = w.factory.Discovery().V1().EndpointSlices().Lister()
+	sliceInf := w.factory.Discovery().V1().EndpointSlices().Informer()
+	if err := sliceInf.AddIndexers(cache.Indexers{indexByService: sliceServiceKey}); err != nil {
+		return nil, err
+	}
+	w.slices = sliceInf.GetIndexer()
+	podHandler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.podChanged(obj) },
+		UpdateFunc: func(oldObj, newObj any) { w.podUpdated(oldObj, newObj) },
+		DeleteFunc: func(obj any) { w.podChanged(obj) },
+	}
+	if err := add(core.Pods().Informer(), podHandler); err != nil {
+		return nil, err
+	}
 	for _, inf := range []cache.SharedIndexInformer{
-		core.Namespaces().Informer(), core.Services().Informer(), core.Pods().Informer(),
-		core.ServiceAccounts().Informer(), w.factory.Discovery().V1().EndpointSlices().Informer(),
+		core.Namespaces().Informer(), core.Services().Informer(),
+		core.ServiceAccounts().Informer(), sliceInf,
 	} {
-		if err := add(inf); err != nil {
+		if err := add(inf, handler); err != nil {
 			return nil, err
 		}
 	}
 	for _, gvr := range []schema.GroupVersionResource{TrafficTargetGVR, HTTPRouteGroupGVR, TCPRouteGVR, TrafficSplitGVR, ServiceExportGVR} {
 		gi := w.dynFactory.ForResource(gvr)
 		w.dyn[gvr] = gi.Lister()
-		if err := add(gi.Informer()); err != nil {
+		if err := add(gi.Informer(), handler); err != nil {
 			return nil, err
 		}
 	}
 	mc := w.mcFactory.ForResource(MeshConfigGVR)
 	w.dyn[MeshConfigGVR] = mc.Lister()
-	if err := add(mc.Informer()); err != nil {
+	if err := add(mc.Informer(), handler); err != nil {
 		return nil, err
 	}
 	w.events = newEventReporter(cfg, log, w.lookupUID)
@@ -122,22 +159,76 @@ func New(cfg Config) (*Watcher, error) {
 }
 
 // signal records a change; the worker picks it up.
-func (w *Watcher) signal() {
-	w.firstChange.CompareAndSwap(0, time.Now().UnixNano())
+func (w *Watcher) signal() { w.record("") }
+
+// record records a change, of the Pod pod if not empty, and wakes the
+// worker.
+func (w *Watcher) record(pod string) {
+	now := time.Now()
+	w.mu.Lock()
+	if w.pending.first.IsZero() {
+		w.pending.first = now
+		w.pending.quiet = w.pending.last.IsZero() || now.Sub(w.pending.last) >= w.cfg.Debounce
+	}
+	w.pending.last = now
+	if pod != "" {
+		w.pending.pods = append(w.pending.pods, pod)
+	}
+	w.mu.Unlock()
 	select {
 	case w.changed <- struct{}{}:
 	default:
 	}
 }
 
+// take returns the pending changes and clears them.
+func (w *Watcher) take() pending {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.pending
+	w.pending = pending{last: p.last}
+	return p
+}
+
+// burst returns the time of the first pending change and whether it came
+// after a quiet period.
+func (w *Watcher) burst() (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pending.first, w.pending.quiet
+}
+
 // signalUpdate ignores informer resyncs that changed nothing (the periodic
-// resync rebuilds on its own schedule), and Pod status churn that does not
-// change what the mesh reads from Pods (the ServiceAccount).
+// resync rebuilds on its own schedule).
 func (w *Watcher) signalUpdate(oldObj, newObj any) {
+	if sameVersion(oldObj, newObj) {
+		return
+	}
+	w.signal()
+}
+
+func sameVersion(oldObj, newObj any) bool {
 	type versioned interface{ GetResourceVersion() string }
 	o, ok1 := oldObj.(versioned)
 	n, ok2 := newObj.(versioned)
-	if ok1 && ok2 && o.GetResourceVersion() == n.GetResourceVersion() {
+	return ok1 && ok2 && o.GetResourceVersion() == n.GetResourceVersion()
+}
+
+// podChanged records an added or deleted Pod: the Services whose endpoints
+// name it are converted again.
+func (w *Watcher) podChanged(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		w.signal()
+		return
+	}
+	w.record(key)
+}
+
+// podUpdated ignores Pod status churn that does not change what the mesh
+// reads from Pods (the ServiceAccount).
+func (w *Watcher) podUpdated(oldObj, newObj any) {
+	if sameVersion(oldObj, newObj) {
 		return
 	}
 	if op, ok := oldObj.(*corev1.Pod); ok {
@@ -145,7 +236,16 @@ func (w *Watcher) signalUpdate(oldObj, newObj any) {
 			return
 		}
 	}
-	w.signal()
+	w.podChanged(newObj)
+}
+
+// dropManagedFields is every informer's transform: the watcher never reads
+// managedFields, often the largest part of an object in the cache.
+func dropManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // Ready reports whether a first State has been built and accepted by the
@@ -189,6 +289,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			continue
 		case <-w.changed:
 		}
+		if first, _ := w.burst(); first.IsZero() {
+			continue // woken for changes an earlier build already read
+		}
 		if !w.debounce(ctx) {
 			return nil
 		}
@@ -196,12 +299,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-// debounce waits until no change has arrived for Debounce, or MaxDelay has
-// passed since the first change of the burst. It reports false if ctx ended.
+// debounce waits before a build. A change that came after a quiet period
+// (no change for Debounce) waits LeadingDelay, so an isolated change is
+// built at once. Further changes make it a burst: then it waits until no
+// change has arrived for Debounce, or MaxDelay has passed since the first
+// change of the burst. It reports false if ctx ended.
 func (w *Watcher) debounce(ctx context.Context) bool {
-	first := time.Unix(0, w.firstChange.Load())
-	quiet := time.NewTimer(w.cfg.Debounce)
-	defer quiet.Stop()
+	first, quiet := w.burst()
+	wait := w.cfg.Debounce
+	if quiet {
+		if w.cfg.LeadingDelay == 0 {
+			return true
+		}
+		wait = w.cfg.LeadingDelay
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
 	deadline := time.NewTimer(time.Until(first.Add(w.cfg.MaxDelay)))
 	defer deadline.Stop()
 	for {
@@ -210,19 +323,19 @@ func (w *Watcher) debounce(ctx context.Context) bool {
 			return false
 		case <-deadline.C:
 			return true
-		case <-quiet.C:
+		case <-timer.C:
 			return true
 		case <-w.changed:
-			quiet.Reset(w.cfg.Debounce)
+			timer.Reset(w.cfg.Debounce)
 		}
 	}
 }
 
 // rebuild reads the listers into a State, sends it and reports problems.
 func (w *Watcher) rebuild() {
-	changeAt := w.firstChange.Swap(0)
+	p := w.take()
 	start := time.Now()
-	state, problems := w.build()
+	state, problems := w.build(p.pods)
 	sinkProblems, err := w.cfg.Sink.Update(state)
 	w.metrics.generation.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -231,8 +344,8 @@ func (w *Watcher) rebuild() {
 	} else {
 		w.metrics.updates.WithLabelValues("ok").Inc()
 		w.ready.Store(true)
-		if changeAt != 0 {
-			w.acks.published(time.Unix(0, changeAt))
+		if !p.first.IsZero() {
+			w.acks.published(p.first)
 		}
 	}
 	problems = append(problems, sinkProblems...)
@@ -241,8 +354,10 @@ func (w *Watcher) rebuild() {
 }
 
 // build reads every lister into one State. Objects that cannot be converted
-// are left out and returned as problems.
-func (w *Watcher) build() (mesh.State, []mesh.Problem) {
+// are left out and returned as problems. Services are converted only when
+// they, their EndpointSlices or Pods (dirtyPods: changed since the last
+// build) changed; the others are reused from the last build (serviceCache).
+func (w *Watcher) build(dirtyPods []string) (mesh.State, []mesh.Problem) {
 	var problems []mesh.Problem
 	problem := func(kind mesh.ObjectKind, ns, name string, err error) {
 		problems = append(problems, mesh.Problem{Kind: kind, Namespace: ns, Name: name, Err: err})
@@ -265,35 +380,19 @@ func (w *Watcher) build() (mesh.State, []mesh.Problem) {
 			}
 		}
 	}
-	podInfo := func(ns, name string) (PodInfo, bool) {
-		p, err := w.pods.Pods(ns).Get(name)
-		if err != nil {
-			return PodInfo{}, false
-		}
-		sa := p.Spec.ServiceAccountName
-		if sa == "" {
-			sa = "default"
-		}
-		return PodInfo{ServiceAccount: sa}, true
-	}
+	var meshed []*corev1.Service
 	svcs, _ := w.services.List(labels.Everything())
 	for _, svc := range svcs {
-		if !members[svc.Namespace] || svc.Spec.Type == corev1.ServiceTypeExternalName {
-			continue
+		if members[svc.Namespace] && svc.Spec.Type != corev1.ServiceTypeExternalName {
+			meshed = append(meshed, svc)
 		}
-		sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name})
-		slices, _ := w.slices.EndpointSlices(svc.Namespace).List(sel)
-		s, err := ServiceFrom(settings, svc, slices, podInfo)
-		if err != nil {
-			problem(mesh.ObjectService, svc.Namespace, svc.Name, err)
-			continue
-		}
-		st.Services = append(st.Services, s)
 	}
-	sort.Slice(st.Services, func(i, j int) bool {
-		a, b := st.Services[i], st.Services[j]
-		return a.Namespace < b.Namespace || a.Namespace == b.Namespace && a.Name < b.Name
+	slices.SortFunc(meshed, func(a, b *corev1.Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	var svcProblems []mesh.Problem
+	st.Services, svcProblems = w.converted.build(settings, meshed, serviceInputs{slices: w.slicesOf, pods: w.podInfo}, dirtyPods)
+	problems = append(problems, svcProblems...)
 
 	each := func(gvr schema.GroupVersionResource, kind mesh.ObjectKind, f func(*unstructured.Unstructured) error) {
 		objs, _ := w.dyn[gvr].List(labels.Everything())
@@ -344,6 +443,31 @@ func (w *Watcher) build() (mesh.State, []mesh.Problem) {
 		return nil
 	})
 	return st, problems
+}
+
+// slicesOf returns the EndpointSlices of Service ns/name.
+func (w *Watcher) slicesOf(ns, name string) []*discoveryv1.EndpointSlice {
+	objs, _ := w.slices.ByIndex(indexByService, ns+"/"+name)
+	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if sl, ok := o.(*discoveryv1.EndpointSlice); ok {
+			out = append(out, sl)
+		}
+	}
+	return out
+}
+
+// podInfo returns what the mesh reads from Pod ns/name.
+func (w *Watcher) podInfo(ns, name string) (PodInfo, bool) {
+	p, err := w.pods.Pods(ns).Get(name)
+	if err != nil {
+		return PodInfo{}, false
+	}
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	return PodInfo{ServiceAccount: sa}, true
 }
 
 // lookupUID finds the UID of the object a problem names, so that its Event
