@@ -35,8 +35,9 @@ type config struct {
 	// BundleConfigMap is the ConfigMap in Namespace the trust bundle is
 	// published to, for workloads to verify the issuer.
 	BundleConfigMap string
-	// Debounce, MaxDelay and Resync tune the Kubernetes watcher.
-	Debounce, MaxDelay, Resync time.Duration
+	// LeadingDelay, Debounce, MaxDelay and Resync tune the Kubernetes
+	// watcher (kube.Config).
+	LeadingDelay, Debounce, MaxDelay, Resync time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
 }
@@ -69,6 +70,7 @@ func (c *config) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of /metrics, /readyz and /healthz")
 	fs.StringSliceVar(&c.ServingNames, "serving-name", c.ServingNames, "extra DNS name or IP address for the controller's serving certificate (repeatable)")
 	fs.StringVar(&c.BundleConfigMap, "bundle-configmap", c.BundleConfigMap, "ConfigMap the trust bundle is published to")
+	fs.DurationVar(&c.LeadingDelay, "leading-delay", c.LeadingDelay, "wait this long before building a change that follows a quiet period (no change for --debounce); 0 builds it at once")
 	fs.DurationVar(&c.Debounce, "debounce", c.Debounce, "wait this long for a burst of Kubernetes changes to end")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "never wait longer than this after the first change of a burst")
 	fs.DurationVar(&c.Resync, "resync", c.Resync, "rebuild and re-send the whole configuration this often")

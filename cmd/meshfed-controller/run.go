@@ -108,7 +108,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kcfg.Client, kcfg.Dynamic = client, dyn
 	kcfg.MeshName, kcfg.Namespace, kcfg.MeshConfigName = cfg.MeshName, cfg.Namespace, cfg.MeshConfig
 	kcfg.ClusterName, kcfg.TrustDomain = ms.ClusterName, ms.TrustDomain
-	kcfg.Debounce, kcfg.MaxDelay, kcfg.Resync = cfg.Debounce, cfg.MaxDelay, cfg.Resync
+	kcfg.LeadingDelay, kcfg.Debounce, kcfg.MaxDelay, kcfg.Resync = cfg.LeadingDelay, cfg.Debounce, cfg.MaxDelay, cfg.Resync
 	// Federation (federation.go) merges the remote view into every state.
 	fedWiring := newFederationWiring(client, dyn, cfg.Namespace, cfg.MeshConfig, ms.ClusterName, ms.TrustDomain, authority, reg, log)
 	kcfg.Sink = fedWiring.sink(kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) }))
