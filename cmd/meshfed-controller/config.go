@@ -40,6 +40,10 @@ type config struct {
 	LeadingDelay, Debounce, MaxDelay, Resync time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// MemoryLimit is the Go runtime's soft memory limit: a quantity
+	// ("250Mi"), "off", or "auto" (GOMEMLIMIT, else 90 % of the cgroup's
+	// memory limit, else none); see memoryLimit.
+	MemoryLimit string
 }
 
 func defaultConfig() config {
@@ -55,6 +59,7 @@ func defaultConfig() config {
 		MaxDelay:        time.Second,
 		Resync:          5 * time.Minute,
 		LogLevel:        "info",
+		MemoryLimit:     "auto",
 	}
 }
 
@@ -75,6 +80,7 @@ func (c *config) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "never wait longer than this after the first change of a burst")
 	fs.DurationVar(&c.Resync, "resync", c.Resync, "rebuild and re-send the whole configuration this often")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, `Go soft memory limit ("250Mi"), "off", or "auto": GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if any, else none`)
 }
 
 // validate reports every problem at once.

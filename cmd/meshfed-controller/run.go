@@ -51,6 +51,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	limit, err := applyMemoryLimit(cfg.MemoryLimit)
+	if err != nil {
+		return err
+	}
+	log.Info("meshfed-controller: Go soft memory limit", "limit", limit)
 	rc, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return err
