@@ -46,8 +46,14 @@ const (
 )
 
 // outlierDetection is the failure-percentage ejection every generated
-// upstream cluster carries.
-func outlierDetection() *clusterv3.OutlierDetection {
+// upstream cluster carries. All clusters share this one message (20,000
+// copies at 10,000 services cost ~10 MiB); it is read-only: nothing may
+// modify it or a cluster's OutlierDetection field in place.
+func outlierDetection() *clusterv3.OutlierDetection { return sharedOutlierDetection }
+
+var sharedOutlierDetection = newOutlierDetection()
+
+func newOutlierDetection() *clusterv3.OutlierDetection {
 	return &clusterv3.OutlierDetection{
 		Interval:                       durationpb.New(OutlierInterval),
 		BaseEjectionTime:               durationpb.New(OutlierBaseEjection),
