@@ -155,7 +155,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 6)
+	errs := make(chan error, 8)
 	start := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -179,6 +179,23 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	start("trust bundle in mesh namespaces", bundles.Run)
+	// Root rotation (rotation.go): a changed CA Secret is applied without a restart.
+	reloader := &caReloader{client: client, namespace: cfg.Namespace, ms: ms, caCfg: caCfg, authority: authority, repair: 10 * time.Minute, log: log,
+		onChange: func(ctx context.Context, inter *ca.Intermediate) error {
+			if err := ca.PublishBundle(ctx, client, cfg.Namespace, cfg.BundleConfigMap, inter.Bundle()); err != nil {
+				return err
+			}
+			bundles.Notify()
+			svid, err := servingSVID(inter, controllerID, time.Hour, names)
+			if err != nil {
+				return err
+			}
+			serving.SetSVID(svid)
+			serving.SetBundle(inter.Bundle())
+			xds.RefreshSecrets()
+			return nil
+		}}
+	start("CA rotation", reloader.Run)
 	start("serving certificate", func(ctx context.Context) error {
 		renewServing(ctx, authority, serving, controllerID, names, log)
 		return nil
@@ -296,7 +313,7 @@ func loadCA(ctx context.Context, client kubernetes.Interface, ns string, ms mesh
 	if created {
 		log.Info("generated the federation root", "secret", ns+"/"+ms.RootSecret)
 	}
-	return ca.EnsureIntermediate(ctx, client, ns, ms.IntermediateSecret, root, nil, caCfg)
+	return ca.EnsureIntermediate(ctx, client, ns, ms.IntermediateSecret, root, rootTrust(ctx, client, ns, ms, root).Trusted, caCfg)
 }
 
 // servingSVID issues the controller's own certificate: its SPIFFE ID plus
