@@ -8,21 +8,26 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// Outlier detection: every client (Envoy or grpc-go) ejects, on its own,
-// an endpoint that fails most of its requests — a pod that is up and ready
-// but broken, or an endpoint of a cluster that is lost and not yet
-// withdrawn by federation. grpc-go supports only success-rate and
-// failure-percentage ejection (gRFC A50; DESIGN.md, Known traps); both
-// data planes get the same failure-percentage rule, success-rate ejection
-// off (it needs five hosts and a statistical spread, and grpc-go turns it
-// on at 100 % enforcement when the field is unset), and Envoy's
-// consecutive-5xx rule off too, so that both behave alike.
+// Outlier detection: every Envoy sidecar ejects, on its own, an endpoint
+// that fails most of its requests — a pod that is up and ready but broken,
+// or an endpoint of a cluster that is lost and not yet withdrawn by
+// federation. Success-rate ejection is off (it needs five hosts and a
+// statistical spread) and so is the consecutive-5xx rule; the
+// failure-percentage rule counts 5xx answers and connection failures, not
+// a 403 from an RBAC denial.
 //
-// grpc-go counts every RPC that ends with an error as a failure,
-// PermissionDenied included: a client denied by policy sees every endpoint
-// fail. max_ejection_percent bounds the damage of any failure that hits
-// every endpoint at once (an outage, a denial): at least half the
-// endpoints stay in, and an ejected one returns after base_ejection_time.
+// Proxyless gRPC clusters carry none. grpc-go supports only success-rate
+// and failure-percentage ejection (gRFC A50; DESIGN.md, Known traps) and
+// counts every RPC that ends with an error as a failure, PermissionDenied
+// included: a client that makes both allowed and denied calls (bookbuyer's
+// BuyBook and ListBooks) would eject the endpoints that happened to receive
+// its denied calls — measured here: with round robin over an even number of
+// endpoints, strictly alternating calls send every denied call to the same
+// endpoints, which were ejected for 15 s and more. grpc-go's round robin
+// already skips endpoints it cannot connect to, so a lost cluster's
+// endpoints get no RPCs once their connections fail; what outlier detection
+// would add (ejecting endpoints that accept connections but fail RPCs) is
+// not worth letting policy denials take healthy endpoints away.
 const (
 	// OutlierInterval is how often each client evaluates its endpoints;
 	// a failing endpoint is ejected within one interval (Envoy's default).

@@ -212,7 +212,7 @@ func ProxylessCluster(u *UpstreamPort) *clusterv3.Cluster {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
 		LbPolicy:             defaultClusterLBPol,
-		OutlierDetection:     outlierDetection(),
+		// No outlier detection for grpc-go: see outlier.go.
 		TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{
 			TypedConfig: mustAny(tlsCtx),
 		}},
