@@ -63,6 +63,7 @@ func newRootCommand() *cobra.Command {
 		newAgentCommand(),
 		newDemoCommand(),
 		newClusterCommand(kf),
+		newCertificateCommand(kf),
 	)
 	return root
 }

@@ -1,0 +1,614 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/trust"
+	"github.com/meshfed/meshfed/trust/ca"
+)
+
+// fileWatcherRefresh is how often a proxyless workload's grpc-go
+// file_watcher re-reads the agent's files (controller/bootstrap's default):
+// a renewed SVID is in use at most this long after the agent wrote it.
+const fileWatcherRefresh = time.Minute
+
+// bundleConfigMap is the controller's default --bundle-configmap.
+const bundleConfigMap = "meshfed-ca-bundle"
+
+// certFlags select the clusters of a federation: every --context (with
+// --kubeconfig), every --kubeconfigs entry, or the one cluster of
+// --kubeconfig/--context.
+type certFlags struct {
+	kf          *kubeFlags
+	contexts    []string
+	kubeconfigs []string
+	meshName    string
+}
+
+func (c *certFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringSliceVar(&c.contexts, "contexts", nil, "kubeconfig contexts of every cluster of the federation (comma-separated or repeated)")
+	f.StringSliceVar(&c.kubeconfigs, "kubeconfigs", nil, "kubeconfig files of every cluster of the federation, each at its current context")
+	f.StringVar(&c.meshName, "mesh-name", deploy.DefaultMeshName, "name of the mesh")
+}
+
+func (c *certFlags) targets() []*kubeFlags {
+	var out []*kubeFlags
+	for _, ctx := range c.contexts {
+		out = append(out, &kubeFlags{kubeconfig: c.kf.kubeconfig, context: ctx})
+	}
+	for _, p := range c.kubeconfigs {
+		out = append(out, &kubeFlags{kubeconfig: p})
+	}
+	if len(out) == 0 {
+		out = append(out, c.kf)
+	}
+	return out
+}
+
+// caCluster is one cluster's CA as the rotation sees it.
+type caCluster struct {
+	*meshCluster
+	name                       string
+	td                         spiffeid.TrustDomain
+	rootSecret, interSecret    string
+	svidTTL                    time.Duration
+	state                      *ca.RootState
+	secret                     *corev1.Secret
+	namespace, bundleConfigMap string
+}
+
+func (c *caCluster) String() string { return c.name }
+
+func openCAClusters(ctx context.Context, cf *certFlags) ([]*caCluster, error) {
+	var out []*caCluster
+	var errs []error
+	for _, kf := range cf.targets() {
+		mc, err := openMeshCluster(ctx, kf, cf.meshName)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cluster %s: %w", describeTarget(kf), err))
+			continue
+		}
+		c, err := newCACluster(mc, describeTarget(kf))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := c.load(ctx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, errors.Join(errs...)
+}
+
+func describeTarget(kf *kubeFlags) string {
+	switch {
+	case kf.context != "":
+		return "context " + kf.context
+	case kf.kubeconfig != "":
+		return kf.kubeconfig
+	}
+	return "current context"
+}
+
+func newCACluster(mc *meshCluster, fallback string) (*caCluster, error) {
+	str := func(path ...string) string {
+		v, _, _ := unstructured.NestedString(mc.meshConfig.Object, append([]string{"spec"}, path...)...)
+		return v
+	}
+	c := &caCluster{meshCluster: mc, name: str("clusterName"), namespace: mc.mesh.Namespace, bundleConfigMap: bundleConfigMap,
+		rootSecret: "meshfed-root-ca", interSecret: "meshfed-intermediate-ca", svidTTL: 24 * time.Hour}
+	if c.name == "" {
+		c.name = fallback
+	}
+	tdName := str("trustDomain")
+	if tdName == "" {
+		tdName = trust.DefaultTrustDomain
+	}
+	var err error
+	if c.td, err = spiffeid.TrustDomainFromString(tdName); err != nil {
+		return nil, fmt.Errorf("cluster %s: trust domain %q: %w", c.name, tdName, err)
+	}
+	if v := str("certificate", "rootSecretName"); v != "" {
+		c.rootSecret = v
+	}
+	if v := str("certificate", "intermediateSecretName"); v != "" {
+		c.interSecret = v
+	}
+	if v := str("certificate", "serviceCertValidityDuration"); v != "" {
+		if c.svidTTL, err = time.ParseDuration(v); err != nil {
+			return nil, fmt.Errorf("cluster %s: serviceCertValidityDuration %q: %w", c.name, v, err)
+		}
+	}
+	return c, nil
+}
+
+// load reads the cluster's root Secret.
+func (c *caCluster) load(ctx context.Context) error {
+	st, s, err := ca.LoadRootState(ctx, c.kube, c.namespace, c.rootSecret, c.td)
+	if err != nil {
+		return fmt.Errorf("cluster %s: %w (meshfed certificate rotate needs the root key in every cluster; with an intermediate signed offline, rotate by updating the intermediate Secret, see docs/certificates.md)", c.name, err)
+	}
+	c.state, c.secret = st, s
+	return nil
+}
+
+// stage is where the cluster's root Secret is in a rotation: "" (not
+// rotating), PhaseAdd (a next root waits), PhaseReissue (signing with the
+// new root, still trusting the old).
+func (c *caCluster) stage() string {
+	switch {
+	case c.state.Next != nil:
+		return ca.PhaseAdd
+	case c.state.Rotating():
+		return ca.PhaseReissue
+	}
+	return ""
+}
+
+// settle is how long after a phase was applied every workload of the
+// cluster is sure to hold what it handed out: every SVID issued before it
+// has expired (agents renew at half life, so most turn over in half that),
+// and grpc-go's file_watcher has re-read the files.
+func (c *caCluster) settle() time.Duration { return c.svidTTL + fileWatcherRefresh }
+
+// update rewrites the root Secret with change applied and the phase
+// annotation set (the applied-at time cleared until the controller confirms).
+func (c *caCluster) update(ctx context.Context, phase string, change func(data map[string][]byte)) error {
+	s := c.secret.DeepCopy()
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	change(s.Data)
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[ca.RotationPhaseAnnotation] = phase
+	delete(s.Annotations, ca.RotationTimeAnnotation)
+	if _, err := c.kube.CoreV1().Secrets(c.namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("cluster %s: root secret %s/%s: %w", c.name, c.namespace, c.rootSecret, err)
+	}
+	return c.load(ctx)
+}
+
+// confirm records that the cluster's controller applied the phase.
+func (c *caCluster) confirm(ctx context.Context, phase string) error {
+	if c.state.Phase == phase && !c.state.AppliedAt.IsZero() {
+		return nil
+	}
+	s := c.secret.DeepCopy()
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[ca.RotationPhaseAnnotation] = phase
+	s.Annotations[ca.RotationTimeAnnotation] = time.Now().UTC().Format(time.RFC3339)
+	if _, err := c.kube.CoreV1().Secrets(c.namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("cluster %s: root secret %s/%s: %w", c.name, c.namespace, c.rootSecret, err)
+	}
+	return c.load(ctx)
+}
+
+// caView is what a cluster's controller has applied: the bundle it
+// published and the root its intermediate chains to.
+type caView struct {
+	published *x509bundle.Bundle
+	inter     *ca.Intermediate
+	issuer    *x509.Certificate
+	err       error
+}
+
+func (c *caCluster) view(ctx context.Context) caView {
+	var v caView
+	cm, err := c.kube.CoreV1().ConfigMaps(c.namespace).Get(ctx, c.bundleConfigMap, metav1.GetOptions{})
+	if err != nil {
+		v.err = err
+		return v
+	}
+	if v.published, err = ca.ParseBundle(c.td, []byte(cm.Data[ca.BundleKey]), time.Now()); err != nil {
+		v.err = fmt.Errorf("configmap %s/%s: %w", c.namespace, c.bundleConfigMap, err)
+		return v
+	}
+	if v.inter, err = ca.LoadIntermediate(ctx, c.kube, c.namespace, c.interSecret, c.td); err != nil {
+		v.err = err
+		return v
+	}
+	v.issuer, v.err = ca.IssuerRoot(v.inter, v.inter.Bundle())
+	return v
+}
+
+// waitApplied polls until the cluster's controller publishes want as its
+// bundle and signs with an intermediate under issuer.
+func (c *caCluster) waitApplied(ctx context.Context, want *x509bundle.Bundle, issuer *x509.Certificate, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		v := c.view(ctx)
+		if v.err == nil && sameRoots(v.published, want) && sameRoots(v.inter.Bundle(), want) && v.issuer.Equal(issuer) {
+			return nil
+		}
+		why := "bundle or intermediate not updated yet"
+		if v.err != nil {
+			why = v.err.Error()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster %s: the controller has not applied the change within %v (%s); is meshfed-controller running? its log says why", c.name, timeout, why)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// sameRoots compares bundles as sets of roots, in any order.
+func sameRoots(a, b *x509bundle.Bundle) bool {
+	if len(a.X509Authorities()) != len(b.X509Authorities()) {
+		return false
+	}
+	for _, r := range a.X509Authorities() {
+		if !b.HasX509Authority(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func newCertificateCommand(kf *kubeFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "certificate",
+		Short: "Inspect and rotate the federation's root certificate",
+	}
+	cmd.AddCommand(newCertificateRotateCommand(kf), newCertificateStatusCommand(kf))
+	return cmd
+}
+
+func newCertificateStatusCommand(kf *kubeFlags) *cobra.Command {
+	cf := &certFlags{kf: kf}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show each cluster's roots, trust bundles and intermediate issuer",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			clusters, err := openCAClusters(cmd.Context(), cf)
+			printStatus(cmd.Context(), cmd.OutOrStdout(), clusters)
+			return err
+		},
+	}
+	cf.register(cmd)
+	return cmd
+}
+
+func printStatus(ctx context.Context, w io.Writer, clusters []*caCluster) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tPHASE\tSIGNING ROOT\tNEXT ROOT\tTRUSTED (root Secret)\tPUBLISHED BUNDLE\tINTERMEDIATE ISSUER\tSVID TTL")
+	for _, c := range clusters {
+		phase := c.state.Phase
+		if phase == "" {
+			phase = "-"
+		}
+		if c.state.AppliedAt.IsZero() && c.state.Phase != "" {
+			phase += " (not confirmed)"
+		} else if !c.state.AppliedAt.IsZero() {
+			phase += " at " + c.state.AppliedAt.Local().Format(time.TimeOnly)
+		}
+		next := "-"
+		if c.state.Next != nil {
+			next = ca.Fingerprint(c.state.Next.Certificate)
+		}
+		v := c.view(ctx)
+		published, issuer := "?", "?"
+		if v.published != nil {
+			published = strings.Join(ca.Fingerprints(v.published), ",")
+		}
+		if v.issuer != nil {
+			issuer = ca.Fingerprint(v.issuer)
+		} else if v.err != nil {
+			issuer = "error: " + v.err.Error()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", c.name, phase, ca.Fingerprint(c.state.Root.Certificate), next,
+			strings.Join(ca.Fingerprints(c.state.Trusted), ","), published, issuer, c.svidTTL)
+	}
+	tw.Flush()
+}
+
+func newCertificateRotateCommand(kf *kubeFlags) *cobra.Command {
+	cf := &certFlags{kf: kf}
+	var phase string
+	var wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "rotate --phase=add|reissue|finish",
+		Short: "Rotate the federation's root by bundle union, one phase at a time, in every cluster",
+		Long: `Rotate the federation's root CA across every cluster without a failed handshake:
+
+  --phase=add      generate a new root (once for the federation); every cluster
+                   trusts old and new roots. Workloads receive the union with
+                   their next SVID.
+  --phase=reissue  every cluster's intermediate is reissued under the new root;
+                   workloads receive SVIDs under it at their next renewal.
+  --phase=finish   the old root is removed from every bundle.
+
+Each phase waits until every controller has applied it. The next phase
+refuses to start until every workload is sure to have renewed (the longest
+SVID lifetime of the clusters plus one minute for grpc-go's file watcher);
+--wait waits for that instead. Every phase may be re-run.
+
+Name every cluster of the federation with --contexts or --kubeconfigs.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			clusters, err := openCAClusters(ctx, cf)
+			if err != nil {
+				return err
+			}
+			r := &rotation{clusters: clusters, wait: wait, timeout: timeout, out: out}
+			switch phase {
+			case ca.PhaseAdd:
+				err = r.add(ctx)
+			case ca.PhaseReissue:
+				err = r.reissue(ctx)
+			case ca.PhaseFinish:
+				err = r.finish(ctx)
+			default:
+				return fmt.Errorf("--phase %q: want add, reissue or finish", phase)
+			}
+			if err != nil {
+				return err
+			}
+			printStatus(ctx, out, clusters)
+			return nil
+		},
+	}
+	cf.register(cmd)
+	f := cmd.Flags()
+	f.StringVar(&phase, "phase", "", "rotation phase to run: add, reissue or finish")
+	f.BoolVar(&wait, "wait", false, "wait until the previous phase has settled in every workload instead of refusing")
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for each controller to apply the phase")
+	return cmd
+}
+
+// rotation runs one phase over the federation's clusters.
+type rotation struct {
+	clusters []*caCluster
+	wait     bool
+	timeout  time.Duration
+	out      io.Writer
+}
+
+// sameRoot checks that every cluster signs with one root (a federation).
+func (r *rotation) sameRoot(get func(*caCluster) *x509.Certificate, what string) error {
+	first := get(r.clusters[0])
+	for _, c := range r.clusters[1:] {
+		if !get(c).Equal(first) {
+			return fmt.Errorf("clusters %s and %s have different %s (%s, %s): are they one federation?", r.clusters[0], c,
+				what, ca.Fingerprint(first), ca.Fingerprint(get(c)))
+		}
+	}
+	return nil
+}
+
+// settled returns nil once every cluster's previous phase was applied long
+// enough ago for every workload to hold what it handed out, waiting for it
+// with --wait.
+func (r *rotation) settled(ctx context.Context, prev, next string) error {
+	var ready time.Time
+	var longest time.Duration
+	for _, c := range r.clusters {
+		if c.state.Phase == prev && c.state.AppliedAt.IsZero() {
+			return fmt.Errorf("cluster %s: --phase=%s was not confirmed (its controller had not applied it); run --phase=%s again", c, prev, prev)
+		}
+		if c.state.Phase != prev {
+			continue // already past prev
+		}
+		longest = max(longest, c.settle())
+	}
+	for _, c := range r.clusters {
+		if c.state.Phase == prev {
+			ready = later(ready, c.state.AppliedAt.Add(longest))
+		}
+	}
+	left := time.Until(ready)
+	if left <= 0 {
+		return nil
+	}
+	if !r.wait {
+		return fmt.Errorf("too early for --phase=%s: workloads may still hold certificates from before --phase=%s until %s (the longest SVID lifetime, %v, plus %v for grpc-go's file watcher); run it then, or pass --wait",
+			next, prev, ready.Local().Format(time.DateTime), longest-fileWatcherRefresh, fileWatcherRefresh)
+	}
+	fmt.Fprintf(r.out, "waiting %v, until %s, for every workload to renew after --phase=%s\n", left.Round(time.Second), ready.Local().Format(time.TimeOnly), prev)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(left):
+		return nil
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func (r *rotation) add(ctx context.Context) error {
+	for _, c := range r.clusters {
+		if c.stage() == ca.PhaseReissue {
+			return fmt.Errorf("cluster %s already signs with the new root (--phase=reissue ran); next is --phase=finish", c)
+		}
+	}
+	if err := r.sameRoot(func(c *caCluster) *x509.Certificate { return c.state.Root.Certificate }, "signing roots"); err != nil {
+		return err
+	}
+	// The next root is made once: a re-run after a partial add takes it
+	// from the clusters that have it.
+	var next *ca.Root
+	for _, c := range r.clusters {
+		if c.state.Next == nil {
+			continue
+		}
+		if next != nil && !next.Certificate.Equal(c.state.Next.Certificate) {
+			return fmt.Errorf("cluster %s waits for a different next root (%s) than another cluster (%s); remove %s and %s from the root Secrets and run --phase=add again",
+				c, ca.Fingerprint(c.state.Next.Certificate), ca.Fingerprint(next.Certificate), ca.NextRootCertKey, ca.NextRootKeyKey)
+		}
+		next = c.state.Next
+	}
+	if next == nil {
+		root := r.clusters[0].state.Root
+		var err error
+		if next, err = ca.GenerateRoot(root.TrustDomain, ca.DefaultConfig().RootTTL); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.out, "generated the new root %s\n", ca.Fingerprint(next.Certificate))
+	}
+	keyPEM, err := next.KeyPEM()
+	if err != nil {
+		return err
+	}
+	for _, c := range r.clusters {
+		if c.state.Next != nil {
+			continue
+		}
+		union, err := ca.Union(c.state.Trusted, next.Bundle())
+		if err != nil {
+			return fmt.Errorf("cluster %s: %w", c, err)
+		}
+		if err := c.update(ctx, ca.PhaseAdd, func(d map[string][]byte) {
+			d[ca.NextRootCertKey], d[ca.NextRootKeyKey] = next.CertificatePEM(), keyPEM
+			d[ca.RootBundleKey] = ca.EncodeCertificatesPEM(union.X509Authorities())
+		}); err != nil {
+			return err
+		}
+	}
+	for _, c := range r.clusters {
+		if err := c.waitApplied(ctx, c.state.Trusted, c.state.Root.Certificate, r.timeout); err != nil {
+			return err
+		}
+		if err := c.confirm(ctx, ca.PhaseAdd); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.out, "%s: trusts %s; still signs with %s\n", c, strings.Join(ca.Fingerprints(c.state.Trusted), " and "), ca.Fingerprint(c.state.Root.Certificate))
+	}
+	return r.nextStep(ca.PhaseAdd, ca.PhaseReissue)
+}
+
+func (r *rotation) nextStep(done, next string) error {
+	var at time.Time
+	for _, c := range r.clusters {
+		at = later(at, c.state.AppliedAt.Add(c.settle()))
+	}
+	fmt.Fprintf(r.out, "--phase=%s applied in every cluster. Run --phase=%s at or after %s (or now with --wait).\n", done, next, at.Local().Format(time.DateTime))
+	return nil
+}
+
+func (r *rotation) reissue(ctx context.Context) error {
+	for _, c := range r.clusters {
+		if c.stage() == "" {
+			return fmt.Errorf("cluster %s has no new root to reissue under; run --phase=add first", c)
+		}
+	}
+	if err := r.settled(ctx, ca.PhaseAdd, ca.PhaseReissue); err != nil {
+		return err
+	}
+	// After add every cluster waits for the same next root; after a partial
+	// reissue, some already sign with it.
+	newRoot := func(c *caCluster) *x509.Certificate {
+		if c.state.Next != nil {
+			return c.state.Next.Certificate
+		}
+		return c.state.Root.Certificate
+	}
+	if err := r.sameRoot(newRoot, "new roots"); err != nil {
+		return err
+	}
+	for _, c := range r.clusters {
+		if c.stage() != ca.PhaseAdd {
+			continue
+		}
+		next, trusted := c.state.Next, c.state.Trusted
+		keyPEM, err := next.KeyPEM()
+		if err != nil {
+			return err
+		}
+		if err := c.update(ctx, ca.PhaseReissue, func(d map[string][]byte) {
+			d[ca.RootCertKey], d[ca.RootKeyKey] = next.CertificatePEM(), keyPEM
+			d[ca.RootBundleKey] = ca.EncodeCertificatesPEM(trusted.X509Authorities())
+			delete(d, ca.NextRootCertKey)
+			delete(d, ca.NextRootKeyKey)
+		}); err != nil {
+			return err
+		}
+	}
+	for _, c := range r.clusters {
+		if err := c.waitApplied(ctx, c.state.Trusted, c.state.Root.Certificate, r.timeout); err != nil {
+			return err
+		}
+		if err := c.confirm(ctx, ca.PhaseReissue); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.out, "%s: intermediate reissued under %s; trusts %s\n", c, ca.Fingerprint(c.state.Root.Certificate), strings.Join(ca.Fingerprints(c.state.Trusted), " and "))
+	}
+	return r.nextStep(ca.PhaseReissue, ca.PhaseFinish)
+}
+
+func (r *rotation) finish(ctx context.Context) error {
+	rotating := false
+	for _, c := range r.clusters {
+		switch c.stage() {
+		case ca.PhaseAdd:
+			return fmt.Errorf("cluster %s still signs with the old root; run --phase=reissue first", c)
+		case ca.PhaseReissue:
+			rotating = true
+		default:
+			if c.state.Phase != ca.PhaseFinish {
+				return fmt.Errorf("cluster %s is not rotating its root; start with --phase=add", c)
+			}
+		}
+	}
+	if err := r.sameRoot(func(c *caCluster) *x509.Certificate { return c.state.Root.Certificate }, "signing roots"); err != nil {
+		return err
+	}
+	if rotating {
+		if err := r.settled(ctx, ca.PhaseReissue, ca.PhaseFinish); err != nil {
+			return err
+		}
+	}
+	for _, c := range r.clusters {
+		if c.stage() != ca.PhaseReissue {
+			continue
+		}
+		if err := c.update(ctx, ca.PhaseFinish, func(d map[string][]byte) { delete(d, ca.RootBundleKey) }); err != nil {
+			return err
+		}
+	}
+	for _, c := range r.clusters {
+		if err := c.waitApplied(ctx, c.state.Root.Bundle(), c.state.Root.Certificate, r.timeout); err != nil {
+			return err
+		}
+		if err := c.confirm(ctx, ca.PhaseFinish); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.out, "%s: trusts only %s\n", c, ca.Fingerprint(c.state.Root.Certificate))
+	}
+	var by time.Time
+	for _, c := range r.clusters {
+		by = later(by, c.state.AppliedAt.Add(c.settle()))
+	}
+	fmt.Fprintf(r.out, "Rotation finished. Workloads drop the old root from their bundle files at their next renewal, by %s.\n", by.Local().Format(time.DateTime))
+	return nil
+}
