@@ -2,6 +2,7 @@ package kube
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,9 +44,10 @@ type serviceInputs struct {
 // besides saving the conversion, that makes the xDS server's comparison of
 // an unchanged service's endpoints O(1) (controller/xds/server Update).
 //
-// A build still visits every Service (to notice additions, removals and
-// changed resource versions), but that is a few map lookups and string
-// comparisons per Service, not a conversion.
+// A build still visits every Service (to notice additions and removals),
+// but for a Service the informer handlers did not name that is a few map
+// lookups and a string comparison, not a listing of its slices or a
+// conversion.
 //
 // It is owned by the Watcher's worker goroutine; nothing in it is locked.
 type serviceCache struct {
@@ -53,12 +55,16 @@ type serviceCache struct {
 	// byPod maps a Pod ("ns/name") to the Services whose conversion looked
 	// it up, so that a Pod change re-converts exactly those.
 	byPod map[string]map[mesh.NamespacedName]struct{}
+	// order is the entries sorted by key; kept while no Service comes or
+	// goes.
+	order []*serviceEntry
 	// gen counts builds; an entry not visited by the latest is dropped.
 	gen uint64
 }
 
 // serviceEntry is one converted Service and the inputs it came from.
 type serviceEntry struct {
+	key      mesh.NamespacedName
 	version  string         // the Service's resourceVersion
 	slices   []sliceVersion // its EndpointSlices, sorted by name
 	settings conversionSettings
@@ -87,13 +93,44 @@ func newServiceCache() *serviceCache {
 	}
 }
 
+// changes is what changed since the last build, as far as the informer
+// handlers can tell.
+type changes struct {
+	// all is set when any Service may have changed (the first build, a
+	// resync, an object whose Service cannot be told).
+	all bool
+	// services are the Services ("ns/name") whose Service object or
+	// EndpointSlices changed.
+	services map[string]struct{}
+	// pods are the Pods ("ns/name") added, deleted or given another
+	// ServiceAccount.
+	pods []string
+}
+
+func (c *changes) markService(key string) {
+	if c.services == nil {
+		c.services = map[string]struct{}{}
+	}
+	c.services[key] = struct{}{}
+}
+
+// service reports whether Service ns/name may have changed.
+func (c *changes) service(ns, name string) bool {
+	if c.all {
+		return true
+	}
+	_, ok := c.services[ns+"/"+name]
+	return ok
+}
+
 // build returns the mesh.Services of svcs (already filtered to the mesh's
-// members and sorted by namespace and name) and the problems of those that
-// cannot be converted. dirtyPods are the Pods ("ns/name") that changed
-// since the last build; Services that looked them up are re-converted.
-func (c *serviceCache) build(settings mesh.Settings, svcs []*corev1.Service, in serviceInputs, dirtyPods []string) ([]mesh.Service, []mesh.Problem) {
+// members), sorted by namespace and name, and the problems of those that
+// cannot be converted. A Service is looked at closely (its slices listed
+// and their versions compared) only when ch says it may have changed; it
+// is converted again only when its inputs did change.
+func (c *serviceCache) build(settings mesh.Settings, svcs []*corev1.Service, in serviceInputs, ch changes) ([]mesh.Service, []mesh.Problem) {
 	c.gen++
-	for _, pod := range dirtyPods {
+	for _, pod := range ch.pods {
 		for key := range c.byPod[pod] {
 			if e := c.entries[key]; e != nil {
 				e.stale = true
@@ -101,26 +138,46 @@ func (c *serviceCache) build(settings mesh.Settings, svcs []*corev1.Service, in 
 		}
 	}
 	cs := conversionSettingsOf(settings)
-	out := make([]mesh.Service, 0, len(svcs))
-	var problems []mesh.Problem
+	reorder := false
 	for _, svc := range svcs {
 		key := mesh.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		sls := in.slices(svc.Namespace, svc.Name)
 		e := c.entries[key]
-		if e == nil || !e.current(svc, sls, cs) {
-			e = c.convert(key, settings, svc, sls, in.pods)
+		if e == nil {
+			e = &serviceEntry{key: key}
+			c.entries[key] = e
+			reorder = true
+		} else if !e.stale && e.version == svc.ResourceVersion && e.settings == cs && !ch.service(svc.Namespace, svc.Name) {
+			e.seen = c.gen
+			continue
 		}
 		e.seen = c.gen
+		sls := in.slices(svc.Namespace, svc.Name)
+		if !e.current(svc, sls, cs) {
+			c.convert(e, settings, svc, sls, in.pods)
+		}
+	}
+	if len(svcs) != len(c.entries) { // some are gone
+		for key, e := range c.entries {
+			if e.seen != c.gen {
+				c.forget(e)
+				delete(c.entries, key)
+			}
+		}
+		reorder = true
+	}
+	if reorder {
+		c.order = slices.SortedFunc(maps.Values(c.entries), func(a, b *serviceEntry) int {
+			return cmp.Or(cmp.Compare(a.key.Namespace, b.key.Namespace), cmp.Compare(a.key.Name, b.key.Name))
+		})
+	}
+	out := make([]mesh.Service, 0, len(c.order))
+	var problems []mesh.Problem
+	for _, e := range c.order {
 		if e.err != nil {
-			problems = append(problems, mesh.Problem{Kind: mesh.ObjectService, Namespace: svc.Namespace, Name: svc.Name, Err: e.err})
+			problems = append(problems, mesh.Problem{Kind: mesh.ObjectService, Namespace: e.key.Namespace, Name: e.key.Name, Err: e.err})
 			continue
 		}
 		out = append(out, e.svc)
-	}
-	for key, e := range c.entries {
-		if e.seen != c.gen {
-			c.forget(key, e)
-		}
 	}
 	return out, problems
 }
@@ -139,17 +196,16 @@ func (e *serviceEntry) current(svc *corev1.Service, sls []*discoveryv1.EndpointS
 	return true
 }
 
-// convert converts svc afresh and records it (and the Pods it read) in c.
-func (c *serviceCache) convert(key mesh.NamespacedName, settings mesh.Settings, svc *corev1.Service, sls []*discoveryv1.EndpointSlice, pods func(ns, name string) (PodInfo, bool)) *serviceEntry {
-	if old := c.entries[key]; old != nil {
-		c.forget(key, old)
-	}
+// convert converts svc afresh into e (the Service's entry, which keeps its
+// place in c.order) and records the Pods it read.
+func (c *serviceCache) convert(e *serviceEntry, settings mesh.Settings, svc *corev1.Service, sls []*discoveryv1.EndpointSlice, pods func(ns, name string) (PodInfo, bool)) {
+	c.forget(e)
 	// Sorted by name so that the result does not depend on the order the
 	// index returns them in (ServiceFrom keeps the last of duplicate
 	// addresses).
 	sls = slices.Clone(sls)
 	slices.SortFunc(sls, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-	e := &serviceEntry{version: svc.ResourceVersion, settings: conversionSettingsOf(settings)}
+	*e = serviceEntry{key: e.key, seen: e.seen, version: svc.ResourceVersion, settings: conversionSettingsOf(settings)}
 	for _, sl := range sls {
 		e.slices = append(e.slices, sliceVersion{sl.Name, sl.ResourceVersion})
 	}
@@ -157,27 +213,24 @@ func (c *serviceCache) convert(key mesh.NamespacedName, settings mesh.Settings, 
 		e.pods = append(e.pods, ns+"/"+name)
 		return pods(ns, name)
 	})
-	c.entries[key] = e
 	for _, pod := range e.pods {
 		m := c.byPod[pod]
 		if m == nil {
 			m = map[mesh.NamespacedName]struct{}{}
 			c.byPod[pod] = m
 		}
-		m[key] = struct{}{}
+		m[e.key] = struct{}{}
 	}
-	return e
 }
 
-// forget removes e, stored under key, and its Pod references.
-func (c *serviceCache) forget(key mesh.NamespacedName, e *serviceEntry) {
+// forget removes e's Pod references.
+func (c *serviceCache) forget(e *serviceEntry) {
 	for _, pod := range e.pods {
 		if m := c.byPod[pod]; m != nil {
-			delete(m, key)
+			delete(m, e.key)
 			if len(m) == 0 {
 				delete(c.byPod, pod)
 			}
 		}
 	}
-	delete(c.entries, key)
 }

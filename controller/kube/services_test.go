@@ -70,13 +70,15 @@ func sameSlice[T any](a, b []T) bool { return len(a) > 0 && len(a) == len(b) && 
 func TestOneSliceChangeConvertsOnlyItsService(t *testing.T) {
 	w := newWorld(1000)
 	c := newServiceCache()
-	before, problems := c.build(testSettings, w.svcs, w.inputs(), nil)
+	before, problems := c.build(testSettings, w.svcs, w.inputs(), changes{all: true})
 	if len(before) != 1000 || len(problems) != 0 {
 		t.Fatalf("first build: %d services, problems %v", len(before), problems)
 	}
 
 	w.setEndpoints("ns-7", "svc-7", "svc-7-pod", "10.244.0.7", "10.244.99.1")
-	after, _ := c.build(testSettings, w.svcs, w.inputs(), nil)
+	var ch changes
+	ch.markService("ns-7/svc-7")
+	after, _ := c.build(testSettings, w.svcs, w.inputs(), ch)
 
 	for i := range after {
 		a, b := &before[i], &after[i]
@@ -98,10 +100,10 @@ func TestOneSliceChangeConvertsOnlyItsService(t *testing.T) {
 func TestPodServiceAccountChangeConvertsOnlyServicesNamingIt(t *testing.T) {
 	w := newWorld(20)
 	c := newServiceCache()
-	before, _ := c.build(testSettings, w.svcs, w.inputs(), nil)
+	before, _ := c.build(testSettings, w.svcs, w.inputs(), changes{all: true})
 
 	w.pods["ns-3/svc-3-pod"] = "other"
-	after, _ := c.build(testSettings, w.svcs, w.inputs(), []string{"ns-3/svc-3-pod"})
+	after, _ := c.build(testSettings, w.svcs, w.inputs(), changes{pods: []string{"ns-3/svc-3-pod"}})
 	for i := range after {
 		a, b := &before[i], &after[i]
 		if b.Name == "svc-3" {
@@ -119,11 +121,11 @@ func TestPodServiceAccountChangeConvertsOnlyServicesNamingIt(t *testing.T) {
 func TestCacheFollowsServicesAddedRemovedAndSettings(t *testing.T) {
 	w := newWorld(5)
 	c := newServiceCache()
-	c.build(testSettings, w.svcs, w.inputs(), nil)
+	c.build(testSettings, w.svcs, w.inputs(), changes{all: true})
 
 	// svc-2 removed, its entry forgotten.
 	svcs := append(append([]*corev1.Service(nil), w.svcs[:2]...), w.svcs[3:]...)
-	got, _ := c.build(testSettings, svcs, w.inputs(), nil)
+	got, _ := c.build(testSettings, svcs, w.inputs(), changes{})
 	if len(got) != 4 || len(c.entries) != 4 {
 		t.Fatalf("after removal: %d services, %d entries", len(got), len(c.entries))
 	}
@@ -135,7 +137,7 @@ func TestCacheFollowsServicesAddedRemovedAndSettings(t *testing.T) {
 	bad := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns-0", Name: "bad", ResourceVersion: w.next()}}
 	svcs = append(svcs, bad)
 	for range 2 {
-		_, problems := c.build(testSettings, svcs, w.inputs(), nil)
+		_, problems := c.build(testSettings, svcs, w.inputs(), changes{})
 		if len(problems) != 1 || problems[0].Name != "bad" {
 			t.Fatalf("problems %v", problems)
 		}
@@ -144,7 +146,7 @@ func TestCacheFollowsServicesAddedRemovedAndSettings(t *testing.T) {
 	// Another cluster name converts everything again.
 	other := testSettings
 	other.ClusterName = "west"
-	got, _ = c.build(other, svcs, w.inputs(), nil)
+	got, _ = c.build(other, svcs, w.inputs(), changes{})
 	for _, s := range got {
 		if s.Cluster != "west" || s.Endpoints[0].Cluster != "west" {
 			t.Fatalf("%v kept cluster %q", s.Key(), s.Cluster)
@@ -157,10 +159,28 @@ func TestCacheFollowsServicesAddedRemovedAndSettings(t *testing.T) {
 func BenchmarkBuildAfterOneSliceChange(b *testing.B) {
 	w := newWorld(10000)
 	c := newServiceCache()
-	c.build(testSettings, w.svcs, w.inputs(), nil)
+	c.build(testSettings, w.svcs, w.inputs(), changes{all: true})
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		w.setEndpoints("ns-0", "svc-0", "svc-0-pod", fmt.Sprintf("10.1.%d.%d", i/250%250, i%250))
-		c.build(testSettings, w.svcs, w.inputs(), nil)
+		var ch changes
+		ch.markService("ns-0/svc-0")
+		c.build(testSettings, w.svcs, w.inputs(), ch)
+	}
+}
+
+func TestResyncRepairsAChangeTheHandlersDidNotName(t *testing.T) {
+	w := newWorld(3)
+	c := newServiceCache()
+	c.build(testSettings, w.svcs, w.inputs(), changes{all: true})
+
+	w.setEndpoints("ns-1", "svc-1", "svc-1-pod", "10.9.9.9")
+	got, _ := c.build(testSettings, w.svcs, w.inputs(), changes{})
+	if got[1].Endpoints[0].Address == "10.9.9.9" {
+		t.Fatal("an unnamed Service was looked at; the test no longer tests the repair")
+	}
+	got, _ = c.build(testSettings, w.svcs, w.inputs(), changes{all: true})
+	if got[1].Endpoints[0].Address != "10.9.9.9" {
+		t.Fatalf("resync kept %v", got[1].Endpoints)
 	}
 }

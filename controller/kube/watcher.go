@@ -1,11 +1,10 @@
 package kube
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -70,9 +70,7 @@ type pending struct {
 	// quiet is whether the change at first came after at least Debounce
 	// without changes (it is built after LeadingDelay, not Debounce).
 	quiet bool
-	// pods are the Pods ("ns/name") added, deleted or given another
-	// ServiceAccount since the last build.
-	pods []string
+	changes
 }
 
 // New returns a Watcher for cfg. It registers its metrics and informers but
@@ -103,12 +101,12 @@ func New(cfg Config) (*Watcher, error) {
 	w.mcFactory = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.Namespace, nil)
 
 	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { w.signal() },
+		AddFunc:    func(any) { w.signalOther() },
 		UpdateFunc: func(oldObj, newObj any) { w.signalUpdate(oldObj, newObj) },
-		DeleteFunc: func(any) { w.signal() },
+		DeleteFunc: func(any) { w.signalOther() },
 	}
-	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
-		if err := inf.SetTransform(dropManagedFields); err != nil {
+	addWith := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler, transform cache.TransformFunc) error {
+		if err := inf.SetTransform(transform); err != nil {
 			return err
 		}
 		if _, err := inf.AddEventHandler(h); err != nil {
@@ -116,6 +114,9 @@ func New(cfg Config) (*Watcher, error) {
 		}
 		w.synced = append(w.synced, inf.HasSynced)
 		return nil
+	}
+	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		return addWith(inf, h, dropManagedFields)
 	}
 	core := w.factory.Core().V1()
 	w.namespaces = core.Namespaces().Lister()
@@ -126,18 +127,38 @@ func New(cfg Config) (*Watcher, error) {
 		return nil, err
 	}
 	w.slices = sliceInf.GetIndexer()
+	serviceHandler := keyedHandler(w, func(obj any) []string {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return nil
+		}
+		return []string{key}
+	})
+	sliceHandler := keyedHandler(w, func(obj any) []string {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		keys, _ := sliceServiceKey(obj)
+		if keys == nil {
+			keys = []string{}
+		}
+		return keys
+	})
 	podHandler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { w.podChanged(obj) },
 		UpdateFunc: func(oldObj, newObj any) { w.podUpdated(oldObj, newObj) },
 		DeleteFunc: func(obj any) { w.podChanged(obj) },
 	}
-	if err := add(core.Pods().Informer(), podHandler); err != nil {
+	if err := addWith(core.Pods().Informer(), podHandler, slimPod); err != nil {
 		return nil, err
 	}
-	for _, inf := range []cache.SharedIndexInformer{
-		core.Namespaces().Informer(), core.Services().Informer(),
-		core.ServiceAccounts().Informer(), sliceInf,
-	} {
+	if err := add(core.Services().Informer(), serviceHandler); err != nil {
+		return nil, err
+	}
+	if err := add(sliceInf, sliceHandler); err != nil {
+		return nil, err
+	}
+	for _, inf := range []cache.SharedIndexInformer{core.Namespaces().Informer(), core.ServiceAccounts().Informer()} {
 		if err := add(inf, handler); err != nil {
 			return nil, err
 		}
@@ -158,12 +179,17 @@ func New(cfg Config) (*Watcher, error) {
 	return w, nil
 }
 
-// signal records a change; the worker picks it up.
-func (w *Watcher) signal() { w.record("") }
+// signal records a change that may concern any Service; the worker
+// picks it up.
+func (w *Watcher) signal() { w.record(func(c *changes) { c.all = true }) }
 
-// record records a change, of the Pod pod if not empty, and wakes the
-// worker.
-func (w *Watcher) record(pod string) {
+// signalOther records a change of an object that is not a Service,
+// EndpointSlice or Pod (policy, namespaces, MeshConfig): the Services'
+// own inputs are unchanged.
+func (w *Watcher) signalOther() { w.record(func(*changes) {}) }
+
+// record records a change (mark says what changed) and wakes the worker.
+func (w *Watcher) record(mark func(*changes)) {
 	now := time.Now()
 	w.mu.Lock()
 	if w.pending.first.IsZero() {
@@ -171,13 +197,38 @@ func (w *Watcher) record(pod string) {
 		w.pending.quiet = w.pending.last.IsZero() || now.Sub(w.pending.last) >= w.cfg.Debounce
 	}
 	w.pending.last = now
-	if pod != "" {
-		w.pending.pods = append(w.pending.pods, pod)
-	}
+	mark(&w.pending.changes)
 	w.mu.Unlock()
 	select {
 	case w.changed <- struct{}{}:
 	default:
+	}
+}
+
+// keyedHandler records changes of the Services that keys names
+// ("ns/name") for each object; nil means it cannot tell (check them all).
+func keyedHandler(w *Watcher, keys func(obj any) []string) cache.ResourceEventHandlerFuncs {
+	mark := func(objs ...any) {
+		w.record(func(c *changes) {
+			for _, o := range objs {
+				ks := keys(o)
+				if ks == nil {
+					c.all = true
+				}
+				for _, k := range ks {
+					c.markService(k)
+				}
+			}
+		})
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { mark(obj) },
+		UpdateFunc: func(oldObj, newObj any) {
+			if !sameVersion(oldObj, newObj) {
+				mark(oldObj, newObj)
+			}
+		},
+		DeleteFunc: func(obj any) { mark(obj) },
 	}
 }
 
@@ -204,7 +255,7 @@ func (w *Watcher) signalUpdate(oldObj, newObj any) {
 	if sameVersion(oldObj, newObj) {
 		return
 	}
-	w.signal()
+	w.signalOther()
 }
 
 func sameVersion(oldObj, newObj any) bool {
@@ -222,7 +273,7 @@ func (w *Watcher) podChanged(obj any) {
 		w.signal()
 		return
 	}
-	w.record(key)
+	w.record(func(c *changes) { c.pods = append(c.pods, key) })
 }
 
 // podUpdated ignores Pod status churn that does not change what the mesh
@@ -240,12 +291,35 @@ func (w *Watcher) podUpdated(oldObj, newObj any) {
 }
 
 // dropManagedFields is every informer's transform: the watcher never reads
-// managedFields, often the largest part of an object in the cache.
+// managedFields or kubectl's last-applied-configuration, often the largest
+// parts of an object in the cache.
 func dropManagedFields(obj any) (any, error) {
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
+		if a := m.GetAnnotations(); a[corev1.LastAppliedConfigAnnotation] != "" {
+			a = maps.Clone(a)
+			delete(a, corev1.LastAppliedConfigAnnotation)
+			m.SetAnnotations(a)
+		}
 	}
 	return obj, nil
+}
+
+// slimPod is the Pod informer's transform: of a Pod the watcher reads only
+// its name and ServiceAccount (podInfo, podUpdated), and Pods are usually
+// the most numerous and largest objects it caches.
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a tombstone
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID,
+			ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec: corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName},
+	}, nil
 }
 
 // Ready reports whether a first State has been built and accepted by the
@@ -335,7 +409,7 @@ func (w *Watcher) debounce(ctx context.Context) bool {
 func (w *Watcher) rebuild() {
 	p := w.take()
 	start := time.Now()
-	state, problems := w.build(p.pods)
+	state, problems := w.build(p.changes)
 	sinkProblems, err := w.cfg.Sink.Update(state)
 	w.metrics.generation.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -355,9 +429,9 @@ func (w *Watcher) rebuild() {
 
 // build reads every lister into one State. Objects that cannot be converted
 // are left out and returned as problems. Services are converted only when
-// they, their EndpointSlices or Pods (dirtyPods: changed since the last
-// build) changed; the others are reused from the last build (serviceCache).
-func (w *Watcher) build(dirtyPods []string) (mesh.State, []mesh.Problem) {
+// they, their EndpointSlices or Pods changed (ch: the changes since the
+// last build); the others are reused from the last build (serviceCache).
+func (w *Watcher) build(ch changes) (mesh.State, []mesh.Problem) {
 	var problems []mesh.Problem
 	problem := func(kind mesh.ObjectKind, ns, name string, err error) {
 		problems = append(problems, mesh.Problem{Kind: kind, Namespace: ns, Name: name, Err: err})
@@ -387,11 +461,8 @@ func (w *Watcher) build(dirtyPods []string) (mesh.State, []mesh.Problem) {
 			meshed = append(meshed, svc)
 		}
 	}
-	slices.SortFunc(meshed, func(a, b *corev1.Service) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
 	var svcProblems []mesh.Problem
-	st.Services, svcProblems = w.converted.build(settings, meshed, serviceInputs{slices: w.slicesOf, pods: w.podInfo}, dirtyPods)
+	st.Services, svcProblems = w.converted.build(settings, meshed, serviceInputs{slices: w.slicesOf, pods: w.podInfo}, ch)
 	problems = append(problems, svcProblems...)
 
 	each := func(gvr schema.GroupVersionResource, kind mesh.ObjectKind, f func(*unstructured.Unstructured) error) {
