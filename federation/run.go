@@ -16,7 +16,16 @@ const (
 	tickInterval     = 250 * time.Millisecond
 	snapshotInterval = time.Second
 	joinGrace        = 3 * time.Second // a name conflict this soon after joining means we are the duplicate
-	sendWorkers      = 2
+	// sendWorkers stream catalogs to members that asked for them. After a
+	// change every member asks the owner at once: with 2 workers the last
+	// of 49 waited ~0.9 s (p99) for a small catalog, with 8 ~0.15–0.35 s.
+	sendWorkers = 8
+	// bigSends bounds how many large catalogs (over bigMessage bytes) are
+	// sent at once: each costs CPU on both ends (compression, encryption,
+	// verification), and 8 at a time tripled a 10k-service catalog's
+	// convergence time on 2 cores.
+	bigSends   = 2
+	bigMessage = 64 << 10
 )
 
 type sendJob struct {
@@ -47,8 +56,9 @@ func (f *Federation) Run(ctx context.Context) error {
 	sendCh := make(chan sendJob, 256)
 	metaCh := make(chan struct{}, 1)
 	var wg sync.WaitGroup
+	big := make(chan struct{}, bigSends)
 	for range sendWorkers {
-		wg.Go(func() { f.sendWorker(workCtx, ml, sendCh) })
+		wg.Go(func() { f.sendWorker(workCtx, ml, sendCh, big) })
 	}
 	wg.Go(func() { f.metaWorker(workCtx, ml, metaCh) })
 
@@ -137,14 +147,24 @@ func (f *Federation) storeMeta(m nodeMeta) {
 
 // sendWorker sends stream messages (requests, catalogs) so that a slow or
 // dead peer never blocks the loop.
-func (f *Federation) sendWorker(ctx context.Context, ml *memberlist.Memberlist, jobs <-chan sendJob) {
+func (f *Federation) sendWorker(ctx context.Context, ml *memberlist.Memberlist, jobs <-chan sendJob, big chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case j := <-jobs:
+			if len(j.msg) > bigMessage {
+				select {
+				case big <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+			}
 			if err := ml.SendReliable(&j.to, j.msg); err != nil {
 				f.events.push(evSendFailed{to: j.to.Name, cluster: j.cluster, err: err})
+			}
+			if len(j.msg) > bigMessage {
+				<-big
 			}
 		}
 	}
