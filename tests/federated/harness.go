@@ -52,6 +52,10 @@ type Config struct {
 	Namespaces []string
 	// Keep is how long Stats keeps results. Default 10 minutes.
 	Keep time.Duration
+	// SVIDTTL, when set, is every cluster's
+	// spec.certificate.serviceCertValidityDuration (at least 1 minute), so
+	// that workloads renew within a test. Default: the MeshConfig's (24 h).
+	SVIDTTL time.Duration
 }
 
 // Step applies one manifest (a file or directory under
@@ -280,8 +284,12 @@ func (h *Harness) install(ctx context.Context) error {
 			return fmt.Errorf("install in %s: %w", name, err)
 		}
 		// Gossip on loopback, each cluster on its own port.
-		patch := fmt.Sprintf(`{"spec":{"federation":{"bindAddress":"127.0.0.1","bindPort":%d,"advertiseAddress":"127.0.0.1","advertisePort":%d,"withdrawAfter":%q,"failStatic":%t}}}`,
-			c.gossipPort, c.gossipPort, h.cfg.WithdrawAfter.String(), slices.Contains(h.cfg.FailStatic, name))
+		certificate := ""
+		if h.cfg.SVIDTTL > 0 {
+			certificate = fmt.Sprintf(`,"certificate":{"serviceCertValidityDuration":%q}`, h.cfg.SVIDTTL.String())
+		}
+		patch := fmt.Sprintf(`{"spec":{"federation":{"bindAddress":"127.0.0.1","bindPort":%d,"advertiseAddress":"127.0.0.1","advertisePort":%d,"withdrawAfter":%q,"failStatic":%t}%s}}`,
+			c.gossipPort, c.gossipPort, h.cfg.WithdrawAfter.String(), slices.Contains(h.cfg.FailStatic, name), certificate)
 		if err := h.PatchMeshConfig(ctx, name, patch); err != nil {
 			return err
 		}
@@ -383,6 +391,21 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 			return fmt.Errorf("meshfed-controller for %s did not start; see %s", c.Name, c.ctrlLog.Name())
 		}
 	}
+	return h.registerCluster(ctx, c)
+}
+
+// RefreshTrustBundle gives Pods started from now on the cluster's current
+// trust bundle ConfigMap, as the kubelet updates a mounted ConfigMap: after
+// a root rotation, a new Pod's agent verifies the issuer with it.
+func (h *Harness) RefreshTrustBundle(ctx context.Context, cluster string) error {
+	c, err := h.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	return h.registerCluster(ctx, c)
+}
+
+func (h *Harness) registerCluster(ctx context.Context, c *Cluster) error {
 	bundle, err := c.Sandbox.Client().CoreV1().ConfigMaps(deploy.DefaultNamespace).Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("trust bundle of %s: %w", c.Name, err)
@@ -394,6 +417,11 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 	})
 	return nil
 }
+
+// PodsDir holds each workload's files: <cluster>/<namespace>/<pod>/certs
+// is where its agent writes certificate.pem, private_key.pem and
+// ca_certificate.pem.
+func (h *Harness) PodsDir() string { return filepath.Join(h.dir, "pods") }
 
 // StopController kills a cluster's controller (SIGKILL), as losing its
 // control plane would. Its workloads keep running.
