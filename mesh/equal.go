@@ -44,7 +44,20 @@ func (s *Service) SameShape(o *Service) bool {
 	if SameEndpoints(s.Endpoints, o.Endpoints) {
 		return true
 	}
-	return slices.Equal(s.EndpointIdentities(), o.EndpointIdentities())
+	// Whether a service has any ready endpoint decides its weight as a
+	// split backend (an empty backend gets none of the traffic), so a
+	// change of it is a change of shape.
+	return s.HasReady() == o.HasReady() && slices.Equal(s.EndpointIdentities(), o.EndpointIdentities())
+}
+
+// HasReady reports whether any endpoint of the service is ready.
+func (s *Service) HasReady() bool {
+	for _, e := range s.Endpoints {
+		if e.Ready {
+			return true
+		}
+	}
+	return false
 }
 
 // EndpointIdentities returns the distinct identities of the endpoints in

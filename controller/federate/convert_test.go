@@ -159,8 +159,10 @@ func TestViewLabelsRemoteEndpointsAndLeavesOutLosers(t *testing.T) {
 	if got := v.remote.Remote["west"]; got.Version != 7 || got.Network != "flat" || len(got.Services) != 1 || !reflect.DeepEqual(got.Services[0], want) {
 		t.Fatalf("remote west = %+v\nwant one service %+v", got, want)
 	}
-	if got := v.remote.Remote["north"]; len(got.Services) != 0 {
-		t.Fatalf("north's withdrawn services are in the view: %+v", got.Services)
+	// A withdrawn service stays in the view without endpoints (a split that
+	// names it keeps its cluster at weight 0) and is not imported.
+	if got := v.remote.Remote["north"]; len(got.Services) != 1 || got.Services[0].Name != "gone" || len(got.Services[0].Endpoints) != 0 {
+		t.Fatalf("north's withdrawn services in the view: %+v; want gone, without endpoints", got.Services)
 	}
 	var names []string
 	for _, imp := range v.imports {

@@ -111,5 +111,41 @@ func computeView(local string, exports map[string]catalog.ExportedService, rv *f
 		}
 		v.remote.Imports = append(v.remote.Imports, mi)
 	}
+	keepWithdrawn(&v, rv, network)
 	return v
+}
+
+// keepWithdrawn puts each remote cluster's withdrawn services into the view
+// with no endpoints: they are no longer imported (no ServiceImport lists
+// the cluster, no clusterset name balances over it), but a TrafficSplit
+// that names one keeps it as a backend at weight 0, so that clients keep
+// its cluster and lose no RPC when the cluster returns (DESIGN.md, Known
+// traps: grpc-go fails RPCs briefly for a cluster that comes back).
+func keepWithdrawn(v *view, rv *federation.RemoteView, network map[string]string) {
+	if rv == nil {
+		return
+	}
+	for name, cv := range rv.Clusters {
+		if cv.Catalog == nil || len(cv.Withdrawn) == 0 {
+			continue
+		}
+		withdrawn := map[string]bool{}
+		for _, k := range cv.Withdrawn {
+			withdrawn[k] = true
+		}
+		cc := v.remote.Remote[name]
+		for _, es := range cv.Catalog.Services {
+			if !withdrawn[es.Key()] {
+				continue
+			}
+			svc := serviceFromCatalog(name, network[name], es)
+			svc.Endpoints = nil
+			cc.Services = append(cc.Services, svc)
+		}
+		sort.Slice(cc.Services, func(i, j int) bool {
+			a, b := cc.Services[i], cc.Services[j]
+			return a.Namespace < b.Namespace || a.Namespace == b.Namespace && a.Name < b.Name
+		})
+		v.remote.Remote[name] = cc
+	}
 }

@@ -152,6 +152,8 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBack
 		scale *= 2
 	}
 	var out []WeightedBackend
+	var ready []bool
+	anyReady := false
 	for _, b := range ts.Backends {
 		remote := b.Cluster
 		if remote == ix.State.Settings.ClusterName {
@@ -168,6 +170,21 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBack
 			Cluster: ClusterName(svc.Key(), port, remote),
 			Weight:  uint32(b.Weight / scale),
 		})
+		r := svc.HasReady()
+		ready = append(ready, r)
+		anyReady = anyReady || (r && b.Weight > 0)
+	}
+	// A backend with no ready endpoint (scaled to zero, or a lost cluster's
+	// export kept without endpoints) gets no traffic while another backend
+	// can take it; it stays in the list at weight 0, so that grpc-go keeps
+	// its cluster and does not fail RPCs when it comes back (DESIGN.md,
+	// Known traps).
+	if anyReady {
+		for i := range out {
+			if !ready[i] {
+				out[i].Weight = 0
+			}
+		}
 	}
 	return out
 }

@@ -483,6 +483,12 @@ func TestCachedRebuildEqualsFromScratchAfterChanges(t *testing.T) {
 			s.TrafficSplits[0].Backends = []mesh.SplitBackend{{Service: "svc-10", Weight: 0}, {Service: "svc-20", Weight: 100}}
 			return s
 		}},
+		{"a split backend loses its last ready endpoint", -1, func(s mesh.State) mesh.State {
+			return withReadiness(s, "svc-30", false)
+		}},
+		{"the split backend is ready again", -1, func(s mesh.State) mesh.State {
+			return withReadiness(s, "svc-30", true)
+		}},
 		{"a split's backends all go to zero", 5, func(s mesh.State) mesh.State {
 			s.TrafficSplits = append([]mesh.TrafficSplit(nil), s.TrafficSplits...)
 			s.TrafficSplits[1].Backends = []mesh.SplitBackend{{Service: "svc-21", Weight: 0}, {Service: "svc-31", Weight: 0}}
@@ -629,4 +635,20 @@ func TestCachedRebuildEqualsFromScratchAfterChanges(t *testing.T) {
 			}
 		}
 	}
+}
+
+// withReadiness marks every endpoint of the named service ready or not.
+func withReadiness(s mesh.State, name string, ready bool) mesh.State {
+	s.Services = append([]mesh.Service(nil), s.Services...)
+	for i := range s.Services {
+		if s.Services[i].Name != name {
+			continue
+		}
+		eps := append([]mesh.Endpoint(nil), s.Services[i].Endpoints...)
+		for j := range eps {
+			eps[j].Ready = ready
+		}
+		s.Services[i].Endpoints = eps
+	}
+	return s
 }
