@@ -163,6 +163,13 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		}
 		s.tempDir = true
 	}
+	// envtest starts etcd and the API server in process groups of their
+	// own; wrappers make them die with this process even when it is
+	// killed, so no cluster outlives its test or supervisor.
+	runBin, err := dieWithParent(bin, filepath.Join(s.dir, ".bin"))
+	if err != nil {
+		return nil, err
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	defer func() {
@@ -175,7 +182,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		if podCIDR == "" {
 			podCIDR = fmt.Sprintf("10.244.%d.0/24", i+1)
 		}
-		c, err := startCluster(ctx, bin, s.dir, name, i, podCIDR, log)
+		c, err := startCluster(ctx, runBin, s.dir, name, i, podCIDR, log)
 		if c != nil {
 			s.clusters = append(s.clusters, c)
 		}
@@ -373,6 +380,32 @@ func writeKubeconfig(path, name string, cfg *rest.Config) error {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
+}
+
+// dieWithParent writes into dir a wrapper for each sandbox binary that
+// runs the real one with PR_SET_PDEATHSIG (util-linux setpriv), and returns
+// dir. Without setpriv, dir holds links to the binaries themselves.
+func dieWithParent(bin, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	setpriv, lookErr := exec.LookPath("setpriv")
+	for _, name := range []string{BinAPIServer, BinEtcd, BinKubectl, BinControllerManager} {
+		real := filepath.Join(bin, name)
+		path := filepath.Join(dir, name)
+		_ = os.Remove(path)
+		if lookErr != nil || name == BinKubectl {
+			if err := os.Symlink(real, path); err != nil {
+				return "", err
+			}
+			continue
+		}
+		script := fmt.Sprintf("#!/bin/sh\nexec %q --pdeathsig KILL -- %q \"$@\"\n", setpriv, real)
+		if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
 }
 
 var quietOnce sync.Once
