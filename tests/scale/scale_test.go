@@ -34,7 +34,7 @@ import (
 
 const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see tests/sandbox), about 1 GiB of memory and 3-5 minutes for both sizes on 2 cores:
     MESHFED_SCALE=1 go test ./tests/scale -run TestScaleFromAPIServer -v -timeout 60m
-MESHFED_SCALE_SERVICES=1000,10000 (the default) chooses the mesh sizes; MESHFED_SCALE_DEBOUNCE=10ms passes --debounce to the controller (default: the controller's own, 100ms)`
+MESHFED_SCALE_SERVICES=1000,10000 (the default) chooses the mesh sizes; MESHFED_SCALE_DEBOUNCE=10ms passes --debounce to the controller (default: the controller's own, 100ms); MESHFED_SCALE_MEMORY_LIMIT=250Mi passes --memory-limit`
 
 const (
 	namespaces = 10
@@ -161,6 +161,9 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 		"--serving-name=127.0.0.1", "--log-level=warn"}
 	if d := os.Getenv("MESHFED_SCALE_DEBOUNCE"); d != "" {
 		args = append(args, "--debounce="+d)
+	}
+	if m := os.Getenv("MESHFED_SCALE_MEMORY_LIMIT"); m != "" {
+		args = append(args, "--memory-limit="+m)
 	}
 	start = time.Now()
 	pid := startController(t, bin, args...)
