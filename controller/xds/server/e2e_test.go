@@ -50,6 +50,18 @@ func startMesh(t *testing.T) *testMesh { t.Helper(); return startMeshWithAck(t, 
 func startMeshWithAck(t *testing.T, onAck func(proxy, typeURL, version string)) *testMesh {
 	t.Helper()
 	ca := newTestCA(t)
+	cfg, reg := testServerConfig(t)
+	cfg.TLS = ca.serverTLS(t, mesh.NewIdentity(trustDomain, "meshfed-system", "meshfed-controller"))
+	cfg.OnAck = onAck
+	srv := runServer(t, cfg)
+	return &testMesh{ca: ca, srv: srv, addr: cfg.Listener.Addr().String(), reg: reg}
+}
+
+// testServerConfig is the default server config listening on 127.0.0.1,
+// authenticating peers of trustDomain by certificate, with metrics in the
+// returned registry and warnings logged to stderr. TLS is left to the caller.
+func testServerConfig(t *testing.T) (server.Config, *prometheus.Registry) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -57,11 +69,16 @@ func startMeshWithAck(t *testing.T, onAck func(proxy, typeURL, version string)) 
 	reg := prometheus.NewRegistry()
 	cfg := server.DefaultConfig()
 	cfg.Listener = lis
-	cfg.TLS = ca.serverTLS(t, mesh.NewIdentity(trustDomain, "meshfed-system", "meshfed-controller"))
 	cfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: trustDomain}
 	cfg.Registerer = reg
-	cfg.OnAck = onAck
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return cfg, reg
+}
+
+// runServer starts a server with cfg; it runs until the test ends, when Run
+// must return nil.
+func runServer(t *testing.T, cfg server.Config) *server.Server {
+	t.Helper()
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +92,7 @@ func startMeshWithAck(t *testing.T, onAck func(proxy, typeURL, version string)) 
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return &testMesh{ca: ca, srv: srv, addr: lis.Addr().String(), reg: reg}
+	return srv
 }
 
 func (m *testMesh) update(t *testing.T, s mesh.State) {
@@ -91,13 +108,20 @@ func (m *testMesh) update(t *testing.T, s mesh.State) {
 type backend struct {
 	name string
 	port uint32
-	// ip is the address it listens on; empty means 127.0.0.1.
-	ip string
+	ip   string // the address it listens on
 }
 
 func startBackend(t *testing.T, m *testMesh, id mesh.Identity, name string) (*backend, <-chan struct{}) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	return startBackendAt(t, m, id, name, "127.0.0.1")
+}
+
+// startBackendAt is startBackend listening on ip (any 127.0.0.0/8 address
+// is local on Linux, so 127.0.0.2, 127.0.0.3, … stand for pods of
+// different clusters).
+func startBackendAt(t *testing.T, m *testMesh, id mesh.Identity, name, ip string) (*backend, <-chan struct{}) {
+	t.Helper()
+	lis, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,17 +147,29 @@ func startBackend(t *testing.T, m *testMesh, id mesh.Identity, name string) (*ba
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
-	return &backend{name: name, port: uint32(lis.Addr().(*net.TCPAddr).Port)}, serving
+	return &backend{name: name, port: uint32(lis.Addr().(*net.TCPAddr).Port), ip: ip}, serving
 }
 
-// client is a real grpc-go xDS client with id's SVID.
+// client is a real grpc-go xDS client with id's SVID, calling target.
 func client(t *testing.T, m *testMesh, id mesh.Identity) healthpb.HealthClient {
 	t.Helper()
-	rb, err := xds.NewXDSResolverWithConfigForTesting(m.ca.workloadBootstrap(t, id, m.addr))
+	return clientFor(t, m, id, target)
+}
+
+// clientFor is client dialing an arbitrary target.
+func clientFor(t *testing.T, m *testMesh, id mesh.Identity, dial string) healthpb.HealthClient {
+	t.Helper()
+	return healthpb.NewHealthClient(dialXDS(t, m.ca.workloadBootstrap(t, id, m.addr), dial))
+}
+
+// dialXDS returns a grpc-go client of "xds:///"+target with the given
+// bootstrap, closed when the test ends. It stays idle until first used.
+func dialXDS(t *testing.T, bootstrap []byte, target string) *grpc.ClientConn {
+	t.Helper()
+	rb, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,15 +182,11 @@ func client(t *testing.T, m *testMesh, id mesh.Identity) healthpb.HealthClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return healthpb.NewHealthClient(cc)
+	return cc
 }
 
 func endpoint(b *backend) mesh.Endpoint {
-	ip := b.ip
-	if ip == "" {
-		ip = "127.0.0.1"
-	}
-	return mesh.Endpoint{Address: ip, TargetPorts: map[string]uint32{"grpc": b.port}, Cluster: "east",
+	return mesh.Endpoint{Address: b.ip, TargetPorts: map[string]uint32{"grpc": b.port}, Cluster: "east",
 		Locality: mesh.Locality{Zone: "z1"}, Ready: true, Identity: bookstoreID}
 }
 

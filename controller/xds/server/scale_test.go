@@ -17,10 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	xdscreds "google.golang.org/grpc/credentials/xds"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/xds"
 
 	"github.com/meshfed/meshfed/mesh"
 )
@@ -207,19 +204,7 @@ func procStatus(t *testing.T) (rss, hwm int) {
 
 func dialHealth(t *testing.T, bootstrap []byte, target string) healthpb.HealthClient {
 	t.Helper()
-	rb, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := dialXDS(t, bootstrap, target)
 	cc.Connect()
 	return healthpb.NewHealthClient(cc)
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"log/slog"
-	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -53,32 +50,11 @@ func startSDSMesh(t *testing.T) *sdsMesh {
 	}
 	authority := ca.NewAuthority(inter)
 	controller := issue(t, inter, mesh.NewIdentity(trustDomain, "meshfed-system", "meshfed-controller"), xdsServerName)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	cfg := server.DefaultConfig()
-	cfg.Listener = lis
+	cfg, reg := testServerConfig(t)
 	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{controller}, ClientCAs: pool(inter.Bundle()),
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
-	cfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: trustDomain}
-	cfg.Registerer = reg
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg.Secrets = server.NewAuthoritySecrets(authority, time.Hour)
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	srv := runServer(t, cfg)
 	// bookstore serves (its sidecar has an inbound listener using SDS);
 	// every sidecar has the bookstore cluster using SDS upstream.
 	state := mesh.State{
@@ -93,7 +69,7 @@ func startSDSMesh(t *testing.T) *sdsMesh {
 	if problems, err := srv.Update(state); err != nil || len(problems) > 0 {
 		t.Fatalf("Update: problems %v, err %v", problems, err)
 	}
-	return &sdsMesh{root: root, authority: authority, srv: srv, addr: lis.Addr().String(), reg: reg}
+	return &sdsMesh{root: root, authority: authority, srv: srv, addr: cfg.Listener.Addr().String(), reg: reg}
 }
 
 // issue returns a TLS certificate for id from inter.

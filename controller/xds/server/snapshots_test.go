@@ -280,6 +280,57 @@ func resourcesOf(t *testing.T, snap interface {
 	return out
 }
 
+// primedBuilder returns a builder updated to base, with a first snapshot
+// taken for each of keys, every one watching all resources.
+func primedBuilder(t *testing.T, base mesh.State, keys []proxyKey) (*builder, map[proxyKey]*keyState) {
+	t.Helper()
+	inc := newBuilder()
+	if _, err := inc.update(base); err != nil {
+		t.Fatal(err)
+	}
+	states := map[proxyKey]*keyState{}
+	for _, k := range keys {
+		states[k] = watchingAll()
+		if _, _, err := inc.snapshot(k, states[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return inc, states
+}
+
+// checkMatchesFullRebuild reports each resource in the keys' snapshots from
+// inc that differs from, or is missing in, a new builder's for state.
+func checkMatchesFullRebuild(t *testing.T, step string, inc *builder, state mesh.State, keys []proxyKey, states map[proxyKey]*keyState) {
+	t.Helper()
+	full := newBuilder()
+	if _, err := full.update(state); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		got, _, err := inc.snapshot(k, states[k])
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		want, _, err := full.snapshot(k, watchingAll())
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, w := resourcesOf(t, got), resourcesOf(t, want)
+		for typ := range w {
+			for name, wr := range w[typ] {
+				if g[typ][name] != wr {
+					t.Errorf("%s: proxy %s: %s %s differs from a full rebuild", step, k, typ, name)
+				}
+			}
+			for name := range g[typ] {
+				if _, ok := w[typ][name]; !ok {
+					t.Errorf("%s: proxy %s: %s %s is stale (absent from a full rebuild)", step, k, typ, name)
+				}
+			}
+		}
+	}
+}
+
 func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
 	base := syntheticMesh(40)
 	serverID := base.Services[5].Endpoints[0].Identity
@@ -334,17 +385,7 @@ func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
 		{id: base.Services[6].Endpoints[0].Identity, kind: KindProxyless},
 		{id: mesh.NewIdentity(td, "client", "client"), kind: KindProxyless},
 	}
-	inc := newBuilder()
-	if _, err := inc.update(base); err != nil {
-		t.Fatal(err)
-	}
-	states := map[proxyKey]*keyState{}
-	for _, k := range keys {
-		states[k] = watchingAll()
-		if _, _, err := inc.snapshot(k, states[k]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	inc, states := primedBuilder(t, base, keys)
 	state := base
 	for _, step := range steps {
 		state = step.change(state)
@@ -356,33 +397,7 @@ func TestEndpointOnlyUpdatesMatchAFullRebuild(t *testing.T) {
 		if fast := inc.shapeAt == shapeAt; fast == slow {
 			t.Errorf("%s: took the endpoint-only path: %v", step.name, fast)
 		}
-		full := newBuilder()
-		if _, err := full.update(state); err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range keys {
-			got, _, err := inc.snapshot(k, states[k])
-			if err != nil {
-				t.Fatalf("%s: %v", step.name, err)
-			}
-			want, _, err := full.snapshot(k, watchingAll())
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, w := resourcesOf(t, got), resourcesOf(t, want)
-			for typ := range w {
-				for name, wr := range w[typ] {
-					if g[typ][name] != wr {
-						t.Errorf("%s: proxy %s: %s %s differs from a full rebuild", step.name, k, typ, name)
-					}
-				}
-				for name := range g[typ] {
-					if _, ok := w[typ][name]; !ok {
-						t.Errorf("%s: proxy %s: %s %s is stale (absent from a full rebuild)", step.name, k, typ, name)
-					}
-				}
-			}
-		}
+		checkMatchesFullRebuild(t, step.name, inc, state, keys, states)
 	}
 }
 
@@ -570,17 +585,7 @@ func TestCachedRebuildEqualsFromScratchAfterChanges(t *testing.T) {
 		{id: mesh.NewIdentity(td, "ns-0", "fresh-1"), kind: KindProxyless},
 		{id: mesh.NewIdentity(td, "client", "client"), kind: KindSidecar},
 	}
-	inc := newBuilder()
-	if _, err := inc.update(base); err != nil {
-		t.Fatal(err)
-	}
-	states := map[proxyKey]*keyState{}
-	for _, k := range keys {
-		states[k] = watchingAll()
-		if _, _, err := inc.snapshot(k, states[k]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	inc, states := primedBuilder(t, base, keys)
 	state := base
 	for _, step := range steps {
 		state = step.change(state)
@@ -607,33 +612,7 @@ func TestCachedRebuildEqualsFromScratchAfterChanges(t *testing.T) {
 		}
 
 		// Every proxy's snapshot equals a new builder's.
-		full := newBuilder()
-		if _, err := full.update(state); err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range keys {
-			got, _, err := inc.snapshot(k, states[k])
-			if err != nil {
-				t.Fatalf("%s: %v", step.name, err)
-			}
-			want, _, err := full.snapshot(k, watchingAll())
-			if err != nil {
-				t.Fatal(err)
-			}
-			g, w := resourcesOf(t, got), resourcesOf(t, want)
-			for typ := range w {
-				for name, wr := range w[typ] {
-					if g[typ][name] != wr {
-						t.Errorf("%s: proxy %s: %s %s differs from a full rebuild", step.name, k, typ, name)
-					}
-				}
-				for name := range g[typ] {
-					if _, ok := w[typ][name]; !ok {
-						t.Errorf("%s: proxy %s: %s %s is stale (absent from a full rebuild)", step.name, k, typ, name)
-					}
-				}
-			}
-		}
+		checkMatchesFullRebuild(t, step.name, inc, state, keys, states)
 	}
 }
 
