@@ -249,10 +249,10 @@ func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []s
 	}
 	msg, err := local.inst.InstallCA(ctx, opts, src)
 	if err != nil {
-		if src.RootFrom != nil && (apierrors.IsNotFound(err) || apierrors.IsNotFound(errors.Unwrap(err)) || strings.Contains(err.Error(), "not found")) {
+		if errors.Is(err, installer.ErrNoPeerRoot) {
 			return fmt.Errorf("%w\nthe peer keeps no root key (its root is offline): sign an intermediate for %s with the root and pass --intermediate-cert, --intermediate-key and --trust-bundle", err, lm.ClusterName)
 		}
-		if strings.Contains(err.Error(), "different root") {
+		if errors.Is(err, installer.ErrDifferentRoot) {
 			return fmt.Errorf("trust: %w\n`meshfed install` gave %s a root of its own; to take the peer's instead, run join again with --replace-root (then restart %s's controller and workloads)", err, lm.ClusterName, lm.ClusterName)
 		}
 		return fmt.Errorf("trust: %w", err)

@@ -23,6 +23,15 @@ const (
 	IntermediateSecretName = "meshfed-intermediate-ca"
 )
 
+// Errors InstallCA reports when a cluster cannot take another's root.
+var (
+	// ErrNoPeerRoot: the other cluster keeps no root Secret (its root key
+	// is offline); give a signed intermediate instead.
+	ErrNoPeerRoot = errors.New("the other cluster keeps no root key")
+	// ErrDifferentRoot: this cluster already has a root of its own.
+	ErrDifferentRoot = errors.New("this cluster already has a different root")
+)
+
 // CASource says where a cluster's certificate authority comes from at
 // install time. At most one way may be chosen; none generates a new root.
 type CASource struct {
@@ -72,6 +81,9 @@ func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) 
 			ns = deploy.DefaultNamespace
 		}
 		root, err := ca.LoadRoot(ctx, src.RootFrom, ns, RootSecretName, td)
+		if apierrors.IsNotFound(err) {
+			return "", fmt.Errorf("take the root from the other cluster: %w: %w", ErrNoPeerRoot, err)
+		}
 		if err != nil {
 			return "", fmt.Errorf("take the root from the other cluster: %w", err)
 		}
@@ -80,8 +92,8 @@ func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) 
 		case err == nil && existing.Certificate.Equal(root.Certificate):
 			return "root already shared with the other cluster", nil
 		case err == nil:
-			return "", fmt.Errorf("this cluster already has a different root in %s/%s; rotate it (bundle union) instead of replacing it", o.Namespace, RootSecretName)
-		case !apierrors.IsNotFound(errors.Unwrap(err)) && !apierrors.IsNotFound(err):
+			return "", fmt.Errorf("%w in %s/%s; rotate it (bundle union) instead of replacing it", ErrDifferentRoot, o.Namespace, RootSecretName)
+		case !apierrors.IsNotFound(err):
 			return "", err
 		}
 		if err := ca.SaveRoot(ctx, c.kube, o.Namespace, RootSecretName, root); err != nil {

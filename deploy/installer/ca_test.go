@@ -1,6 +1,7 @@
 package installer_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,19 @@ func TestInstallSharesTheFederationRoot(t *testing.T) {
 	}
 	if !westRoot.Certificate.Equal(eastRoot.Certificate) {
 		t.Fatal("west does not hold east's root after --root-from-kubeconfig")
+	}
+
+	// Taking a root from where none is kept, or over a different one, is
+	// refused with errors a caller can tell apart.
+	if _, err := west.InstallCA(ctx(t), opts("meshfed", "meshfed-system", "west"), installer.CASource{RootFrom: east.Kube(), RootFromNamespace: "no-such-namespace"}); !errors.Is(err, installer.ErrNoPeerRoot) {
+		t.Errorf("root from a namespace without one: err = %v, want ErrNoPeerRoot", err)
+	}
+	mustNamespace(t, east, "other-root")
+	if err := ca.SaveRoot(ctx(t), east.Kube(), "other-root", installer.RootSecretName, mustRoot(t, td)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := west.InstallCA(ctx(t), opts("meshfed", "meshfed-system", "west"), installer.CASource{RootFrom: east.Kube(), RootFromNamespace: "other-root"}); !errors.Is(err, installer.ErrDifferentRoot) {
+		t.Errorf("a second, different root: err = %v, want ErrDifferentRoot", err)
 	}
 
 	// An intermediate for west made from the shared root verifies an SVID
@@ -118,9 +132,14 @@ func TestInstallSharesTheFederationRoot(t *testing.T) {
 
 func mustOtherRoot(t *testing.T, td spiffeid.TrustDomain) []byte {
 	t.Helper()
+	return mustRoot(t, td).CertificatePEM()
+}
+
+func mustRoot(t *testing.T, td spiffeid.TrustDomain) *ca.Root {
+	t.Helper()
 	r, err := ca.GenerateRoot(td, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r.CertificatePEM()
+	return r
 }
