@@ -9,7 +9,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -18,8 +20,6 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/client-go/util/workqueue"
 )
-
-var metav1GetOptions = metav1.GetOptions{}
 
 // PodHooks let a caller run something for each Pod the sandbox's kubelet
 // stand-in starts or stops. Both are called from the stand-in's single
@@ -137,7 +137,7 @@ func (k *kubelet) updateNodeStatus(ctx context.Context) error {
 		{Type: corev1.NodeInternalIP, Address: k.nodeIP()},
 		{Type: corev1.NodeHostName, Address: k.cluster.NodeName},
 	}
-	node.Status.Capacity = corev1.ResourceList{"pods": mustQuantity("250"), "cpu": mustQuantity("64"), "memory": mustQuantity("256Gi")}
+	node.Status.Capacity = corev1.ResourceList{"pods": resource.MustParse("250"), "cpu": resource.MustParse("64"), "memory": resource.MustParse("256Gi")}
 	node.Status.Allocatable = node.Status.Capacity
 	_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 	return err
@@ -281,7 +281,7 @@ func (k *kubelet) startPod(ctx context.Context, key string, pod *corev1.Pod) err
 // any address a Pod already holds in the API server.
 func (k *kubelet) allocate(key string) (string, error) {
 	inUse := map[string]bool{}
-	if pods, err := k.pods.List(everything); err == nil {
+	if pods, err := k.pods.List(labels.Everything()); err == nil {
 		for _, p := range pods {
 			if p.Spec.NodeName == k.cluster.NodeName && p.Status.PodIP != "" {
 				inUse[p.Status.PodIP] = true

@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -253,8 +254,7 @@ func startCluster(ctx context.Context, bin, root, name string, index int, podCID
 	args.Set("endpoint-reconciler-type", "none")
 	args.Set("service-cluster-ip-range", fmt.Sprintf("10.96.%d.0/24", index+1))
 	env.ControlPlane.APIServer = api
-	cfg, err := env.Start()
-	if err != nil {
+	if _, err := env.Start(); err != nil {
 		return nil, fmt.Errorf("start API server: %w", err)
 	}
 	c := &Cluster{
@@ -272,7 +272,6 @@ func startCluster(ctx context.Context, bin, root, name string, index int, podCID
 		return nil, fmt.Errorf("make admin user: %w", err)
 	}
 	c.cfg = admin.Config()
-	_ = cfg
 	c.KubeconfigPath = filepath.Join(dir, "kubeconfig")
 	if err := writeKubeconfig(c.KubeconfigPath, name, c.cfg); err != nil {
 		_ = c.stop()
@@ -337,7 +336,7 @@ func (c *Cluster) waitForControllers(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	for {
-		if _, err := c.client.CoreV1().ServiceAccounts(corev1.NamespaceDefault).Get(ctx, "default", metav1GetOptions); err == nil {
+		if _, err := c.client.CoreV1().ServiceAccounts(corev1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{}); err == nil {
 			return nil
 		}
 		select {

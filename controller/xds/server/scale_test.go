@@ -42,7 +42,7 @@ const edsType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignm
 func TestScaleEndpointChangeReachesAllClients(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("MESHFED_SCALE_SERVICES"))
 	if n == 0 {
-		t.Skip("set MESHFED_SCALE_SERVICES to run the scale harness")
+		t.Skip("scale harness (a benchmark, not run by default): set MESHFED_SCALE_SERVICES=1000 or 10000 to run it; see docs/benchmarks.md")
 	}
 	const clients, rounds = 100, 20
 	var mu sync.Mutex
