@@ -520,9 +520,14 @@ func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
 	if err := h.RestartWorkloads(ctx, "west"); err != nil {
 		t.Fatal(err)
 	}
-	if err := federated.WaitUntil(ctx, 3*time.Minute, "west back: bookbuyer in east and north answered by west again", func(now time.Time) (bool, string) {
+	// Every client reconnects on its own schedule (grpc-go backs off while
+	// a backend is unreachable): wait until bookthief, too, reaches west
+	// again — and is denied there — before the window below.
+	if err := federated.WaitUntil(ctx, 3*time.Minute, "west back: bookbuyer in east and north answered by west again, bookthief (north) denied by west again", func(now time.Time) (bool, string) {
 		e, n := st.Recent(now, 2*time.Second, buyerEast, "BuyBook"), st.Recent(now, 2*time.Second, buyerNorth, "BuyBook")
-		return e.By[v1East] > 0 && e.By[v2West] > 0 && n.Total > 5 && n.By[v2West] == n.Total, fmt.Sprintf("east %v, north %v", e.By, n.By)
+		th := st.Recent(now, 2*time.Second, thiefNorth, "BuyBook")
+		return e.By[v1East] > 0 && e.By[v2West] > 0 && n.Total > 5 && n.By[v2West] == n.Total && th.Total > 5 && th.Denied == th.Total,
+			fmt.Sprintf("east %v, north %v, bookthief (north) %v", e.By, n.By, th.By)
 	}); err != nil {
 		t.Fatal(err)
 	}
