@@ -157,6 +157,10 @@ type Config struct {
 	// name or keyring.
 	Tune func(*memberlist.Config)
 
+	// Now is the clock catalogs are stamped with (GeneratedAt); nil:
+	// time.Now. Versions never come from it. For tests of clock changes.
+	Now func() time.Time
+
 	// Registerer receives the federation's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Logger receives the federation's and memberlist's logs; nil
@@ -240,6 +244,13 @@ func (c *Config) Validate() error {
 		bad("maxInflatedCatalogBytes %d: must be positive", c.MaxInflatedCatalogBytes)
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
 }
 
 // failStatic decides whether svc of cluster is kept while its owner is

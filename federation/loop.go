@@ -584,6 +584,7 @@ func (s *loopState) restartNote(b []byte) {
 func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
 	now := time.Now()
 	c := s.cluster(cat.Cluster)
+	fromOwner := c.inflightTo == c.name
 	c.cat, c.signed, c.receivedAt = cat, signed, now
 	c.inflightTo = ""
 	if c.known {
@@ -598,6 +599,9 @@ func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
 		c.want, c.wantSince, c.learnedAt, c.sources, c.attempt = 0, time.Time{}, time.Time{}, nil, 0
 		// Spread the news too: those who hear it from us fetch from the owner.
 		s.announce(notice{Cluster: cat.Cluster, Version: cat.Version, Digest: signed.ShortDigest(), Holder: s.self})
+	}
+	if fromOwner {
+		s.ownerSays(c, cat.Version) // the owner's newest: a higher want was a false claim
 	}
 	s.f.log.Debug("catalog accepted", "catalog", cat.Cluster, "version", cat.Version, "services", len(cat.Services))
 	s.storeLocalState()
@@ -651,7 +655,7 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 		return 0, fmt.Errorf("publish catalog of %s: signer: %w", s.self, err)
 	}
 	roots, fp := cfg.Bundle.X509Roots()
-	now := time.Now()
+	now := cfg.now()
 	version, err := s.nextVersion()
 	if err != nil {
 		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
