@@ -14,8 +14,8 @@ import (
 
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/federation"
-	"github.com/meshfed/meshfed/trust/ca"
 	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // The catalog epoch lives in a ConfigMap of the controller's namespace: it
