@@ -304,6 +304,10 @@ func (s *loopState) learn(n notice) {
 		s.ownClaim(n)
 		return
 	}
+	if _, ok := s.clusters[cluster]; !ok && len(s.clusters) >= maxClusters {
+		s.f.log.Debug("ignoring a claim about one cluster too many", "catalog", cluster, "limit", maxClusters)
+		return
+	}
 	c := s.cluster(cluster)
 	if version <= c.held() {
 		return
@@ -327,6 +331,10 @@ func (s *loopState) learn(n notice) {
 	}
 	s.maybeFetch(c)
 }
+
+// maxClusters bounds the clusters the loop tracks, so that claims about
+// made-up cluster names cannot grow its state without end.
+const maxClusters = 4096
 
 // maxSources bounds the members remembered as holding a wanted version.
 const maxSources = 64
