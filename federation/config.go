@@ -126,6 +126,20 @@ type Config struct {
 	// MaxInflatedCatalogBytes is the largest catalog accepted after
 	// decompression, in bytes. Default 256 MiB.
 	MaxInflatedCatalogBytes int64
+	// RestartGrace is how long other members keep this cluster's catalog
+	// after it left to restart with new settings (MarkRestart), waiting
+	// for the new member to publish, before withdrawing it. It is the
+	// receiver's setting. Default 2 min: a member restarts in seconds, but
+	// the new member publishes only once the controller's informers have
+	// synced.
+	RestartGrace time.Duration
+	// EpochStore keeps this cluster's catalog epoch across restarts, so
+	// that catalog versions keep increasing without a clock (see
+	// EpochStore). Nil: a MemoryEpochStore, so after a restart the epoch
+	// is recovered from the peers, which delays the first catalog of the
+	// new run until a peer's digest arrives.
+	EpochStore EpochStore
+
 	// FetchTimeout is how long to wait for a requested catalog before
 	// asking another member. Default 5 s.
 	FetchTimeout time.Duration
@@ -142,6 +156,10 @@ type Config struct {
 	// tests and benchmarks; it must not replace the delegates, transport,
 	// name or keyring.
 	Tune func(*memberlist.Config)
+
+	// Now is the clock catalogs are stamped with (GeneratedAt); nil:
+	// time.Now. Versions never come from it. For tests of clock changes.
+	Now func() time.Time
 
 	// Registerer receives the federation's metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -162,6 +180,7 @@ func DefaultConfig() Config {
 		MaxCatalogBytes:         16 << 20,
 		MaxInflatedCatalogBytes: 256 << 20,
 		FetchTimeout:            5 * time.Second,
+		RestartGrace:            2 * time.Minute,
 		LeaveTimeout:            5 * time.Second,
 		DeadNameReclaimAfter:    time.Second,
 	}
@@ -211,9 +230,9 @@ func (c *Config) Validate() error {
 	positive := map[string]time.Duration{
 		"joinRetryInterval": c.JoinRetryInterval, "withdrawAfter": c.WithdrawAfter,
 		"staleAfter": c.StaleAfter, "fetchTimeout": c.FetchTimeout, "leaveTimeout": c.LeaveTimeout,
-		"deadNameReclaimAfter": c.DeadNameReclaimAfter,
+		"deadNameReclaimAfter": c.DeadNameReclaimAfter, "restartGrace": c.RestartGrace,
 	}
-	for _, name := range []string{"joinRetryInterval", "withdrawAfter", "staleAfter", "fetchTimeout", "leaveTimeout", "deadNameReclaimAfter"} {
+	for _, name := range []string{"joinRetryInterval", "withdrawAfter", "staleAfter", "fetchTimeout", "leaveTimeout", "deadNameReclaimAfter", "restartGrace"} {
 		if positive[name] <= 0 {
 			bad("%s %v: must be positive", name, positive[name])
 		}
@@ -225,6 +244,13 @@ func (c *Config) Validate() error {
 		bad("maxInflatedCatalogBytes %d: must be positive", c.MaxInflatedCatalogBytes)
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
 }
 
 // failStatic decides whether svc of cluster is kept while its owner is

@@ -16,7 +16,8 @@
 // SigningIdentity and a TrustBundle). The wire types live in
 // federation/catalog.
 //
-// See docs/decisions/0001-catalogs-by-pushpull-and-version-broadcast.md.
+// See docs/decisions/0001-catalogs-by-pushpull-and-version-broadcast.md and
+// docs/decisions/0003-catalog-versions-epoch-and-sequence.md.
 package federation
 
 import (
@@ -123,7 +124,9 @@ type Federation struct {
 	subsMu sync.Mutex
 	subs   map[chan struct{}]struct{}
 
+	epochs     EpochStore
 	running    atomic.Bool
+	restarting atomic.Bool // MarkRestart: send a restart note before leaving
 	abrupt     atomic.Bool // tests: stop without leaving, as a crash would
 	ml         atomic.Pointer[memberlist.Memberlist]
 	addr       atomic.Pointer[string]
@@ -158,6 +161,10 @@ func New(cfg Config) (*Federation, error) {
 	f := &Federation{
 		cfg: cfg, log: logger.With("cluster", cfg.ClusterName), m: newMetrics(cfg.Registerer),
 		keyring: kr, publishCh: make(chan publishReq), subs: map[chan struct{}]struct{}{},
+	}
+	f.epochs = cfg.EpochStore
+	if f.epochs == nil {
+		f.epochs = &MemoryEpochStore{}
 	}
 	f.events.signal = make(chan struct{}, 1)
 	empty := []byte{}
@@ -197,6 +204,15 @@ func (f *Federation) Publish(ctx context.Context, services []catalog.ExportedSer
 		return 0, fmt.Errorf("publish catalog of %s: %w", f.cfg.ClusterName, ctx.Err())
 	}
 }
+
+// MarkRestart says that Run's context is about to end only so that the
+// member can start again (with new settings), not because this cluster
+// leaves. Before leaving, Run then sends every member a restart note signed
+// with this cluster's catalog key, naming the catalog it holds of this
+// cluster; each keeps that catalog for up to its RestartGrace while this
+// member is away, instead of withdrawing it after WithdrawAfter. Without
+// MarkRestart, a stop is an ordinary leave. Safe from any goroutine.
+func (f *Federation) MarkRestart() { f.restarting.Store(true) }
 
 // Snapshot returns the current view. It never blocks; the value is
 // immutable and shared, so do not modify it.

@@ -25,6 +25,9 @@ type testFederation struct {
 	t    *testing.T
 	root *testpki.Root
 	key  []byte
+	// epochs is each cluster's epoch store, kept across restarts of its
+	// member as the controller's ConfigMap is.
+	epochs map[string]*MemoryEpochStore
 }
 
 func newTestFederation(t *testing.T) *testFederation {
@@ -33,7 +36,7 @@ func newTestFederation(t *testing.T) *testFederation {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testFederation{t: t, root: root, key: newKey(t)}
+	return &testFederation{t: t, root: root, key: newKey(t), epochs: map[string]*MemoryEpochStore{}}
 }
 
 func newKey(t *testing.T) []byte {
@@ -75,6 +78,10 @@ func (tf *testFederation) config(name string, seeds ...*node) Config {
 	cfg.JoinRetryInterval = time.Second
 	cfg.FetchTimeout = 2 * time.Second
 	cfg.Registerer = prometheus.NewRegistry()
+	if tf.epochs[name] == nil {
+		tf.epochs[name] = &MemoryEpochStore{}
+	}
+	cfg.EpochStore = tf.epochs[name]
 	if os.Getenv("FEDERATION_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

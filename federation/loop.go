@@ -1,9 +1,10 @@
 package federation
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -32,14 +33,24 @@ type clusterState struct {
 	signed     *catalog.Signed
 	receivedAt time.Time
 
-	// Fetching a newer version.
-	want       uint64    // newest version announced; > held means we lack it
+	// Fetching a newer version. want comes from unsigned claims (notices,
+	// digests, node meta): it makes us ask, and a want the owner does not
+	// confirm for StaleAfter makes the catalog stale, but it never stops us
+	// from accepting a newer signed catalog, far-future claims are refused
+	// (farFuture), and the owner's own word (its answer to a fetch, its
+	// meta, its digest) lowers it again (ownerSays).
+	want       uint64    // newest version claimed; > held means we lack it
 	wantSince  time.Time // when we first lacked a newer version
 	learnedAt  time.Time // when we learned of want
 	sources    []string  // members said to hold >= want
 	attempt    int
 	inflightTo string
 	inflightAt time.Time
+
+	// A verified restart note: keep the catalog at restartVersion while
+	// the owner is away, until restartUntil.
+	restartVersion uint64
+	restartUntil   time.Time
 
 	// Policy outcome at the last snapshot, to detect changes.
 	policyKey string
@@ -62,6 +73,11 @@ type loopState struct {
 
 	local       *catalog.Catalog
 	localSigned *catalog.Signed
+	// This run's epoch and the sequence of its last publication; the next
+	// version is makeVersion(epoch, seq+1).
+	epoch     uint32
+	seq       uint32
+	recoverAt time.Time // last time we asked a peer for our own catalog
 
 	clusters map[string]*clusterState
 	joinedAt time.Time
@@ -71,9 +87,13 @@ type loopState struct {
 	nextJoin time.Time
 }
 
-func newLoopState(f *Federation, ml *memberlist.Memberlist, sendCh chan<- sendJob, metaCh chan<- struct{}) *loopState {
-	return &loopState{f: f, ml: ml, sendCh: sendCh, metaCh: metaCh, self: f.cfg.ClusterName, clusters: map[string]*clusterState{}}
+func newLoopState(f *Federation, ml *memberlist.Memberlist, sendCh chan<- sendJob, metaCh chan<- struct{}, epoch uint32) *loopState {
+	return &loopState{f: f, ml: ml, sendCh: sendCh, metaCh: metaCh, self: f.cfg.ClusterName, clusters: map[string]*clusterState{}, epoch: epoch}
 }
+
+// current is the version this member is at: its last publication, or
+// where its next one starts.
+func (s *loopState) current() uint64 { return makeVersion(s.epoch, s.seq) }
 
 func (s *loopState) loop(ctx context.Context) error {
 	if err := s.join(); err != nil {
@@ -215,8 +235,12 @@ func (s *loopState) member(e evMember) {
 		c.mstate = StateAlive
 		c.leaving = false
 		c.lastContact = now
-		if m, err := decodeMeta(e.node.Meta); err == nil && m.CatalogVersion > 0 {
-			s.learn(notice{Cluster: c.name, Version: m.CatalogVersion, Holder: c.name}, false)
+		c.restartUntil = time.Time{} // back: the note has served
+		if m, err := decodeMeta(e.node.Meta); err == nil {
+			s.ownerSays(c, m.CatalogVersion)
+			if m.CatalogVersion > 0 {
+				s.learn(notice{Cluster: c.name, Version: m.CatalogVersion, Holder: c.name})
+			}
 		}
 	case "leave":
 		c.mstate = StateDead
@@ -238,48 +262,59 @@ func (s *loopState) message(b []byte) {
 	body := b[1:]
 	switch b[0] {
 	case kindNotice:
-		var n notice
-		if err := json.Unmarshal(body, &n); err != nil {
+		n, err := decodeNotice(body)
+		if err != nil {
 			s.f.log.Warn("dropping undecodable version notice", "err", err)
 			return
 		}
-		if n.Cluster != s.self && catalogNameOK(n.Cluster) {
-			s.learn(n, true)
-		}
+		s.learn(n)
 	case kindLeave:
-		var n notice
-		if err := json.Unmarshal(body, &n); err == nil && n.Cluster != s.self && catalogNameOK(n.Cluster) {
+		n, err := decodeNotice(body)
+		if err == nil && n.Cluster != s.self {
 			if c, ok := s.clusters[n.Cluster]; ok && !c.leaving {
 				c.leaving = true
 				s.f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker + n.Cluster}, msg: slices.Clone(b)})
 			}
 		}
 	case kindRequest:
-		var r request
-		if err := json.Unmarshal(body, &r); err != nil {
+		r, err := decodeRequest(body)
+		if err != nil {
 			s.f.log.Warn("dropping undecodable catalog request", "err", err)
 			return
 		}
 		s.serve(r)
 	case kindCatalog:
 		s.accept(body)
+	case kindRestart:
+		s.restartNote(body)
 	default:
 		s.f.log.Warn("dropping message of unknown kind", "kind", b[0])
 	}
 }
 
-func catalogNameOK(name string) bool { return catalog.ValidClusterName(name) }
-
-// learn records that n.Cluster is at n.Version, held by n.Holder ("" if
-// unknown), and fetches it if we lack it. With rebroadcast, news is passed
-// on by gossip.
-func (s *loopState) learn(n notice, rebroadcast bool) {
+// learn records an unsigned claim that n.Cluster is at n.Version, held by
+// n.Holder ("" if unknown), and fetches the catalog if we lack it. A claim
+// is only a hint: it is not passed on (only catalogs we verified are
+// announced, by store), one far ahead of the held version is refused, and
+// the fetch asks for anything newer than what we hold, so a claim nobody
+// can satisfy never stops a real catalog from being accepted.
+func (s *loopState) learn(n notice) {
 	cluster, version, src := n.Cluster, n.Version, n.Holder
 	if cluster == s.self {
+		s.ownClaim(n)
+		return
+	}
+	if _, ok := s.clusters[cluster]; !ok && len(s.clusters) >= maxClusters {
+		s.f.log.Debug("ignoring a claim about one cluster too many", "catalog", cluster, "limit", maxClusters)
 		return
 	}
 	c := s.cluster(cluster)
 	if version <= c.held() {
+		return
+	}
+	if farFuture(version, c.held()) {
+		s.f.m.rejected.WithLabelValues("far-future").Inc()
+		s.f.log.Debug("ignoring a far-future version claim", "catalog", cluster, "claimed", FormatVersion(version), "held", FormatVersion(c.held()), "holder", src)
 		return
 	}
 	now := time.Now()
@@ -290,15 +325,81 @@ func (s *loopState) learn(n notice, rebroadcast bool) {
 			c.wantSince = now
 		}
 		c.attempt = rand.IntN(1 << 16) // spread first fetches over the holders
-		if rebroadcast {
-			s.announce(n)
-		}
 	}
-	if src != "" && src != s.self && !slices.Contains(c.sources, src) {
+	if src != "" && src != s.self && !slices.Contains(c.sources, src) && len(c.sources) < maxSources {
 		c.sources = append(c.sources, src)
 	}
 	s.maybeFetch(c)
 }
+
+// maxClusters bounds the clusters the loop tracks, so that claims about
+// made-up cluster names cannot grow its state without end.
+const maxClusters = 4096
+
+// maxSources bounds the members remembered as holding a wanted version.
+const maxSources = 64
+
+// ownerSays handles the owner of c telling us (unsigned: in its meta or
+// digest, or signed: by answering a fetch) that its newest catalog is
+// version v. A wait for a version above what the owner has is dropped: the
+// claim that raised it was forged, or out of date.
+func (s *loopState) ownerSays(c *clusterState, v uint64) {
+	if c.want <= c.held() || v >= c.want {
+		return
+	}
+	if v > c.held() {
+		c.want = v // still newer than ours: keep fetching that
+		return
+	}
+	s.f.log.Debug("owner is not ahead of the held catalog; no longer waiting", "catalog", c.name, "claimed", FormatVersion(c.want), "owner", FormatVersion(v))
+	c.want, c.wantSince, c.learnedAt, c.sources, c.attempt = 0, time.Time{}, time.Time{}, nil, 0
+	s.dirty = true
+}
+
+// ownClaim handles a peer claiming to hold this cluster's own catalog at
+// n.Version. If that is newer than this run's versions, this member's
+// epoch store was lost or rolled back: it asks the holder for that catalog,
+// and only if the catalog verifies as signed by this cluster does it jump
+// above it (recoverEpoch). Forged claims cost one request a second.
+func (s *loopState) ownClaim(n notice) {
+	if n.Version <= s.current() || n.Holder == "" || n.Holder == s.self {
+		return
+	}
+	to, ok := s.clusters[n.Holder]
+	if !ok || !to.known || to.mstate != StateAlive || time.Since(s.recoverAt) < time.Second {
+		return
+	}
+	s.recoverAt = time.Now()
+	s.f.log.Info("a peer holds a newer catalog of this cluster than this run has published; fetching it", "peer", n.Holder, "claimed", FormatVersion(n.Version), "current", FormatVersion(s.current()))
+	s.send(to, s.self, encodeMsg(kindRequest, request{Cluster: s.self, MinVersion: s.current() + 1, From: s.self}))
+}
+
+// recoverEpoch moves this member past a catalog of its own, signed by this
+// cluster and found at a peer, and republishes so that receivers holding
+// that catalog accept the next one.
+func (s *loopState) recoverEpoch(v uint64) {
+	if v <= s.current() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), epochStoreTimeout)
+	defer cancel()
+	epoch, err := s.f.epochs.Advance(ctx, epochOf(v)+1)
+	if err != nil {
+		// Go on in memory; the next start recovers again from the peers.
+		epoch = epochOf(v) + 1
+		s.f.log.Error("storing the recovered catalog epoch", "epoch", epoch, "err", err)
+	}
+	s.f.log.Warn("catalog epoch recovered from peers (the epoch store was lost or rolled back)", "found", FormatVersion(v), "epoch", epoch)
+	s.epoch, s.seq = max(epoch, epochOf(v)+1), 0
+	if s.local != nil {
+		if _, err := s.publish(s.local.Services); err != nil {
+			s.f.log.Error("republishing after recovering the catalog epoch", "err", err)
+		}
+	}
+}
+
+// epochStoreTimeout bounds a write to the epoch store from the loop.
+const epochStoreTimeout = 10 * time.Second
 
 // fanOut sends this cluster's own notice straight to every member by UDP,
 // one small packet each, so that a change reaches everyone in about one
@@ -339,7 +440,9 @@ func (s *loopState) maybeFetch(c *clusterState) {
 	to := candidates[c.attempt%len(candidates)]
 	c.attempt++
 	c.inflightTo, c.inflightAt = to.name, time.Now()
-	s.send(to, c.name, encodeMsg(kindRequest, request{Cluster: c.name, MinVersion: c.want, From: s.self}))
+	// Ask for anything newer than what we hold, not for want: the owner
+	// answers with its newest, so a want nobody has cannot block a fetch.
+	s.send(to, c.name, encodeMsg(kindRequest, request{Cluster: c.name, MinVersion: c.held() + 1, From: s.self}))
 }
 
 func (s *loopState) send(to *clusterState, about string, msg []byte) {
@@ -352,16 +455,22 @@ func (s *loopState) send(to *clusterState, about string, msg []byte) {
 	}
 }
 
-// serve answers a catalog request if we hold what was asked for.
+// serve answers a catalog request: for our own catalog always with the
+// newest (so that a requester waiting for a version we never published
+// learns that from us, signed), for another cluster's only if we hold what
+// was asked for.
 func (s *loopState) serve(r request) {
 	var signed *catalog.Signed
 	if r.Cluster == s.self {
 		signed = s.localSigned
 	} else if c, ok := s.clusters[r.Cluster]; ok {
 		signed = c.signed
+		if signed != nil && signed.Version < r.MinVersion {
+			return // the requester times out and asks someone else
+		}
 	}
-	if signed == nil || signed.Version < r.MinVersion {
-		return // the requester times out and asks someone else
+	if signed == nil {
+		return
 	}
 	to, ok := s.clusters[r.From]
 	if !ok || !to.known || to.mstate == StateDead || to.mstate == StateLeft {
@@ -374,41 +483,116 @@ func (s *loopState) serve(r request) {
 // accept verifies a catalog envelope and, if it is good and newer, stores it.
 // A bad one is reported and dropped; the last good catalog stays.
 func (s *loopState) accept(env []byte) {
-	cfg := &s.f.cfg
 	claimed, version, err := catalog.Peek(env)
-	if err == nil && (claimed == s.self || !catalog.ValidClusterName(claimed)) {
-		if claimed == s.self {
-			return // our own catalog relayed back
-		}
+	if err == nil && !catalog.ValidClusterName(claimed) {
 		err = fmt.Errorf("%w: cluster name %q", catalog.ErrDecode, claimed)
+	}
+	if err == nil && claimed == s.self {
+		s.acceptOwn(env, version)
+		return
 	}
 	if err == nil {
 		if c, ok := s.clusters[claimed]; ok && version <= c.held() {
-			return // already have it (or newer)
+			s.acceptOlder(c, env)
+			return
 		}
-		roots, _ := cfg.Bundle.X509Roots()
 		var cat *catalog.Catalog
 		var signed *catalog.Signed
-		cat, signed, err = catalog.Verify(env, catalog.VerifyOptions{
-			Roots: roots, TrustDomain: cfg.TrustDomain,
-			MaxBytes: cfg.MaxCatalogBytes, MaxInflatedBytes: cfg.MaxInflatedCatalogBytes,
-		})
+		cat, signed, err = s.verify(env)
 		if err == nil {
 			s.store(cat, signed)
 			return
 		}
 	}
-	reason := catalog.Reason(err)
-	s.f.m.rejected.WithLabelValues(reason).Inc()
-	s.f.log.Warn("rejected catalog", "claimedCluster", claimed, "version", version, "reason", reason, "err", err)
+	s.rejected(claimed, version, err)
 	if c, ok := s.clusters[claimed]; ok && c.inflightTo != "" {
 		c.inflightTo = "" // ask the next source
 	}
 }
 
+func (s *loopState) verify(env []byte) (*catalog.Catalog, *catalog.Signed, error) {
+	cfg := &s.f.cfg
+	roots, _ := cfg.Bundle.X509Roots()
+	return catalog.Verify(env, catalog.VerifyOptions{
+		Roots: roots, TrustDomain: cfg.TrustDomain,
+		MaxBytes: cfg.MaxCatalogBytes, MaxInflatedBytes: cfg.MaxInflatedCatalogBytes,
+	})
+}
+
+func (s *loopState) rejected(claimed string, version uint64, err error) {
+	reason := catalog.Reason(err)
+	s.f.m.rejected.WithLabelValues(reason).Inc()
+	s.f.log.Warn("rejected catalog", "claimedCluster", claimed, "version", FormatVersion(version), "reason", reason, "err", err)
+}
+
+// acceptOlder handles a catalog not newer than the one held. When we asked
+// its owner (which answers with its newest), it is the owner's signed word
+// that nothing newer exists: stop waiting for the version a claim promised.
+func (s *loopState) acceptOlder(c *clusterState, env []byte) {
+	if c.inflightTo != c.name || c.want <= c.held() {
+		return // a copy relayed late, or a replay: nothing to learn
+	}
+	version := c.held()
+	if !bytes.Equal(env, c.signed.Bytes) {
+		cat, _, err := s.verify(env)
+		if err != nil || cat.Cluster != c.name {
+			s.rejected(c.name, 0, err)
+			return
+		}
+		version = cat.Version
+	}
+	c.inflightTo = ""
+	s.ownerSays(c, version)
+}
+
+// acceptOwn handles this cluster's own catalog coming back from a peer: if
+// it is newer than this run's versions and signed by this cluster, the
+// epoch store was lost, and this member moves past it.
+func (s *loopState) acceptOwn(env []byte, version uint64) {
+	if version <= s.current() {
+		return // our own catalog relayed back
+	}
+	cat, _, err := s.verify(env)
+	if err != nil {
+		s.rejected(s.self, version, err)
+		return
+	}
+	s.recoverEpoch(cat.Version)
+}
+
+// restartNote keeps a cluster's catalog while its member restarts, if the
+// note is signed by that cluster and names the catalog held here; a note is
+// honoured once per catalog version, so a replay cannot extend the wait.
+func (s *loopState) restartNote(b []byte) {
+	roots, _ := s.f.cfg.Bundle.X509Roots()
+	n, err := verifyRestartNote(b, roots, s.f.cfg.TrustDomain, time.Now())
+	if err == nil && n.Cluster == s.self {
+		return
+	}
+	var c *clusterState
+	if err == nil {
+		c = s.clusters[n.Cluster]
+		switch {
+		case c == nil || c.signed == nil || c.held() != n.Version || c.signed.ShortDigest() != n.Digest:
+			err = fmt.Errorf("restart note of %s names catalog %s, which is not the one held: out of date or replayed", n.Cluster, FormatVersion(n.Version))
+		case c.restartVersion == n.Version:
+			err = fmt.Errorf("restart note of %s for catalog %s was already honoured: replayed", n.Cluster, FormatVersion(n.Version))
+		}
+	}
+	if err != nil {
+		s.f.m.rejected.WithLabelValues("restart-note").Inc()
+		s.f.log.Warn("refused restart note", "claimedCluster", n.Cluster, "err", err)
+		return
+	}
+	c.restartVersion, c.restartUntil = n.Version, time.Now().Add(s.f.cfg.RestartGrace)
+	s.f.log.Info("member restarting: keeping its catalog", "member", c.name, "catalog", FormatVersion(n.Version), "until", c.restartUntil.Format("15:04:05"))
+	s.dirty = true
+}
+
 func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
 	now := time.Now()
 	c := s.cluster(cat.Cluster)
+	fromOwner := c.inflightTo == c.name
 	c.cat, c.signed, c.receivedAt = cat, signed, now
 	c.inflightTo = ""
 	if c.known {
@@ -424,6 +608,9 @@ func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
 		// Spread the news too: those who hear it from us fetch from the owner.
 		s.announce(notice{Cluster: cat.Cluster, Version: cat.Version, Digest: signed.ShortDigest(), Holder: s.self})
 	}
+	if fromOwner {
+		s.ownerSays(c, cat.Version) // the owner's newest: a higher want was a false claim
+	}
 	s.f.log.Debug("catalog accepted", "catalog", cat.Cluster, "version", cat.Version, "services", len(cat.Services))
 	s.storeLocalState()
 	s.dirty = true
@@ -434,19 +621,23 @@ func (s *loopState) remoteState(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	var ds digestState
-	if err := json.Unmarshal(b, &ds); err != nil || ds.Format != wireFormat {
+	ds, err := decodeDigest(b)
+	if err != nil {
 		s.f.log.Warn("dropping undecodable push/pull state", "err", err)
 		return
 	}
 	if c, ok := s.clusters[ds.From]; ok {
 		c.lastContact = time.Now()
+		var own uint64
+		for _, n := range ds.Catalogs {
+			if n.Cluster == ds.From {
+				own = n.Version
+			}
+		}
+		s.ownerSays(c, own)
 	}
 	for _, n := range ds.Catalogs {
-		if catalog.ValidClusterName(n.Cluster) {
-			n.Holder = ds.From
-			s.learn(n, false)
-		}
+		s.learn(n)
 	}
 }
 
@@ -472,12 +663,10 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 		return 0, fmt.Errorf("publish catalog of %s: signer: %w", s.self, err)
 	}
 	roots, fp := cfg.Bundle.X509Roots()
-	now := time.Now()
-	// Versions are milliseconds since the epoch, or one more than the last,
-	// so they keep increasing across restarts without stored state.
-	version := uint64(now.UnixMilli())
-	if s.localSigned != nil && version <= s.localSigned.Version {
-		version = s.localSigned.Version + 1
+	now := cfg.now()
+	version, err := s.nextVersion()
+	if err != nil {
+		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
 	}
 	cat := &catalog.Catalog{
 		Format: catalog.FormatVersion, Cluster: s.self, Network: cfg.Network, Version: version,
@@ -495,7 +684,7 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 	if _, _, err := catalog.Verify(signed.Bytes, catalog.VerifyOptions{Roots: roots, TrustDomain: cfg.TrustDomain, MaxBytes: cfg.MaxCatalogBytes, MaxInflatedBytes: cfg.MaxInflatedCatalogBytes}); err != nil {
 		return 0, fmt.Errorf("publish catalog of %s: own catalog fails verification: %w", s.self, err)
 	}
-	s.local, s.localSigned = cat, signed
+	s.local, s.localSigned, s.seq = cat, signed, uint32(version)
 	s.f.m.catalogVersion.WithLabelValues(s.self).Set(float64(version))
 	n := notice{Cluster: s.self, Version: version, Digest: signed.ShortDigest(), Holder: s.self}
 	s.announce(n)
@@ -508,6 +697,22 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 	s.storeLocalState()
 	s.dirty = true
 	return version, nil
+}
+
+// nextVersion is the version of the next publication: the next sequence
+// number of this run's epoch, or the first of a new epoch once the
+// sequence is used up.
+func (s *loopState) nextVersion() (uint64, error) {
+	if s.seq == math.MaxUint32 {
+		ctx, cancel := context.WithTimeout(context.Background(), epochStoreTimeout)
+		defer cancel()
+		epoch, err := s.f.epochs.Advance(ctx, s.epoch+1)
+		if err != nil {
+			return 0, fmt.Errorf("next catalog epoch: %w", err)
+		}
+		s.epoch, s.seq = epoch, 0
+	}
+	return makeVersion(s.epoch, s.seq+1), nil
 }
 
 // snapshot builds the consumers' view and applies the failure policy.
@@ -580,7 +785,7 @@ func (s *loopState) policy(c *clusterState, now time.Time) ClusterView {
 		cv.Member.Stale = true
 		if !down {
 			down, since = true, c.wantSince.Add(cfg.StaleAfter)
-			why = fmt.Sprintf("catalog stale (v%d announced, v%d held)", c.want, c.held())
+			why = fmt.Sprintf("catalog stale (%s announced, %s held)", FormatVersion(c.want), FormatVersion(c.held()))
 		}
 	}
 	if c.cat == nil {
@@ -593,6 +798,9 @@ func (s *loopState) policy(c *clusterState, now time.Time) ClusterView {
 		return cv
 	}
 	at := since.Add(cfg.WithdrawAfter)
+	if c.restartVersion == c.held() && c.restartUntil.After(at) && (m.State == StateDead || m.State == StateLeft) {
+		at, why = c.restartUntil, why+" (restarting, signed restart note)"
+	}
 	sinceStr := since.Format("15:04:05")
 	if now.Before(at) {
 		cv.Services = c.cat.Services

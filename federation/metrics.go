@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"direction", "transport"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_federation_catalogs_rejected_total",
-			Help: "Catalogs rejected, by reason (decode, oversize, signature, chain, identity, invalid).",
+			Help: "Catalogs and gossip claims rejected, by reason (decode, oversize, signature, chain, identity, invalid; far-future: a version claim far ahead of the held catalog; restart-note: a forged, out-of-date or replayed restart note).",
 		}, []string{"reason"}),
 		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meshfed_federation_catalog_propagation_seconds",

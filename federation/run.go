@@ -43,6 +43,12 @@ func (f *Federation) Run(ctx context.Context) error {
 	if !f.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("federation %s: Run called twice", f.cfg.ClusterName)
 	}
+	ectx, ecancel := context.WithTimeout(ctx, epochStoreTimeout)
+	epoch, err := f.epochs.Advance(ectx, 1)
+	ecancel()
+	if err != nil {
+		return fmt.Errorf("federation %s: advance the catalog epoch: %w", f.cfg.ClusterName, err)
+	}
 	ml, err := f.createMemberlist()
 	if err != nil {
 		return err
@@ -62,10 +68,14 @@ func (f *Federation) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { f.metaWorker(workCtx, ml, metaCh) })
 
-	st := newLoopState(f, ml, sendCh, metaCh)
+	st := newLoopState(f, ml, sendCh, metaCh, epoch)
+	f.log.Info("catalog epoch", "epoch", epoch)
 	runErr := st.loop(ctx)
 
 	stopWork()
+	if runErr == nil && !f.abrupt.Load() && f.restarting.Load() {
+		f.sendRestartNote(ml, st, &wg)
+	}
 	if runErr == nil && !f.abrupt.Load() {
 		// Tell the others this is a departure, not a failure, then leave.
 		f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker}, msg: encodeMsg(kindLeave, notice{Cluster: f.cfg.ClusterName})})
@@ -78,6 +88,45 @@ func (f *Federation) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return runErr
+}
+
+// sendRestartNote tells every live member, with a note signed by this
+// cluster, to keep this cluster's catalog while the member restarts. It
+// sends by stream, in parallel, and waits at most LeaveTimeout; senders
+// still running then are waited for through outer, after shutdown.
+func (f *Federation) sendRestartNote(ml *memberlist.Memberlist, st *loopState, outer *sync.WaitGroup) {
+	if st.localSigned == nil {
+		return // nothing published, nothing to keep
+	}
+	key, chain, err := f.cfg.Signer.CatalogSigner()
+	var note []byte
+	if err == nil {
+		note, err = signRestartNote(restartNote{Cluster: f.cfg.ClusterName, Version: st.localSigned.Version, Digest: st.localSigned.ShortDigest()}, key, chain)
+	}
+	if err != nil {
+		f.log.Error("cannot sign the restart note; peers will withdraw this cluster's services after their withdrawAfter", "err", err)
+		return
+	}
+	msg := append([]byte{kindRestart}, note...)
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for _, m := range ml.Members() {
+		if m.Name == f.cfg.ClusterName {
+			continue
+		}
+		wg.Go(func() {
+			if err := ml.SendReliable(m, msg); err != nil {
+				f.log.Warn("sending the restart note", "to", m.Name, "err", err)
+			}
+		})
+	}
+	outer.Go(func() { wg.Wait(); close(done) })
+	select {
+	case <-done:
+	case <-time.After(f.cfg.LeaveTimeout):
+		f.log.Warn("restart note not delivered to every member in time")
+	}
+	f.log.Info("restart note sent", "catalog", FormatVersion(st.localSigned.Version))
 }
 
 // leaveMarker names the leave broadcast in the queue; it is not a cluster name.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/meshfed/meshfed/federation/catalog"
 )
 
 // Message kinds: the first byte of every user message.
@@ -13,6 +15,7 @@ const (
 	kindRequest byte = 'R' // stream: send me cluster C at version >= V
 	kindCatalog byte = 'C' // stream: a signed catalog envelope follows
 	kindLeave   byte = 'L' // broadcast: cluster C is leaving on purpose
+	kindRestart byte = 'S' // stream: a signed restart note follows (note.go)
 )
 
 // wireFormat is the version of meshfed's own messages (notices, requests,
@@ -61,6 +64,69 @@ func encodeMsg(kind byte, v any) []byte {
 		panic(fmt.Sprintf("federation: marshal %T: %v", v, err)) // only our own plain structs
 	}
 	return append([]byte{kind}, b...)
+}
+
+// maxDigestEntries bounds the catalogs one push/pull digest may list; a
+// federation has tens of clusters.
+const maxDigestEntries = 4096
+
+// decodeNotice parses a version notice (or a leave, which has no version).
+// Nothing in it is trusted: a notice is a hint that makes the receiver ask
+// for the catalog, never a reason to wait for a version (see learn).
+func decodeNotice(b []byte) (notice, error) {
+	var n notice
+	if err := json.Unmarshal(b, &n); err != nil {
+		return n, fmt.Errorf("version notice: %w", err)
+	}
+	if !catalog.ValidClusterName(n.Cluster) {
+		return n, fmt.Errorf("version notice: cluster name %q is not a DNS label", n.Cluster)
+	}
+	if n.Holder != "" && !catalog.ValidClusterName(n.Holder) {
+		return n, fmt.Errorf("version notice about %s: holder %q is not a cluster name", n.Cluster, n.Holder)
+	}
+	if len(n.Digest) > 64 {
+		return n, fmt.Errorf("version notice about %s: digest of %d characters", n.Cluster, len(n.Digest))
+	}
+	return n, nil
+}
+
+// decodeRequest parses a catalog request.
+func decodeRequest(b []byte) (request, error) {
+	var r request
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("catalog request: %w", err)
+	}
+	if !catalog.ValidClusterName(r.Cluster) || !catalog.ValidClusterName(r.From) {
+		return r, fmt.Errorf("catalog request: cluster %q from %q: not cluster names", r.Cluster, r.From)
+	}
+	return r, nil
+}
+
+// decodeDigest parses a peer's push/pull state. Entries that do not name a
+// cluster are dropped; so is a digest listing more than maxDigestEntries.
+func decodeDigest(b []byte) (digestState, error) {
+	var ds digestState
+	if err := json.Unmarshal(b, &ds); err != nil {
+		return ds, fmt.Errorf("push/pull state: %w", err)
+	}
+	if ds.Format != wireFormat {
+		return ds, fmt.Errorf("push/pull state: format %d, want %d", ds.Format, wireFormat)
+	}
+	if !catalog.ValidClusterName(ds.From) {
+		return ds, fmt.Errorf("push/pull state: sender %q is not a cluster name", ds.From)
+	}
+	if len(ds.Catalogs) > maxDigestEntries {
+		return ds, fmt.Errorf("push/pull state from %s: %d catalogs, limit %d", ds.From, len(ds.Catalogs), maxDigestEntries)
+	}
+	kept := ds.Catalogs[:0]
+	for _, n := range ds.Catalogs {
+		if catalog.ValidClusterName(n.Cluster) && len(n.Digest) <= 64 {
+			n.Holder = ds.From
+			kept = append(kept, n)
+		}
+	}
+	ds.Catalogs = kept
+	return ds, nil
 }
 
 func decodeMeta(b []byte) (nodeMeta, error) {

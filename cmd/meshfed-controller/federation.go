@@ -138,8 +138,11 @@ func (w *federationWiring) pushLocked() ([]mesh.Problem, error) {
 }
 
 // run follows MeshConfig spec.federation: starts the member and bridge when
-// enabled, stops them (empty catalog, graceful leave) when disabled, and
-// restarts them when a setting that needs it changes. The gossip keyring
+// enabled, stops them (empty catalog, graceful leave) when disabled or when
+// the controller stops, and restarts them when a setting that needs it
+// changes — without withdrawing this cluster's exports: the member leaves
+// with a signed restart note and the others keep its catalog until the new
+// member publishes (federation.Config.RestartGrace). The gossip keyring
 // Secret is re-read every poll and applied without a restart.
 func (w *federationWiring) run(ctx context.Context) error {
 	var (
@@ -148,18 +151,23 @@ func (w *federationWiring) run(ctx context.Context) error {
 		done   chan struct{}
 		keys   [][]byte
 	)
-	stop := func() {
+	// stop leaves the federation; with restart, only to rejoin at once.
+	stop := func(restart bool) {
 		if cancel == nil {
 			return
 		}
 		w.mu.Lock()
 		fed := w.fed
 		w.mu.Unlock()
-		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if _, err := fed.Publish(pctx, nil); err != nil {
-			w.log.Warn("publishing an empty catalog before leaving", "err", err)
+		if restart {
+			fed.MarkRestart()
+		} else {
+			pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := fed.Publish(pctx, nil); err != nil {
+				w.log.Warn("publishing an empty catalog before leaving", "err", err)
+			}
+			pcancel()
 		}
-		pcancel()
 		cancel()
 		<-done
 		cancel, cur = nil, nil
@@ -168,7 +176,7 @@ func (w *federationWiring) run(ctx context.Context) error {
 		_, _ = w.pushLocked()
 		w.mu.Unlock()
 	}
-	defer stop()
+	defer stop(false)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -185,7 +193,7 @@ func (w *federationWiring) run(ctx context.Context) error {
 		case !fs.Enabled:
 			if cur != nil {
 				w.log.Info("federation disabled: leaving")
-				stop()
+				stop(false)
 				if err := federate.RemoveImports(ctx, w.dyn); err != nil {
 					w.log.Warn("removing ServiceImports after leaving", "err", err)
 				}
@@ -209,8 +217,8 @@ func (w *federationWiring) run(ctx context.Context) error {
 				}
 			default:
 				if cur != nil {
-					w.log.Info("federation settings changed: rejoining")
-					stop()
+					w.log.Info("federation settings changed: rejoining (peers keep this cluster's services meanwhile)")
+					stop(true)
 				}
 				c, d, err := w.start(ctx, fs, newKeys)
 				if err != nil {
@@ -247,6 +255,7 @@ func (w *federationWiring) start(ctx context.Context, fs federationSettings, key
 	fcfg.Signer = &clusterSigner{authority: w.authority, cluster: w.cluster}
 	fcfg.Bundle = authorityBundle{w.authority}
 	fcfg.Registerer, fcfg.Logger = w.unregistering(), w.log
+	fcfg.EpochStore = federate.NewEpochStore(w.client, w.namespace, w.log)
 	fed, err := federation.New(fcfg)
 	if err != nil {
 		return nil, nil, err

@@ -24,6 +24,7 @@ import (
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/federation"
 )
 
 // meshCluster is one cluster's installed mesh as `meshfed cluster` sees it.
@@ -376,7 +377,7 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 		if fp == "" {
 			fp = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tv%d\t%d\t%s\n", name, m.Address, state, ago(m.Since), contact, m.CatalogVersion, m.ServiceCount, fp)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, m.Address, state, ago(m.Since), contact, federation.FormatVersion(m.CatalogVersion), m.ServiceCount, fp)
 	}
 	_ = tw.Flush()
 	for _, m := range st.Members {
