@@ -124,7 +124,9 @@ type Config struct {
 	// stream limit.
 	MaxCatalogBytes int
 	// MaxInflatedCatalogBytes is the largest catalog accepted after
-	// decompression, in bytes. Default 256 MiB.
+	// decompression, in bytes. Default 64 MiB; never more than
+	// catalog.InflateRatio times MaxCatalogBytes. Services, endpoints and
+	// strings are bounded as well while decoding (catalog.DefaultLimits).
 	MaxInflatedCatalogBytes int64
 	// FetchTimeout is how long to wait for a requested catalog before
 	// asking another member. Default 5 s.
@@ -160,7 +162,7 @@ func DefaultConfig() Config {
 		WithdrawAfter:           30 * time.Second,
 		StaleAfter:              15 * time.Second,
 		MaxCatalogBytes:         16 << 20,
-		MaxInflatedCatalogBytes: 256 << 20,
+		MaxInflatedCatalogBytes: 64 << 20,
 		FetchTimeout:            5 * time.Second,
 		LeaveTimeout:            5 * time.Second,
 		DeadNameReclaimAfter:    time.Second,

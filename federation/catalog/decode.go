@@ -605,6 +605,19 @@ func (p *parser) number() error {
 	return nil
 }
 
+// grow appends a zero element, doubling the capacity when full: a catalog
+// of n services or endpoints then allocates about 2n of them in all, where
+// append's slower growth for large slices would allocate about 5n.
+func grow[T any](s []T) []T {
+	if len(s) == cap(s) {
+		n := make([]T, len(s), max(8, 2*cap(s)))
+		copy(n, s)
+		s = n
+	}
+	var zero T
+	return append(s, zero)
+}
+
 // known marks a schema key as seen, refusing a second one.
 func known(seen *uint32, bit uint32, key []byte) error {
 	if *seen&bit != 0 {
@@ -648,7 +661,7 @@ func (p *parser) catalog(c *Catalog) error {
 		case "services":
 			if err = known(&seen, 1<<6, key); err == nil {
 				err = p.array(p.lim.MaxServices, "services", func() error {
-					c.Services = append(c.Services, ExportedService{})
+					c.Services = grow(c.Services)
 					return p.service(&c.Services[len(c.Services)-1])
 				})
 			}
@@ -686,7 +699,7 @@ func (p *parser) service(s *ExportedService) error {
 					if p.endpoints > p.lim.MaxEndpoints {
 						return fmt.Errorf("%w: more than %d endpoints in the catalog", ErrOversize, p.lim.MaxEndpoints)
 					}
-					s.Endpoints = append(s.Endpoints, Endpoint{})
+					s.Endpoints = grow(s.Endpoints)
 					return p.endpoint(&s.Endpoints[len(s.Endpoints)-1])
 				})
 			}
