@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -43,12 +44,18 @@ type remoteCheck struct {
 	more int
 }
 
+// add records a problem; one already listed (the same bad identity on
+// every endpoint) is not repeated.
 func (v *remoteCheck) add(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if slices.Contains(v.errs, msg) {
+		return
+	}
 	if len(v.errs) >= maxRemoteProblems {
 		v.more++
 		return
 	}
-	v.errs = append(v.errs, fmt.Sprintf(format, args...))
+	v.errs = append(v.errs, msg)
 }
 
 func (v *remoteCheck) err(svc Service) error {

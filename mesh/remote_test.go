@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -72,8 +73,8 @@ func TestValidateRemoteRefusesWhatAHostileMemberCouldSend(t *testing.T) {
 func TestValidateRemoteListsAFewProblemsAndCountsTheRest(t *testing.T) {
 	s := goodRemote()
 	s.Endpoints = nil
-	for range 100000 {
-		s.Endpoints = append(s.Endpoints, Endpoint{Address: "bad", Cluster: "west"})
+	for i := range 100000 {
+		s.Endpoints = append(s.Endpoints, Endpoint{Address: "bad-" + strconv.Itoa(i), Cluster: "west"})
 	}
 	err := s.ValidateRemote("west", "cluster.local")
 	if err == nil || !strings.Contains(err.Error(), "and 99990 more problems") {
