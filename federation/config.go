@@ -124,7 +124,9 @@ type Config struct {
 	// stream limit.
 	MaxCatalogBytes int
 	// MaxInflatedCatalogBytes is the largest catalog accepted after
-	// decompression, in bytes. Default 256 MiB.
+	// decompression, in bytes. Default 64 MiB; never more than
+	// catalog.InflateRatio times MaxCatalogBytes. Services, endpoints and
+	// strings are bounded as well while decoding (catalog.DefaultLimits).
 	MaxInflatedCatalogBytes int64
 	// RestartGrace is how long other members keep this cluster's catalog
 	// after it left to restart with new settings (MarkRestart), waiting
@@ -178,7 +180,7 @@ func DefaultConfig() Config {
 		WithdrawAfter:           30 * time.Second,
 		StaleAfter:              15 * time.Second,
 		MaxCatalogBytes:         16 << 20,
-		MaxInflatedCatalogBytes: 256 << 20,
+		MaxInflatedCatalogBytes: 64 << 20,
 		FetchTimeout:            5 * time.Second,
 		RestartGrace:            2 * time.Minute,
 		LeaveTimeout:            5 * time.Second,

@@ -25,6 +25,7 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // meshCluster is one cluster's installed mesh as `meshfed cluster` sees it.
@@ -340,9 +341,13 @@ func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 	return cmd
 }
 
+// printMembers prints the status as a table. Everything in it may come
+// from another cluster (names, addresses, reasons, fingerprints): names
+// are escaped with mesh.Quote and free text with printable, so that no
+// control byte, escape sequence or tab reaches the terminal.
 func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) {
 	age := now.Sub(st.UpdatedAt).Round(time.Second)
-	fmt.Fprintf(w, "seen from %s, reported %s ago", st.Cluster, age)
+	fmt.Fprintf(w, "seen from %s, reported %s ago", mesh.Quote(st.Cluster), age)
 	if !enabled {
 		fmt.Fprint(w, " (federation is now disabled here)")
 	} else if age > time.Minute {
@@ -358,11 +363,11 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 		return now.Sub(*t).Round(time.Second).String() + " ago"
 	}
 	for _, m := range st.Members {
-		name := m.Name
+		name := mesh.Quote(m.Name)
 		if m.Local {
 			name += " (this)"
 		}
-		state := m.State
+		state := mesh.Quote(m.State)
 		if m.Stale {
 			state += ",stale"
 		}
@@ -372,12 +377,21 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 		}
 		fp := m.TrustBundleFingerprint
 		if len(fp) > 16 {
-			fp = fp[:16] + "…"
+			fp = fp[:16] + "..."
 		}
-		if fp == "" {
+		fp = mesh.Quote(fp)
+		if m.TrustBundleFingerprint == "" {
 			fp = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, m.Address, state, ago(m.Since), contact, federation.FormatVersion(m.CatalogVersion), m.ServiceCount, fp)
+		addr := "-"
+		if m.Address != "" {
+			addr = mesh.Quote(m.Address)
+		}
+		services := strconv.Itoa(m.ServiceCount)
+		if m.InvalidCount > 0 {
+			services += fmt.Sprintf(" (%d invalid)", m.InvalidCount)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, addr, state, ago(m.Since), contact, federation.FormatVersion(m.CatalogVersion), services, fp)
 	}
 	_ = tw.Flush()
 	for _, m := range st.Members {
@@ -386,12 +400,44 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 			if m.ServiceCount > len(m.Services) {
 				more = fmt.Sprintf(" (+%d more)", m.ServiceCount-len(m.Services))
 			}
-			fmt.Fprintf(w, "%s exports: %s%s\n", m.Name, strings.Join(m.Services, ", "), more)
+			fmt.Fprintf(w, "%s exports: %s%s\n", mesh.Quote(m.Name), quoteAll(m.Services), more)
 		}
 		if len(m.Withdrawn) > 0 {
-			fmt.Fprintf(w, "%s withdrawn: %s (%s)\n", m.Name, strings.Join(m.Withdrawn, ", "), m.Reason)
+			fmt.Fprintf(w, "%s withdrawn: %s (%s)\n", mesh.Quote(m.Name), quoteAll(m.Withdrawn), printable(m.Reason))
+		}
+		for _, inv := range m.Invalid {
+			fmt.Fprintf(w, "%s invalid: %s\n", mesh.Quote(m.Name), printable(inv))
+		}
+		if more := m.InvalidCount - len(m.Invalid); more > 0 {
+			fmt.Fprintf(w, "%s invalid: %d more\n", mesh.Quote(m.Name), more)
 		}
 	}
+}
+
+// quoteAll joins names with ", ", each escaped with mesh.Quote.
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = mesh.Quote(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// maxPrintable bounds a free-text field in `cluster list`.
+const maxPrintable = 512
+
+// printable returns free text (a reason) as it is when it is short
+// printable ASCII, and escaped with mesh.Quote otherwise.
+func printable(s string) string {
+	if len(s) > maxPrintable {
+		return mesh.Quote(s)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return mesh.Quote(s)
+		}
+	}
+	return s
 }
 
 func newClusterLeaveCommand(kf *kubeFlags, meshName *string) *cobra.Command {

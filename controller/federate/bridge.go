@@ -70,6 +70,10 @@ type Bridge struct {
 	catalogSeen   map[string]uint64
 	reported      map[string]string
 	statusAt      time.Time
+	// checked holds, per remote cluster, the services skipped from the
+	// catalog version last checked; invalid those of the last snapshot.
+	checked map[string]checkedCatalog
+	invalid map[string][]invalidService
 
 	current atomic.Pointer[RemoteState]
 	subsMu  sync.Mutex
@@ -102,6 +106,7 @@ func New(cfg Config) (*Bridge, error) {
 		changed:     make(chan struct{}, 1),
 		catalogSeen: map[string]uint64{},
 		reported:    map[string]string{},
+		checked:     map[string]checkedCatalog{},
 		subs:        map[chan struct{}]struct{}{},
 	}
 	b.current.Store(&RemoteState{Remote: map[string]mesh.ClusterCatalog{}})
@@ -321,7 +326,7 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	start := time.Now()
 	remoteSince := b.remoteSince
 	b.remoteSince = time.Time{}
-	snap := b.cfg.Federation.Snapshot()
+	snap := b.validRemote(b.cfg.Federation.Snapshot())
 	valid, all, invalid := b.localExports()
 	v := computeView(b.cfg.ClusterName, valid, snap)
 

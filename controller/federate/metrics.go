@@ -10,6 +10,9 @@ type metrics struct {
 	publishes    *prometheus.CounterVec
 	exports      *prometheus.GaugeVec
 	imports      prometheus.Gauge
+	// remoteInvalid counts, per remote cluster, the services of its
+	// catalog the bridge skipped as invalid.
+	remoteInvalid *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,9 +49,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "meshfed_federate_service_imports",
 		Help: "ServiceImports the bridge wants in this cluster.",
 	})
-	m := &metrics{remoteToView: toView, remoteToPush: toPush, catalogAge: age, reconcile: rec, publishes: pubs, exports: exp, imports: imp}
+	inv := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meshfed_federate_remote_services_invalid",
+		Help: "Services of a remote cluster's catalog that the bridge skipped as invalid (bad names, addresses, identities); the rest of the catalog is served.",
+	}, []string{"cluster"})
+	m := &metrics{remoteToView: toView, remoteToPush: toPush, catalogAge: age, reconcile: rec, publishes: pubs, exports: exp, imports: imp, remoteInvalid: inv}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{toView, toPush, age, rec, pubs, exp, imp} {
+		for _, c := range []prometheus.Collector{toView, toPush, age, rec, pubs, exp, imp, inv} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

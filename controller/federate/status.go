@@ -43,6 +43,11 @@ type MemberStatus struct {
 	ServiceCount int      `json:"serviceCount"`
 	// Withdrawn are services the failure policy withdrew.
 	Withdrawn []string `json:"withdrawn,omitempty"`
+	// Invalid are services of its catalog this cluster skipped, each
+	// with why, names escaped (mesh.Quote), at most MaxListedServices of
+	// them of at most 300 bytes each; InvalidCount is the total.
+	Invalid      []string `json:"invalid,omitempty"`
+	InvalidCount int      `json:"invalidCount,omitempty"`
 	// Reason explains its state ("west: dead since …").
 	Reason string `json:"reason,omitempty"`
 	// TrustBundleFingerprint is the trust bundle its catalog names.
@@ -105,7 +110,14 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	for _, s := range b.published {
 		published = append(published, s.Key())
 	}
-	st := StatusFrom(b.cfg.ClusterName, b.cfg.Federation.Snapshot(), published, time.Now())
+	st := StatusFrom(b.cfg.ClusterName, b.validRemote(b.cfg.Federation.Snapshot()), published, time.Now())
+	for i := range st.Members {
+		inv := b.invalid[st.Members[i].Name]
+		st.Members[i].InvalidCount = len(inv)
+		for _, s := range inv[:min(len(inv), MaxListedServices)] {
+			st.Members[i].Invalid = append(st.Members[i].Invalid, shorten(s.Err.Error(), maxInvalidMessage))
+		}
+	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"federation": st}})
 	if err != nil {
 		b.log.Error("federate: encoding status", "err", err)
@@ -115,4 +127,15 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	if err != nil && ctx.Err() == nil {
 		b.log.Warn("federate: writing federation status into MeshConfig", "namespace", b.cfg.Namespace, "name", b.cfg.MeshConfigName, "err", err)
 	}
+}
+
+// maxInvalidMessage bounds one entry of MemberStatus.Invalid.
+const maxInvalidMessage = 300
+
+// shorten cuts the (ASCII) message s to n bytes.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }

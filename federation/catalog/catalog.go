@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"time"
 )
@@ -96,40 +95,74 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 // label (RFC 1123), at most 63 characters.
 func ValidClusterName(name string) bool { return dnsLabel.MatchString(name) }
 
-// Validate checks the catalog's own consistency and reports every problem.
-func (c *Catalog) Validate() error {
-	var errs []error
+// maxProblems bounds the problems Validate lists; the rest are counted.
+const maxProblems = 10
+
+// problems collects at most maxProblems errors and counts the rest.
+type problems struct {
+	errs []error
+	more int
+}
+
+func (p *problems) add(err error) {
+	if len(p.errs) < maxProblems {
+		p.errs = append(p.errs, err)
+		return
+	}
+	p.more++
+}
+
+func (p *problems) err() error {
+	if p.more > 0 {
+		p.errs = append(p.errs, fmt.Errorf("and %d more problems", p.more))
+	}
+	return errors.Join(p.errs...)
+}
+
+// validateHeader checks what the whole catalog stands or falls by: its
+// format, its cluster's name and its version.
+func (c *Catalog) validateHeader(p *problems) {
 	if c.Format != FormatVersion {
-		errs = append(errs, fmt.Errorf("format %d: want %d", c.Format, FormatVersion))
+		p.add(fmt.Errorf("format %d: want %d", c.Format, FormatVersion))
 	}
 	if !ValidClusterName(c.Cluster) {
-		errs = append(errs, fmt.Errorf("cluster name %q: not a DNS label", c.Cluster))
+		p.add(fmt.Errorf("cluster name %+q: not a DNS label", c.Cluster))
 	}
 	if c.Version == 0 {
-		errs = append(errs, errors.New("version 0: versions start at 1"))
+		p.add(errors.New("version 0: versions start at 1"))
 	}
+}
+
+// Validate checks the catalog's own consistency, as its owner does before
+// signing. It lists at most ten problems and counts the rest. Receivers
+// check only the header this way (Verify); they judge each service on its
+// own (mesh.Service.ValidateRemote), so that one bad service costs only
+// itself.
+func (c *Catalog) Validate() error {
+	var p problems
+	c.validateHeader(&p)
 	seen := make(map[string]bool, len(c.Services))
 	for _, s := range c.Services {
 		if s.Namespace == "" || s.Name == "" {
-			errs = append(errs, fmt.Errorf("service %q: namespace and name are required", s.Key()))
+			p.add(fmt.Errorf("service %+q: namespace and name are required", s.Key()))
 			continue
 		}
 		if seen[s.Key()] {
-			errs = append(errs, fmt.Errorf("service %s: listed twice", s.Key()))
+			p.add(fmt.Errorf("service %+q: listed twice", s.Key()))
 		}
 		seen[s.Key()] = true
-		for _, p := range s.Ports {
-			if p.Port == 0 {
-				errs = append(errs, fmt.Errorf("service %s: port %q: port number 0", s.Key(), p.Name))
+		for _, pt := range s.Ports {
+			if pt.Port == 0 {
+				p.add(fmt.Errorf("service %+q: port %+q: port number 0", s.Key(), pt.Name))
 			}
 		}
 		for _, e := range s.Endpoints {
 			if e.Address == "" {
-				errs = append(errs, fmt.Errorf("service %s: endpoint with empty address", s.Key()))
+				p.add(fmt.Errorf("service %+q: endpoint with empty address", s.Key()))
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return p.err()
 }
 
 // encode returns the gzip-compressed JSON of c.
@@ -146,25 +179,4 @@ func encode(c *Catalog) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// decode reverses encode, refusing to inflate more than maxInflated bytes.
-func decode(b []byte, maxInflated int64) (*Catalog, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(b))
-	if err != nil {
-		return nil, fmt.Errorf("%w: gzip: %v", ErrDecode, err)
-	}
-	raw, err := io.ReadAll(io.LimitReader(zr, maxInflated+1))
-	if err != nil {
-		return nil, fmt.Errorf("%w: gzip: %v", ErrDecode, err)
-	}
-	if int64(len(raw)) > maxInflated {
-		return nil, fmt.Errorf("%w: inflates to more than %d bytes", ErrOversize, maxInflated)
-	}
-	var c Catalog
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w: json: %v", ErrDecode, err)
-	}
-	return &c, nil
 }

@@ -56,6 +56,13 @@ func ClusterID(trustDomain, cluster string) string {
 
 var magic = [4]byte{'M', 'F', 'S', 'C'}
 
+// Bounds of the envelope header: a signer's chain is a leaf, its cluster's
+// intermediate and perhaps a root, a few KiB.
+const (
+	maxHeaderBytes = 64 << 10
+	maxChain       = 8
+)
+
 // header precedes the compressed catalog in a signed envelope. Cluster and
 // Version repeat the catalog's own so that a receiver can skip an old
 // version before inflating it; after inflating they must match.
@@ -92,12 +99,17 @@ func Sign(c *Catalog, key crypto.Signer, chain []*x509.Certificate) (*Signed, er
 	if err != nil {
 		return nil, err
 	}
+	return seal(c.Cluster, c.Version, payload, key, chain)
+}
+
+// seal signs an encoded catalog and wraps it in an envelope.
+func seal(cluster string, version uint64, payload []byte, key crypto.Signer, chain []*x509.Certificate) (*Signed, error) {
 	digest := sha256.Sum256(payload)
 	sig, err := signDigest(key, digest[:])
 	if err != nil {
-		return nil, fmt.Errorf("catalog %s v%d: sign: %w", c.Cluster, c.Version, err)
+		return nil, fmt.Errorf("catalog %s v%d: sign: %w", cluster, version, err)
 	}
-	h := header{Cluster: c.Cluster, Version: c.Version, Sig: sig}
+	h := header{Cluster: cluster, Version: version, Sig: sig}
 	for _, cert := range chain {
 		h.Chain = append(h.Chain, cert.Raw)
 	}
@@ -112,7 +124,7 @@ func Sign(c *Catalog, key crypto.Signer, chain []*x509.Certificate) (*Signed, er
 	_ = binary.Write(&buf, binary.BigEndian, uint32(len(hb)))
 	buf.Write(hb)
 	buf.Write(payload)
-	return &Signed{Cluster: c.Cluster, Version: c.Version, Digest: digest, Bytes: buf.Bytes()}, nil
+	return &Signed{Cluster: cluster, Version: version, Digest: digest, Bytes: buf.Bytes()}, nil
 }
 
 func signDigest(key crypto.Signer, digest []byte) ([]byte, error) {
@@ -160,9 +172,18 @@ func split(b []byte) (*header, []byte, error) {
 	if uint64(n) > uint64(len(b)-9) {
 		return nil, nil, fmt.Errorf("%w: header length %d past end", ErrDecode, n)
 	}
+	if n > maxHeaderBytes {
+		return nil, nil, fmt.Errorf("%w: header of %d bytes, limit %d", ErrOversize, n, maxHeaderBytes)
+	}
 	var h header
 	if err := json.Unmarshal(b[9:9+n], &h); err != nil {
 		return nil, nil, fmt.Errorf("%w: header: %v", ErrDecode, err)
+	}
+	if !ValidClusterName(h.Cluster) {
+		return nil, nil, fmt.Errorf("%w: header names cluster %+q, not a DNS label", ErrDecode, h.Cluster)
+	}
+	if len(h.Chain) > maxChain {
+		return nil, nil, fmt.Errorf("%w: %d certificates, limit %d", ErrOversize, len(h.Chain), maxChain)
 	}
 	return &h, b[9+n:], nil
 }
@@ -176,8 +197,11 @@ type VerifyOptions struct {
 	// MaxBytes is the largest envelope accepted, in bytes.
 	MaxBytes int
 	// MaxInflatedBytes is the largest catalog JSON accepted after
-	// decompression, in bytes.
+	// decompression, in bytes (zero: Limits). Whatever it says, a
+	// catalog may inflate to at most InflateRatio times MaxBytes.
 	MaxInflatedBytes int64
+	// Limits bound the decoding of the catalog (zero fields: DefaultLimits).
+	Limits Limits
 	// Now is the time certificates are checked at (zero: time.Now()).
 	Now time.Time
 }
@@ -201,11 +225,27 @@ func issuedForCluster(chains [][]*x509.Certificate, cluster string) bool {
 	return false
 }
 
+// limits returns the decoding limits: Limits with defaults, the inflated
+// size lowered to MaxInflatedBytes and to InflateRatio times MaxBytes.
+func (o VerifyOptions) limits() Limits {
+	lim := o.Limits.withDefaults()
+	if o.MaxInflatedBytes > 0 && o.Limits.MaxInflatedBytes <= 0 {
+		lim.MaxInflatedBytes = o.MaxInflatedBytes
+	}
+	if o.MaxBytes > 0 {
+		lim.MaxInflatedBytes = min(lim.MaxInflatedBytes, InflateRatio*int64(o.MaxBytes))
+	}
+	return lim
+}
+
 // Verify checks an envelope: size, signature, chain to opts.Roots, that the
 // leaf names the cluster the catalog claims and was issued by that
-// cluster's intermediate, and the catalog's content. It
-// returns the catalog and its Signed form, or an error wrapping one of the
-// Err* reasons.
+// cluster's intermediate. Only then does it inflate and decode the catalog,
+// within opts' limits (see Limits), and check its header (format, cluster,
+// version). It does not judge the services: each is for the receiver to
+// check on its own (mesh.Service.ValidateRemote), so that one bad service
+// is skipped rather than the whole catalog. It returns the catalog and its
+// Signed form, or an error wrapping one of the Err* reasons.
 func Verify(b []byte, opts VerifyOptions) (*Catalog, *Signed, error) {
 	if opts.MaxBytes > 0 && len(b) > opts.MaxBytes {
 		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrOversize, len(b), opts.MaxBytes)
@@ -257,19 +297,17 @@ func Verify(b []byte, opts VerifyOptions) (*Catalog, *Signed, error) {
 		}
 		return nil, nil, fmt.Errorf("catalog %s v%d: %w: signer has URI SANs %v, want exactly %s", h.Cluster, h.Version, ErrIdentity, got, want)
 	}
-	maxInflated := opts.MaxInflatedBytes
-	if maxInflated <= 0 {
-		maxInflated = 256 << 20
-	}
-	c, err := decode(payload, maxInflated)
+	c, err := decode(payload, opts.limits())
 	if err != nil {
 		return nil, nil, fmt.Errorf("catalog %s v%d: %w", h.Cluster, h.Version, err)
 	}
 	if c.Cluster != h.Cluster || c.Version != h.Version {
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w: envelope says %s v%d", c.Cluster, c.Version, ErrIdentity, h.Cluster, h.Version)
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: envelope says %+q v%d", h.Cluster, h.Version, ErrIdentity, c.Cluster, c.Version)
 	}
-	if err := c.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w: %w", c.Cluster, c.Version, ErrInvalid, err)
+	var p problems
+	c.validateHeader(&p)
+	if err := p.err(); err != nil {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w: %w", h.Cluster, h.Version, ErrInvalid, err)
 	}
 	return c, &Signed{Cluster: c.Cluster, Version: c.Version, Digest: digest, Bytes: b}, nil
 }

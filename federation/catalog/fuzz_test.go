@@ -1,0 +1,176 @@
+package catalog
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// fuzzLimits are small, so that the fuzzer reaches every limit quickly.
+var fuzzLimits = Limits{MaxInflatedBytes: 1 << 16, MaxServices: 20, MaxEndpoints: 40, MaxMembers: 16, MaxStringBytes: 64, MaxDepth: 8}
+
+func seedJSON(f *testing.F) {
+	for _, c := range []*Catalog{realistic("west", 2, 2), {Format: 1, Cluster: "east", Version: 1}} {
+		b, err := json.Marshal(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	for _, s := range []string{`{}`, `null`, `{"services":[{},{}]}`, `{"x":[[[[{"y":"\ud800"}]]]]}`, `{"cluster":"\u0041\n"}`, `{"version":18446744073709551616}`, `{"services":[{"ports":[{"port":65535,"targetPort":0}]}]} x`} {
+		f.Add([]byte(s))
+	}
+}
+
+// checkDecoded holds for every catalog the bounded parser accepts: it is
+// within the limits, and encoding it again decodes to the same catalog.
+func checkDecoded(t *testing.T, c *Catalog, lim Limits) {
+	if len(c.Services) > lim.MaxServices {
+		t.Fatalf("%d services accepted, limit %d", len(c.Services), lim.MaxServices)
+	}
+	n := 0
+	for _, s := range c.Services {
+		n += len(s.Endpoints)
+	}
+	if n > lim.MaxEndpoints {
+		t.Fatalf("%d endpoints accepted, limit %d", n, lim.MaxEndpoints)
+	}
+	again, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := decodeJSON(bytes.NewReader(again), DefaultLimits())
+	if err != nil {
+		t.Fatalf("re-encoded catalog does not decode: %v\n%s", err, again)
+	}
+	// encoding/json turns invalid UTF-8 into U+FFFD; compare the re-encoding.
+	again2, _ := json.Marshal(c2)
+	if !bytes.Equal(again, again2) {
+		t.Fatalf("round trip differs:\n%s\n%s", again, again2)
+	}
+}
+
+// FuzzDecodeJSON runs the bounded catalog parser on arbitrary JSON.
+func FuzzDecodeJSON(f *testing.F) {
+	seedJSON(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decodeJSON(bytes.NewReader(b), fuzzLimits)
+		if err != nil {
+			return
+		}
+		checkDecoded(t, c, fuzzLimits)
+		// On lower-case ASCII input (encoding/json matches keys without
+		// regard to case), what both accept they decode alike.
+		var want Catalog
+		if isLowerASCII(b) && json.Unmarshal(b, &want) == nil && !reflect.DeepEqual(normalize(&want), normalize(c)) {
+			t.Fatalf("parser and encoding/json differ:\n%+v\n%+v", c, &want)
+		}
+	})
+}
+
+func isLowerASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 || c >= 'A' && c <= 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// normalize makes empty slices nil: "[]" is nil for the parser, empty
+// for encoding/json, and the same catalog.
+func normalize(c *Catalog) *Catalog {
+	out := *c
+	if len(out.Services) == 0 {
+		out.Services = nil
+	}
+	out.Services = append([]ExportedService(nil), out.Services...)
+	for i := range out.Services {
+		s := &out.Services[i]
+		if len(s.Ports) == 0 {
+			s.Ports = nil
+		}
+		if len(s.Endpoints) == 0 {
+			s.Endpoints = nil
+		}
+	}
+	return &out
+}
+
+// FuzzDecodePayload runs inflate and parse on arbitrary compressed
+// payloads, as a receiver does after checking a signature.
+func FuzzDecodePayload(f *testing.F) {
+	for _, c := range []*Catalog{realistic("west", 2, 2), {Format: 1, Cluster: "east", Version: 1}} {
+		p, err := encode(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(p)
+	}
+	f.Add(gz(f, bytes.Repeat([]byte("{},"), 10000)))
+	f.Add([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decode(b, fuzzLimits)
+		if err != nil {
+			return
+		}
+		checkDecoded(t, c, fuzzLimits)
+	})
+}
+
+// FuzzVerify runs Verify on envelopes that really are signed by west's
+// key but carry an arbitrary payload and header claims, as a member
+// holding its own cluster's key could send: no panic, and whatever Verify
+// accepts is west's catalog, within the limits, with a valid header.
+func FuzzVerify(f *testing.F) {
+	s := newTestSigner(f, "west")
+	for _, c := range []*Catalog{realistic("west", 2, 2), {Format: 1, Cluster: "east", Version: 1}, {Format: 1, Cluster: "west", Version: 3}} {
+		p, err := encode(c)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(p, "west", uint64(c.Version))
+	}
+	f.Add(gz(f, bytes.Repeat([]byte("{},"), 10000)), "west", uint64(1))
+	f.Add([]byte{}, "we\nst", uint64(0))
+	opts := s.opts()
+	opts.Now = time.Now()
+	opts.Limits = fuzzLimits
+	f.Fuzz(func(t *testing.T, payload []byte, cluster string, version uint64) {
+		env, err := seal(cluster, version, payload, s.key, s.chain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, signed, err := Verify(env.Bytes, opts)
+		if err != nil {
+			if Reason(err) == "other" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		if c.Cluster != "west" || signed.Cluster != "west" || c.Version != version || c.Version == 0 || c.Format != FormatVersion {
+			t.Fatalf("accepted %q v%d format %d", c.Cluster, c.Version, c.Format)
+		}
+		checkDecoded(t, c, fuzzLimits)
+	})
+}
+
+// FuzzPeek runs the envelope header reader on arbitrary bytes: whatever
+// cluster name it returns is a DNS label.
+func FuzzPeek(f *testing.F) {
+	s := newTestSigner(f, "west")
+	good, err := Sign(realistic("west", 1, 1), s.key, s.chain)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good.Bytes[:min(len(good.Bytes), 4096)])
+	f.Add([]byte("MFSC\x01\x00\x00\x00\x02{}"))
+	f.Add([]byte("MFSC\x01\xff\xff\xff\xff"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if cluster, _, err := Peek(b); err == nil && !ValidClusterName(cluster) {
+			t.Fatalf("Peek passed cluster %q", cluster)
+		}
+	})
+}
