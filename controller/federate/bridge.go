@@ -68,7 +68,9 @@ type Bridge struct {
 	havePublished bool
 	remoteSince   time.Time // first unhandled federation signal
 	catalogSeen   map[string]uint64
-	reported      map[string]string
+	reported      map[string]exportReport
+	leftOut       map[string]string // cluster "\x00" key → conflict logged
+	exportsSeen   *firstSeen
 	statusAt      time.Time
 	// checked holds, per remote cluster, the services skipped from the
 	// catalog version last checked; invalid those of the last snapshot.
@@ -105,7 +107,9 @@ func New(cfg Config) (*Bridge, error) {
 		cfg: cfg, log: log, metrics: m,
 		changed:     make(chan struct{}, 1),
 		catalogSeen: map[string]uint64{},
-		reported:    map[string]string{},
+		reported:    map[string]exportReport{},
+		leftOut:     map[string]string{},
+		exportsSeen: newFirstSeen(),
 		checked:     map[string]checkedCatalog{},
 		subs:        map[chan struct{}]struct{}{},
 	}
@@ -328,7 +332,9 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	b.remoteSince = time.Time{}
 	snap := b.validRemote(b.cfg.Federation.Snapshot())
 	valid, all, invalid := b.localExports()
-	v := computeView(b.cfg.ClusterName, valid, snap)
+	b.exportsSeen.observe(snap, start)
+	v := computeView(b.cfg.ClusterName, valid, snap, b.exportsSeen)
+	b.reportLeftOut(v.leftOut)
 
 	var errs []error
 	if !b.havePublished || !reflect.DeepEqual(v.published, b.published) {
@@ -346,9 +352,9 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	}
 	b.metrics.exports.WithLabelValues("published").Set(float64(len(v.published)))
 	b.metrics.exports.WithLabelValues("invalid").Set(float64(len(invalid)))
-	b.metrics.exports.WithLabelValues("conflict").Set(float64(len(v.rejected)))
+	b.metrics.exports.WithLabelValues("conflict").Set(float64(len(v.conflicts)))
 
-	if err := b.updateExportConditions(ctx, all, invalid, v.rejected); err != nil {
+	if err := b.updateExportConditions(ctx, all, invalid, v.conflicts); err != nil {
 		errs = append(errs, err)
 	}
 	if b.cfg.WriteImports {

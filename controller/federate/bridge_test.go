@@ -44,7 +44,7 @@ func TestBridge(t *testing.T) {
 
 	t.Run("ExportInWestAppearsAsServiceImportInEast", func(t *testing.T) { testExportAppears(t, east, west) })
 	t.Run("ExportOfMissingServiceIsReportedAndSkipped", func(t *testing.T) { testMissingService(t, east, west) })
-	t.Run("ConflictingPortsOldestExportWins", func(t *testing.T) { testConflict(t, east, west) })
+	t.Run("ConflictingPortsEachClusterKeepsItsOwnExport", func(t *testing.T) { testConflict(t, east, west) })
 	t.Run("UnexportRemovesServiceImport", func(t *testing.T) { testUnexport(t, east, west) })
 	t.Run("LostClusterIsWithdrawnAfterWithdrawAfter", func(t *testing.T) { testLostCluster(t, root, gossipKey, east) })
 	t.Run("MembersAreWrittenToMeshConfigStatus", func(t *testing.T) { testStatus(t, east) })
@@ -130,31 +130,47 @@ func testMissingService(t *testing.T, east, west *member) {
 }
 
 func testConflict(t *testing.T, east, west *member) {
-	// East exports the same name later, with another port: west's older
-	// export wins.
+	// East exports the same name later, with another port. Each cluster
+	// keeps its own export (a remote claim never evicts a local one),
+	// reports the conflict on its ServiceExport and leaves the other's
+	// export out of its clusterset service.
 	deployService(t, east, "bookstore", "bookstore-v2", 15000)
 	export(t, east, "bookstore", "bookstore-v2")
-	eventually(t, time.Minute, func() (bool, string) {
-		s, r, msg := condition(t, east, "bookstore", "bookstore-v2", "Conflict")
-		return s == "True" && r == "PortConflict" && strings.Contains(msg, "west"), fmt.Sprintf("east's Conflict condition: %s/%s %q", s, r, msg)
-	})
-	waitCaughtUp(t, west, east)
-	for _, m := range []*member{east, west} {
-		clusters, ports, _, ok := serviceImport(t, m, "bookstore", "bookstore-v2")
-		if !ok || !reflect.DeepEqual(clusters, []string{"west"}) || !reflect.DeepEqual(ports, []int64{14001}) {
-			t.Errorf("%s's ServiceImport: present=%v clusters=%v ports=%v, want west's only", m.name, ok, clusters, ports)
+	for _, c := range []struct {
+		m     *member
+		other string
+	}{{east, "west"}, {west, "east"}} {
+		eventually(t, time.Minute, func() (bool, string) {
+			s, r, msg := condition(t, c.m, "bookstore", "bookstore-v2", "Conflict")
+			return s == "True" && r == "PortConflict" && strings.Contains(msg, `cluster "`+c.other+`"`),
+				fmt.Sprintf("%s's Conflict condition: %s/%s %q", c.m.name, s, r, msg)
+		})
+		if s, r, _ := condition(t, c.m, "bookstore", "bookstore-v2", "Ready"); s != "True" || r != "Exported" {
+			t.Errorf("%s's ServiceExport in conflict: Ready=%s/%s, want True/Exported", c.m.name, s, r)
 		}
+		waitEvent(t, c.m, "bookstore", "bookstore-v2", federate.ReasonExportConflict, corev1.EventTypeWarning)
+		waitLeftOutLogged(t, c.m, c.other, "bookstore/bookstore-v2")
 	}
-	if s, _, _ := condition(t, west, "bookstore", "bookstore-v2", "Conflict"); s != "False" {
-		t.Errorf("the winning export in west has Conflict=%s", s)
-	}
-	if _, ok := findService(west.bridge.Remote().Remote["east"], "bookstore", "bookstore-v2"); ok {
-		t.Error("east published its conflicting export")
+	waitCaughtUp(t, west, east)
+	waitCaughtUp(t, east, west)
+	for _, c := range []struct {
+		m     *member
+		port  int64
+		other string
+	}{{east, 15000, "west"}, {west, 14001, "east"}} {
+		clusters, ports, _, ok := serviceImport(t, c.m, "bookstore", "bookstore-v2")
+		if !ok || !reflect.DeepEqual(clusters, []string{c.m.name}) || !reflect.DeepEqual(ports, []int64{c.port}) {
+			t.Errorf("%s's ServiceImport: present=%v clusters=%v ports=%v, want its own only", c.m.name, ok, clusters, ports)
+		}
+		if _, ok := findService(c.m.bridge.Remote().Remote[c.other], "bookstore", "bookstore-v2"); ok {
+			t.Errorf("%s routes to %s's conflicting export", c.m.name, c.other)
+		}
 	}
 }
 
 func testUnexport(t *testing.T, east, west *member) {
-	// West withdraws its export: east's, now the only one, takes over.
+	// West withdraws its export: east's, now the only one, is imported
+	// everywhere, and east's conflict is gone.
 	unexport(t, west, "bookstore", "bookstore-v2")
 	eventually(t, time.Minute, func() (bool, string) {
 		clusters, ports, _, ok := serviceImport(t, west, "bookstore", "bookstore-v2")
@@ -165,6 +181,7 @@ func testUnexport(t *testing.T, east, west *member) {
 		s, _, _ := condition(t, east, "bookstore", "bookstore-v2", "Conflict")
 		return s == "False", "east's export still reports a conflict"
 	})
+	waitEvent(t, east, "bookstore", "bookstore-v2", federate.ReasonExportProblemGone, corev1.EventTypeNormal)
 	// The last exporter goes: the ServiceImport goes everywhere.
 	unexport(t, east, "bookstore", "bookstore-v2")
 	for _, m := range []*member{east, west} {

@@ -3,6 +3,7 @@ package federate
 import (
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,116 +20,15 @@ func exported(name string, at time.Time, ports ...catalog.Port) catalog.Exported
 
 func grpcPort(n uint16) catalog.Port { return catalog.Port{Name: "grpc", Port: n, Protocol: "grpc"} }
 
-func TestConflictResolution(t *testing.T) {
-	for _, tc := range []struct {
-		name         string
-		exporters    []exporter
-		wantAccepted []string
-		wantRejected map[string]string // cluster → reason
-		wantPorts    []uint16
-	}{
-		{
-			name: "same ports in two clusters: both accepted",
-			exporters: []exporter{
-				{"west", exported("b", t0, grpcPort(14001))},
-				{"east", exported("b", t0.Add(time.Minute), grpcPort(14001))},
-			},
-			wantAccepted: []string{"west", "east"}, wantPorts: []uint16{14001},
-		},
-		{
-			name: "same port name, other number: the younger export is rejected",
-			exporters: []exporter{
-				{"east", exported("b", t0.Add(time.Minute), grpcPort(15000))},
-				{"west", exported("b", t0, grpcPort(14001))},
-			},
-			wantAccepted: []string{"west"}, wantRejected: map[string]string{"east": "PortConflict"}, wantPorts: []uint16{14001},
-		},
-		{
-			name: "same port number under another name: rejected",
-			exporters: []exporter{
-				{"west", exported("b", t0, grpcPort(14001))},
-				{"east", exported("b", t0.Add(time.Minute), catalog.Port{Name: "web", Port: 14001, Protocol: "http"})},
-			},
-			wantAccepted: []string{"west"}, wantRejected: map[string]string{"east": "PortConflict"}, wantPorts: []uint16{14001},
-		},
-		{
-			name: "disjoint ports: union",
-			exporters: []exporter{
-				{"west", exported("b", t0, grpcPort(14001))},
-				{"east", exported("b", t0.Add(time.Minute), catalog.Port{Name: "metrics", Port: 9090, Protocol: "http"})},
-			},
-			wantAccepted: []string{"west", "east"}, wantPorts: []uint16{9090, 14001},
-		},
-		{
-			name: "same time: the smaller cluster name wins",
-			exporters: []exporter{
-				{"west", exported("b", t0, grpcPort(14001))},
-				{"east", exported("b", t0, grpcPort(15000))},
-			},
-			wantAccepted: []string{"east"}, wantRejected: map[string]string{"west": "PortConflict"}, wantPorts: []uint16{15000},
-		},
-		{
-			name: "unknown export time counts as newest",
-			exporters: []exporter{
-				{"east", exported("b", time.Time{}, grpcPort(15000))},
-				{"west", exported("b", t0, grpcPort(14001))},
-			},
-			wantAccepted: []string{"west"}, wantRejected: map[string]string{"east": "PortConflict"}, wantPorts: []uint16{14001},
-		},
-		{
-			name: "headless after ClusterSetIP: type conflict",
-			exporters: []exporter{
-				{"west", exported("b", t0, grpcPort(14001))},
-				{"east", func() catalog.ExportedService {
-					s := exported("b", t0.Add(time.Minute), grpcPort(14001))
-					s.Headless = true
-					return s
-				}()},
-			},
-			wantAccepted: []string{"west"}, wantRejected: map[string]string{"east": "TypeConflict"}, wantPorts: []uint16{14001},
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			res := resolve(tc.exporters)
-			var accepted []string
-			for _, e := range res.Accepted {
-				accepted = append(accepted, e.Cluster)
-			}
-			if !reflect.DeepEqual(accepted, tc.wantAccepted) {
-				t.Errorf("accepted %v, want %v", accepted, tc.wantAccepted)
-			}
-			rejected := map[string]string{}
-			for c, r := range res.Rejected {
-				rejected[c] = r.Reason
-				if r.Message == "" {
-					t.Errorf("conflict of %s has no message", c)
-				}
-			}
-			if tc.wantRejected == nil {
-				tc.wantRejected = map[string]string{}
-			}
-			if !reflect.DeepEqual(rejected, tc.wantRejected) {
-				t.Errorf("rejected %v, want %v", rejected, tc.wantRejected)
-			}
-			var ports []uint16
-			for _, p := range res.Ports {
-				ports = append(ports, p.Port)
-			}
-			if !reflect.DeepEqual(ports, tc.wantPorts) {
-				t.Errorf("ports %v, want %v", ports, tc.wantPorts)
-			}
-		})
-	}
-}
-
 func TestViewLabelsRemoteEndpointsAndLeavesOutLosers(t *testing.T) {
 	westSvc := exported("bookstore-v2", t0, grpcPort(14001))
 	westSvc.Ports[0].TargetPort = 8080
 	westSvc.Endpoints = []catalog.Endpoint{{Address: "10.244.2.7", Ready: true, Zone: "west-a", Identity: "spiffe://meshfed.local/ns/bookstore/sa/bookstore-v2"}}
+	westV3 := exported("bookstore-v3", t0, grpcPort(14001)) // older than east's, but remote
 	rv := &federation.RemoteView{Clusters: map[string]federation.ClusterView{
 		"west": {
-			Catalog:  &catalog.Catalog{Cluster: "west", Network: "flat", Version: 7, Services: []catalog.ExportedService{westSvc}},
-			Services: []catalog.ExportedService{westSvc},
+			Catalog:  &catalog.Catalog{Cluster: "west", Network: "flat", Version: 7, Services: []catalog.ExportedService{westSvc, westV3}},
+			Services: []catalog.ExportedService{westSvc, westV3},
 		},
 		"north": { // everything withdrawn by the failure policy
 			Catalog:   &catalog.Catalog{Cluster: "north", Network: "flat", Version: 3, Services: []catalog.ExportedService{exported("gone", t0)}},
@@ -136,16 +36,21 @@ func TestViewLabelsRemoteEndpointsAndLeavesOutLosers(t *testing.T) {
 		},
 	}}
 	local := map[string]catalog.ExportedService{
-		"bookstore/bookstore-v2": exported("bookstore-v2", t0.Add(time.Hour), grpcPort(15000)), // loses
+		"bookstore/bookstore-v3": exported("bookstore-v3", t0.Add(time.Hour), grpcPort(15000)), // conflicts, stays
 		"bookstore/bookstore-v1": exported("bookstore-v1", t0, grpcPort(14001)),
 	}
-	v := computeView("east", local, rv)
+	seen := newFirstSeen()
+	seen.observe(rv, t0)
+	v := computeView("east", local, rv, seen)
 
-	if len(v.published) != 1 || v.published[0].Name != "bookstore-v1" {
-		t.Fatalf("published %+v, want only bookstore-v1 (bookstore-v2 conflicts with west's older export)", v.published)
+	if len(v.published) != 2 || v.published[0].Name != "bookstore-v1" || v.published[1].Name != "bookstore-v3" {
+		t.Fatalf("published %+v, want bookstore-v1 and bookstore-v3 (a remote export never evicts a local one)", v.published)
 	}
-	if c, ok := v.rejected["bookstore/bookstore-v2"]; !ok || c.Reason != "PortConflict" {
-		t.Fatalf("rejected %+v, want bookstore/bookstore-v2 PortConflict", v.rejected)
+	if c, ok := v.conflicts["bookstore/bookstore-v3"]; !ok || c.Reason != "PortConflict" || !strings.Contains(c.Message, `cluster "west"`) {
+		t.Fatalf("conflicts %+v, want bookstore/bookstore-v3 PortConflict naming west", v.conflicts)
+	}
+	if len(v.leftOut) != 1 || v.leftOut[0].Cluster != "west" || v.leftOut[0].Key != "bookstore/bookstore-v3" {
+		t.Fatalf("left out %+v, want west's bookstore/bookstore-v3", v.leftOut)
 	}
 	want := mesh.Service{
 		Namespace: "bookstore", Name: "bookstore-v2", Cluster: "west",
@@ -168,7 +73,7 @@ func TestViewLabelsRemoteEndpointsAndLeavesOutLosers(t *testing.T) {
 	for _, imp := range v.imports {
 		names = append(names, imp.Name+"@"+imp.Clusters[0])
 	}
-	if !reflect.DeepEqual(names, []string{"bookstore-v1@east", "bookstore-v2@west"}) {
+	if !reflect.DeepEqual(names, []string{"bookstore-v1@east", "bookstore-v2@west", "bookstore-v3@east"}) {
 		t.Fatalf("imports %v", names)
 	}
 }

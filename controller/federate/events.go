@@ -25,11 +25,18 @@ func newEvents(cfg Config, _ *slog.Logger) *events {
 }
 
 func (e *events) warn(se *mcsv1beta1.ServiceExport, reason, msg string) {
-	ref := &corev1.ObjectReference{
+	e.recorder.Event(exportRef(se), corev1.EventTypeWarning, reason, msg)
+}
+
+func (e *events) normal(se *mcsv1beta1.ServiceExport, reason, msg string) {
+	e.recorder.Event(exportRef(se), corev1.EventTypeNormal, reason, msg)
+}
+
+func exportRef(se *mcsv1beta1.ServiceExport) *corev1.ObjectReference {
+	return &corev1.ObjectReference{
 		APIVersion: mcsv1beta1.GroupVersion.String(), Kind: "ServiceExport",
 		Namespace: se.Namespace, Name: se.Name, UID: se.UID, ResourceVersion: se.ResourceVersion,
 	}
-	e.recorder.Event(ref, corev1.EventTypeWarning, reason, msg)
 }
 
 func (e *events) shutdown() { e.stopOnce.Do(e.broadcaster.Shutdown) }

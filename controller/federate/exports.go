@@ -18,10 +18,15 @@ import (
 const (
 	ReasonExportInvalid  = "ExportInvalid"
 	ReasonExportConflict = "ExportConflict"
+	// ReasonExportProblemGone (Normal) withdraws an earlier warning: the
+	// export is valid again, or no remote export conflicts with it any more.
+	ReasonExportProblemGone = "ExportProblemGone"
 )
 
 // desiredConditions returns the MCS conditions of one ServiceExport:
-// Valid, Conflict and Ready.
+// Valid, Conflict and Ready. A conflict never unpublishes the local export:
+// the conflicting remote exports are left out of the clusterset service
+// here instead.
 func desiredConditions(generation int64, invalid string, c *conflict) []metav1.Condition {
 	cond := func(t mcsv1beta1.ServiceExportConditionType, s metav1.ConditionStatus, reason, msg string) metav1.Condition {
 		return metav1.Condition{Type: string(t), Status: s, Reason: reason, Message: msg, ObservedGeneration: generation}
@@ -35,38 +40,31 @@ func desiredConditions(generation int64, invalid string, c *conflict) []metav1.C
 	}
 	out := []metav1.Condition{cond(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionTrue, string(mcsv1beta1.ServiceExportReasonValid), "the service exists and can be exported")}
 	if c != nil {
-		return append(out,
-			cond(mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionTrue, c.Reason, c.Message),
-			cond(mcsv1beta1.ServiceExportConditionReady, metav1.ConditionFalse, string(mcsv1beta1.ServiceExportReasonFailed), "not exported: it conflicts with an older export in another cluster"))
+		out = append(out, cond(mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionTrue, c.Reason, c.Message))
+	} else {
+		out = append(out, cond(mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionFalse, string(mcsv1beta1.ServiceExportReasonNoConflicts), "no conflicting export in the federation"))
 	}
-	return append(out,
-		cond(mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionFalse, string(mcsv1beta1.ServiceExportReasonNoConflicts), "no conflicting export in the federation"),
-		cond(mcsv1beta1.ServiceExportConditionReady, metav1.ConditionTrue, string(mcsv1beta1.ServiceExportReasonExported), "published to the federation"))
+	return append(out, cond(mcsv1beta1.ServiceExportConditionReady, metav1.ConditionTrue, string(mcsv1beta1.ServiceExportReasonExported), "published to the federation"))
+}
+
+// exportReport is a problem reported on one ServiceExport.
+type exportReport struct {
+	Reason  string // ReasonExportInvalid or ReasonExportConflict
+	Problem string
 }
 
 // updateExportConditions writes the conditions of every ServiceExport that
-// changed, and records an Event when an export becomes invalid or
-// conflicting.
-func (b *Bridge) updateExportConditions(ctx context.Context, all map[string]*mcsv1beta1.ServiceExport, invalid map[string]string, rejected map[string]conflict) error {
+// changed. It records a Warning Event when an export becomes invalid or
+// conflicting, and a Normal Event when that problem is gone.
+func (b *Bridge) updateExportConditions(ctx context.Context, all map[string]*mcsv1beta1.ServiceExport, invalid map[string]string, conflicts map[string]conflict) error {
 	var errs []error
-	reported := map[string]string{}
+	reported := map[string]exportReport{}
 	for key, se := range all {
 		var c *conflict
-		if rc, ok := rejected[key]; ok && invalid[key] == "" {
+		if rc, ok := conflicts[key]; ok && invalid[key] == "" {
 			c = &rc
 		}
-		problem := invalid[key]
-		reason := ReasonExportInvalid
-		if c != nil {
-			problem, reason = c.Reason+": "+c.Message, ReasonExportConflict
-		}
-		if problem != "" {
-			reported[key] = problem
-			if b.reported[key] != problem {
-				b.log.Warn("federate: ServiceExport skipped", "namespace", se.Namespace, "name", se.Name, "problem", problem)
-				b.events.warn(se, reason, "meshfed does not export this service: "+problem)
-			}
-		}
+		b.reportExport(se, key, invalid[key], c, reported)
 		conds := append([]metav1.Condition(nil), se.Status.Conditions...)
 		for _, d := range desiredConditions(se.Generation, invalid[key], c) {
 			apimeta.SetStatusCondition(&conds, d)
@@ -90,4 +88,56 @@ func (b *Bridge) updateExportConditions(ctx context.Context, all map[string]*mcs
 	}
 	b.reported = reported
 	return errors.Join(errs...)
+}
+
+// reportExport logs and records an Event when the problem of ServiceExport
+// key changed since the last reconcile, and notes it in reported.
+func (b *Bridge) reportExport(se *mcsv1beta1.ServiceExport, key, invalid string, c *conflict, reported map[string]exportReport) {
+	r := exportReport{Reason: ReasonExportInvalid, Problem: invalid}
+	if c != nil {
+		r = exportReport{Reason: ReasonExportConflict, Problem: c.Reason + ": " + c.Message}
+	}
+	prev, had := b.reported[key]
+	switch {
+	case r.Problem == "" && had:
+		b.log.Info("federate: ServiceExport problem gone", "namespace", se.Namespace, "name", se.Name, "was", prev.Problem)
+		if prev.Reason == ReasonExportConflict {
+			b.events.normal(se, ReasonExportProblemGone, "no other cluster's export conflicts with this one any more")
+		} else {
+			b.events.normal(se, ReasonExportProblemGone, "meshfed exports this service now")
+		}
+	case r.Problem == "":
+	case prev != r && r.Reason == ReasonExportConflict:
+		reported[key] = r
+		b.log.Warn("federate: ServiceExport in conflict, this cluster keeps its export", "namespace", se.Namespace, "name", se.Name, "conflict", r.Problem)
+		b.events.warn(se, r.Reason, "another cluster exports this service differently: "+r.Problem)
+	case prev != r:
+		reported[key] = r
+		b.log.Warn("federate: ServiceExport skipped", "namespace", se.Namespace, "name", se.Name, "problem", r.Problem)
+		b.events.warn(se, r.Reason, "meshfed does not export this service: "+r.Problem)
+	default:
+		reported[key] = r
+	}
+}
+
+// reportLeftOut logs each remote export that conflict resolution leaves
+// out of the clusterset service here, once per conflict, and when it is
+// no longer left out.
+func (b *Bridge) reportLeftOut(leftOut []leftOutExport) {
+	now := map[string]string{}
+	for _, l := range leftOut {
+		id := l.Cluster + "\x00" + l.Key
+		now[id] = l.Message
+		if b.leftOut[id] != l.Message {
+			b.log.Warn("federate: another cluster's conflicting export left out of the clusterset service",
+				"cluster", quote(l.Cluster), "service", quote(l.Key), "reason", l.Reason, "conflict", l.Message)
+		}
+	}
+	for id := range b.leftOut {
+		if _, ok := now[id]; !ok {
+			cluster, key, _ := strings.Cut(id, "\x00")
+			b.log.Info("federate: another cluster's export no longer left out", "cluster", quote(cluster), "service", quote(key))
+		}
+	}
+	b.leftOut = now
 }

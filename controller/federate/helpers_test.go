@@ -64,6 +64,8 @@ type member struct {
 	fed    *federation.Federation
 	bridge *federate.Bridge
 	reg    *prometheus.Registry
+	// logs holds what the bridge logged.
+	logs *logRecorder
 }
 
 func fedConfig(t *testing.T, name string, root *ca.Root, gossipKey []byte, seeds ...string) federation.Config {
@@ -108,7 +110,7 @@ func startMember(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []by
 	if _, err := inst.Install(ctx, o); err != nil {
 		t.Fatal(err)
 	}
-	m := &member{name: c.Name, kube: c.Client(), dyn: dynamic.NewForConfigOrDie(c.RESTConfig()), reg: prometheus.NewRegistry()}
+	m := &member{name: c.Name, kube: c.Client(), dyn: dynamic.NewForConfigOrDie(c.RESTConfig()), reg: prometheus.NewRegistry(), logs: &logRecorder{}}
 	m.fed, err = federation.New(fedConfig(t, c.Name, root, gossipKey, seeds...))
 	if err != nil {
 		t.Fatal(err)
@@ -121,8 +123,9 @@ func startMember(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []by
 	bcfg.Debounce = 20 * time.Millisecond
 	bcfg.Resync = 30 * time.Second
 	bcfg.Registerer = m.reg
+	bcfg.Logger = slog.New(m.logs)
 	if os.Getenv("FEDERATE_TEST_LOG") != "" {
-		bcfg.Logger = testLogger(c.Name)
+		m.logs.tee = testLogger(c.Name).Handler()
 	}
 	m.bridge, err = federate.New(bcfg)
 	if err != nil {
@@ -408,4 +411,98 @@ func TestMain(m *testing.M) {
 
 func testLogger(cluster string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("cluster", cluster)
+}
+
+// startBareMember runs a federation member with no cluster behind it,
+// in this process, on 127.0.0.1: a member that holds the gossip key and its
+// own cluster's intermediate, and publishes whatever the test says.
+func startBareMember(t *testing.T, name string, root *ca.Root, gossipKey []byte, seed string) *federation.Federation {
+	t.Helper()
+	cfg := fedConfig(t, name, root, gossipKey, seed)
+	f, err := federation.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := f.Run(ctx); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, 30*time.Second, func() (bool, string) { return f.Addr() != "", name + " is not listening" })
+	return f
+}
+
+// logRecorder is a slog.Handler that keeps every record's message and
+// attributes (as text), optionally passing them on to tee.
+type logRecorder struct {
+	mu      sync.Mutex
+	records []loggedRecord
+	attrs   []slog.Attr
+	tee     slog.Handler
+	parent  *logRecorder
+}
+
+type loggedRecord struct {
+	Msg   string
+	Attrs map[string]string
+}
+
+func (l *logRecorder) root() *logRecorder {
+	if l.parent != nil {
+		return l.parent.root()
+	}
+	return l
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l *logRecorder) Handle(ctx context.Context, r slog.Record) error {
+	rec := loggedRecord{Msg: r.Message, Attrs: map[string]string{}}
+	for _, a := range l.attrs {
+		rec.Attrs[a.Key] = a.Value.String()
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		rec.Attrs[a.Key] = a.Value.String()
+		return true
+	})
+	root := l.root()
+	root.mu.Lock()
+	root.records = append(root.records, rec)
+	tee := root.tee
+	root.mu.Unlock()
+	if tee != nil {
+		return tee.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (l *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return &logRecorder{attrs: append(append([]slog.Attr(nil), l.attrs...), as...), parent: l.root()}
+}
+
+func (l *logRecorder) WithGroup(string) slog.Handler { return l }
+
+// find returns the records whose attributes include every one of want.
+func (l *logRecorder) find(want map[string]string) []loggedRecord {
+	root := l.root()
+	root.mu.Lock()
+	defer root.mu.Unlock()
+	var out []loggedRecord
+	for _, r := range root.records {
+		ok := true
+		for k, v := range want {
+			if r.Attrs[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }

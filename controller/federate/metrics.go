@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"result"})
 	exp := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "meshfed_federate_exports",
-		Help: "Local ServiceExports by state: published, invalid (e.g. no such service), conflict (lost MCS conflict resolution).",
+		Help: "Local ServiceExports by state: published, invalid (e.g. no such service), conflict (published, but another cluster exports the name in a conflicting way).",
 	}, []string{"state"})
 	imp := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "meshfed_federate_service_imports",

@@ -28,11 +28,14 @@ type RemoteState struct {
 // view is what one reconcile computes from the local exports and the
 // federation's snapshot. Pure data; see computeView.
 type view struct {
-	// published is what this cluster publishes: its valid exports that
-	// won conflict resolution, sorted by namespace and name.
+	// published is what this cluster publishes: its valid exports,
+	// sorted by namespace and name (a remote export never evicts one).
 	published []catalog.ExportedService
-	// rejected are local exports that lost conflict resolution, by key.
-	rejected map[string]conflict
+	// conflicts are the local exports that remote exports conflict with,
+	// by key.
+	conflicts map[string]conflict
+	// leftOut are the remote exports that lost conflict resolution here.
+	leftOut []leftOutExport
 	// imports are the desired ServiceImports, sorted.
 	imports []importSpec
 	remote  RemoteState
@@ -48,11 +51,12 @@ type importSpec struct {
 }
 
 // computeView applies MCS conflict resolution to the local exports (by
-// "namespace/name") and the remote clusters' routable services.
-func computeView(local string, exports map[string]catalog.ExportedService, rv *federation.RemoteView) view {
+// "namespace/name") and the remote clusters' routable services, the remote
+// export times bounded by seen (see conflict.go).
+func computeView(local string, exports map[string]catalog.ExportedService, rv *federation.RemoteView, seen *firstSeen) view {
 	byName := map[string][]exporter{}
 	for k, es := range exports {
-		byName[k] = append(byName[k], exporter{Cluster: local, Service: es})
+		byName[k] = append(byName[k], localExporter(local, es))
 	}
 	network := map[string]string{}
 	version := map[string]uint64{}
@@ -62,11 +66,11 @@ func computeView(local string, exports map[string]catalog.ExportedService, rv *f
 				network[name], version[name] = cv.Catalog.Network, cv.Catalog.Version
 			}
 			for _, es := range cv.Services {
-				byName[es.Key()] = append(byName[es.Key()], exporter{Cluster: name, Service: es})
+				byName[es.Key()] = append(byName[es.Key()], remoteExporter(name, es, seen))
 			}
 		}
 	}
-	v := view{rejected: map[string]conflict{}, remote: RemoteState{Remote: map[string]mesh.ClusterCatalog{}}}
+	v := view{conflicts: map[string]conflict{}, remote: RemoteState{Remote: map[string]mesh.ClusterCatalog{}}}
 	if rv != nil {
 		for name := range rv.Clusters {
 			v.remote.Remote[name] = mesh.ClusterCatalog{Cluster: name, Network: network[name], Version: version[name]}
@@ -85,9 +89,7 @@ func computeView(local string, exports map[string]catalog.ExportedService, rv *f
 	})
 	for _, k := range keys {
 		res := resolve(byName[k])
-		if c, ok := res.Rejected[local]; ok {
-			v.rejected[k] = c
-		}
+		v.noteConflicts(k, res)
 		if len(res.Accepted) == 0 {
 			continue
 		}
