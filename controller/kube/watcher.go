@@ -58,6 +58,9 @@ type Watcher struct {
 
 	// converted is the worker's cache of converted Services.
 	converted *serviceCache
+	// The worker's last conversion problems and the Sink's last problems,
+	// reported together.
+	convProblems, sinkProblems []mesh.Problem
 }
 
 // pending is what the informer handlers tell the worker about the changes
@@ -353,6 +356,20 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.log.Info("kube: caches synced", "mesh", w.cfg.MeshName)
 	resync := time.NewTicker(w.cfg.Resync)
 	defer resync.Stop()
+	notifier, _ := w.cfg.Sink.(ProblemNotifier)
+	var rejudged <-chan struct{}
+	if notifier != nil {
+		rejudged = notifier.ProblemsChanged()
+	}
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
+	report := func() {
+		recheck.Stop()
+		if due := w.report(); !due.IsZero() {
+			recheck.Reset(time.Until(due))
+		}
+	}
 	w.signal()
 	for {
 		select {
@@ -360,6 +377,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case <-resync.C:
 			w.signal()
+			continue
+		case <-rejudged:
+			w.sinkProblems = notifier.Problems()
+			report()
+			continue
+		case <-recheck.C:
+			report()
 			continue
 		case <-w.changed:
 		}
@@ -370,6 +394,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		}
 		w.rebuild()
+		report()
 	}
 }
 
@@ -405,12 +430,14 @@ func (w *Watcher) debounce(ctx context.Context) bool {
 	}
 }
 
-// rebuild reads the listers into a State, sends it and reports problems.
+// rebuild reads the listers into a State and sends it; the caller
+// reports the problems.
 func (w *Watcher) rebuild() {
 	p := w.take()
 	start := time.Now()
 	state, problems := w.build(p.changes)
 	sinkProblems, err := w.cfg.Sink.Update(state)
+	w.convProblems, w.sinkProblems = problems, sinkProblems
 	w.metrics.generation.Observe(time.Since(start).Seconds())
 	if err != nil {
 		w.metrics.updates.WithLabelValues("error").Inc()
@@ -422,9 +449,14 @@ func (w *Watcher) rebuild() {
 			w.acks.published(p.first)
 		}
 	}
-	problems = append(problems, sinkProblems...)
-	w.events.report(problems)
+}
+
+// report reports the last conversion and Sink problems; it returns when
+// it must be called again for a problem still in its grace period.
+func (w *Watcher) report() time.Time {
+	problems := append(append([]mesh.Problem(nil), w.convProblems...), w.sinkProblems...)
 	w.metrics.setRejected(problems)
+	return w.events.report(problems)
 }
 
 // build reads every lister into one State. Objects that cannot be converted
