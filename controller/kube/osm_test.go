@@ -232,4 +232,3 @@ func compareOSMGolden(t *testing.T, path string, doc any) {
 		t.Errorf("%s differs from what meshfed generates (run go test -run TestGoldenOSMManifests -update and review the diff); generated:\n%s", path, got)
 	}
 }
-
