@@ -253,12 +253,22 @@ func (w *Watcher) burst() (time.Time, bool) {
 }
 
 // signalUpdate ignores informer resyncs that changed nothing (the periodic
-// resync rebuilds on its own schedule).
+// resync rebuilds on its own schedule), and updates of a custom resource
+// that left its spec as it was (a status write, such as the federation's
+// member list in the MeshConfig's status, which the watcher never reads).
 func (w *Watcher) signalUpdate(oldObj, newObj any) {
-	if sameVersion(oldObj, newObj) {
+	if sameVersion(oldObj, newObj) || sameSpec(oldObj, newObj) {
 		return
 	}
 	w.signalOther()
+}
+
+// sameSpec reports whether two versions of a custom resource have the same
+// generation, which the API server raises on every change of the spec.
+func sameSpec(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(*unstructured.Unstructured)
+	n, ok2 := newObj.(*unstructured.Unstructured)
+	return ok1 && ok2 && n.GetGeneration() != 0 && o.GetGeneration() == n.GetGeneration() && n.GetDeletionTimestamp() == nil
 }
 
 func sameVersion(oldObj, newObj any) bool {
