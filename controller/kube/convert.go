@@ -226,6 +226,10 @@ func headersOf(v any) (map[string]string, error) {
 			if !headerName.MatchString(key) {
 				return nil, fmt.Errorf("%w: header %q: not an HTTP header name (match the method with methods and the path with pathRegex)", ErrConversion, name)
 			}
+			if key == "host" {
+				return nil, fmt.Errorf("%w: header %q: meshfed does not match the host (proxies see it as :authority); "+
+					"remove it: the TrafficTarget's destination already selects the service", ErrConversion, name)
+			}
 			if _, dup := out[key]; dup {
 				return nil, fmt.Errorf("%w: header %q is given twice: write one regular expression that matches every value you allow", ErrConversion, key)
 			}
