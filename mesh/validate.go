@@ -255,3 +255,26 @@ func validateTrafficSplit(s *State, ts TrafficSplit, local map[NamespacedName]bo
 	}
 	return errors.Join(errs...)
 }
+
+// IsMissingReference reports whether err (a Problem's, possibly several
+// joined) says only that objects it names do not exist (ErrNoSuchService,
+// ErrNoSuchRoute), nothing about the object itself. Such a problem may go
+// away when the named object is created or another cluster exports it.
+func IsMissingReference(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case err == ErrNoSuchService || err == ErrNoSuchRoute:
+		return true
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs := j.Unwrap()
+		for _, e := range errs {
+			if !IsMissingReference(e) {
+				return false
+			}
+		}
+		return len(errs) > 0
+	}
+	return IsMissingReference(errors.Unwrap(err))
+}

@@ -85,3 +85,27 @@ func TestIdentityParts(t *testing.T) {
 		t.Fatalf("want invalid, got %v", err)
 	}
 }
+
+func TestIsMissingReferenceOnlyWhenEveryErrorIsOne(t *testing.T) {
+	s := State{
+		Settings: Settings{TrustDomain: "meshfed.local", ClusterName: "east"},
+		Services: []Service{{Namespace: "bookstore", Name: "bookstore", Ports: []Port{{Port: 14001}}}},
+		TrafficSplits: []TrafficSplit{
+			{Namespace: "bookstore", Name: "missing", Service: "bookstore", Backends: []SplitBackend{{Service: "bookstore-v2", Weight: 1}, {Service: "bookstore-v3", Weight: 1}}},
+			{Namespace: "bookstore", Name: "missing-and-bad", Service: "bookstore", Backends: []SplitBackend{{Service: "bookstore-v2", Weight: -1}}},
+		},
+	}
+	want := map[string]bool{"missing": true, "missing-and-bad": false}
+	problems := Validate(&s)
+	if len(problems) != 2 {
+		t.Fatalf("problems %v", problems)
+	}
+	for _, p := range problems {
+		if got := IsMissingReference(p.Err); got != want[p.Name] {
+			t.Errorf("%v: IsMissingReference = %v, want %v", p, got, want[p.Name])
+		}
+	}
+	if IsMissingReference(nil) || IsMissingReference(ErrInvalidObject) {
+		t.Error("nil or another error counted as a missing reference")
+	}
+}

@@ -38,6 +38,8 @@ type config struct {
 	// LeadingDelay, Debounce, MaxDelay and Resync tune the Kubernetes
 	// watcher (kube.Config).
 	LeadingDelay, Debounce, MaxDelay, Resync time.Duration
+	// MissingReferenceGrace is kube.Config.MissingReferenceGrace.
+	MissingReferenceGrace time.Duration
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
 	// MemoryLimit is the Go runtime's soft memory limit: a quantity
@@ -58,8 +60,10 @@ func defaultConfig() config {
 		Debounce:        100 * time.Millisecond,
 		MaxDelay:        time.Second,
 		Resync:          5 * time.Minute,
-		LogLevel:        "info",
-		MemoryLimit:     "auto",
+
+		MissingReferenceGrace: 30 * time.Second,
+		LogLevel:              "info",
+		MemoryLimit:           "auto",
 	}
 }
 
@@ -79,6 +83,7 @@ func (c *config) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.Debounce, "debounce", c.Debounce, "wait this long for a burst of Kubernetes changes to end")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "never wait longer than this after the first change of a burst")
 	fs.DurationVar(&c.Resync, "resync", c.Resync, "rebuild and re-send the whole configuration this often")
+	fs.DurationVar(&c.MissingReferenceGrace, "missing-reference-grace", c.MissingReferenceGrace, "report a TrafficSplit backend or root service, or a TrafficTarget route, that exists nowhere in the federation only after it has been missing this long")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, `Go soft memory limit ("250Mi"), "off", or "auto": GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if any, else none`)
 }

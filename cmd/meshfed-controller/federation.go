@@ -3,7 +3,8 @@ package main
 // Federation wiring: MeshConfig spec.federation → a federation member
 // (federation) and its Kubernetes bridge (controller/federate); the
 // bridge's remote state is merged into every mesh.State the watcher builds
-// before the xDS server gets it. Federation is switched on and off live
+// before the xDS server gets it (federate.Junction, which also judges
+// problems on the merged state). Federation is switched on and off live
 // (`meshfed cluster join` / `leave`), and the gossip keyring Secret is
 // re-read for key rotation without a restart.
 
@@ -28,7 +29,6 @@ import (
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/federation"
-	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -95,9 +95,9 @@ type federationWiring struct {
 	reg         prometheus.Registerer
 	log         *slog.Logger
 
-	mu     sync.Mutex // serializes pushes and guards the fields below
-	next   kube.Sink
-	last   *mesh.State
+	junction *federate.Junction
+
+	mu     sync.Mutex // guards the fields below
 	bridge *federate.Bridge
 	fed    *federation.Federation
 }
@@ -107,35 +107,15 @@ func newFederationWiring(client kubernetes.Interface, dyn dynamic.Interface, nam
 		authority: authority, reg: reg, log: log.With("component", "federation")}
 }
 
-// sink wraps next: every state gets the federation's remote view.
+// sink wraps next: every state gets the federation's remote view, and
+// problems are judged on it. runJunction must run for the sink to work.
 func (w *federationWiring) sink(next kube.Sink) kube.Sink {
-	w.next = next
-	return kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		w.last = &s
-		return w.pushLocked()
-	})
+	w.junction = federate.NewJunction(next, w.log)
+	return w.junction
 }
 
-func (w *federationWiring) pushLocked() ([]mesh.Problem, error) {
-	if w.last == nil {
-		return nil, nil
-	}
-	s := *w.last
-	var version uint64
-	if w.bridge != nil {
-		rs := w.bridge.Remote()
-		s.Remote, s.Imports, version = rs.Remote, rs.Imports, rs.Version
-		// A split backend that only other clusters export goes to them.
-		s = mesh.ResolveSplitBackends(s)
-	}
-	problems, err := w.next.Update(s)
-	if err == nil && w.bridge != nil {
-		w.bridge.Pushed(version)
-	}
-	return problems, err
-}
+// runJunction runs the junction of local and remote state until ctx ends.
+func (w *federationWiring) runJunction(ctx context.Context) error { return w.junction.Run(ctx) }
 
 // run follows MeshConfig spec.federation: starts the member and bridge when
 // enabled, stops them (empty catalog, graceful leave) when disabled or when
@@ -173,8 +153,8 @@ func (w *federationWiring) run(ctx context.Context) error {
 		cancel, cur = nil, nil
 		w.mu.Lock()
 		w.bridge, w.fed = nil, nil
-		_, _ = w.pushLocked()
 		w.mu.Unlock()
+		w.junction.SetRemote(nil)
 	}
 	defer stop(false)
 	tick := time.NewTicker(5 * time.Second)
@@ -240,6 +220,7 @@ func (w *federationWiring) run(ctx context.Context) error {
 			w.mu.Lock()
 			w.bridge, w.fed = nil, nil
 			w.mu.Unlock()
+			w.junction.SetRemote(nil)
 		}
 	}
 }
@@ -282,29 +263,12 @@ func (w *federationWiring) start(ctx context.Context, fs federationSettings, key
 			cancel() // one part down: stop both, run() restarts them
 		}()
 	}
-	// Push every change of the remote view with the last local state.
-	ch, unsub := bridge.Subscribe()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer unsub()
-		for {
-			select {
-			case <-rctx.Done():
-				return
-			case <-ch:
-				w.mu.Lock()
-				if _, err := w.pushLocked(); err != nil {
-					w.log.Error("pushing the remote view", "err", err)
-				}
-				w.mu.Unlock()
-			}
-		}
-	}()
 	go func() { wg.Wait(); close(done) }()
 	w.mu.Lock()
 	w.fed, w.bridge = fed, bridge
 	w.mu.Unlock()
+	// The junction follows the bridge's remote view from now on.
+	w.junction.SetRemote(bridge)
 	w.log.Info("federation started", "cluster", w.cluster, "bind", fmt.Sprintf("%s:%d", fs.BindAddress, fs.BindPort), "seeds", fs.Peers)
 	return cancel, done, nil
 }

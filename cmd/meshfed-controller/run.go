@@ -114,6 +114,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	kcfg.MeshName, kcfg.Namespace, kcfg.MeshConfigName = cfg.MeshName, cfg.Namespace, cfg.MeshConfig
 	kcfg.ClusterName, kcfg.TrustDomain = ms.ClusterName, ms.TrustDomain
 	kcfg.LeadingDelay, kcfg.Debounce, kcfg.MaxDelay, kcfg.Resync = cfg.LeadingDelay, cfg.Debounce, cfg.MaxDelay, cfg.Resync
+	kcfg.MissingReferenceGrace = cfg.MissingReferenceGrace
 	// Federation (federation.go) merges the remote view into every state.
 	fedWiring := newFederationWiring(client, dyn, cfg.Namespace, cfg.MeshConfig, ms.ClusterName, ms.TrustDomain, authority, reg, log)
 	kcfg.Sink = fedWiring.sink(kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) }))
@@ -169,6 +170,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	start("xds server", xds.Run)
 	start("issuer", func(ctx context.Context) error { return iss.Serve(ctx, issuerLis) })
 	start("kubernetes watcher", watcher.Run)
+	start("federation junction", fedWiring.runJunction)
 	start("federation", fedWiring.run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
 	bcfg := bundle.DefaultConfig()

@@ -23,6 +23,16 @@ type Sink interface {
 	Update(mesh.State) ([]mesh.Problem, error)
 }
 
+// ProblemNotifier is implemented by a Sink that judges the mesh again
+// without a new State from the watcher (when another cluster's catalog
+// changes, say). The watcher reports Problems, with its own conversion
+// problems, whenever ProblemsChanged fires. Problems returns the latest
+// judgement's problems and is safe to call from any goroutine.
+type ProblemNotifier interface {
+	Problems() []mesh.Problem
+	ProblemsChanged() <-chan struct{}
+}
+
 // SinkFunc adapts a function to Sink.
 type SinkFunc func(mesh.State) ([]mesh.Problem, error)
 
@@ -68,11 +78,20 @@ type Config struct {
 	Logger *slog.Logger
 	// Component is the source of the Events the watcher records.
 	Component string
+	// MissingReferenceGrace is how long a problem that is only a missing
+	// reference (a TrafficSplit backend or root service, or a
+	// TrafficTarget's route, that exists nowhere in the federation) lasts
+	// before its Warning Event: objects applied in any order, and services
+	// another cluster supplies moments later (federation startup), raise
+	// no Warning. Other problems are reported at once. The object is not
+	// served meanwhile either way.
+	MissingReferenceGrace time.Duration
 }
 
 // DefaultConfig returns a Config for mesh "meshfed" in "meshfed-system"
 // that builds an isolated change at once, debounces bursts by 100 ms
-// bounded at 1 s, and resyncs every 5 minutes. Client,
+// bounded at 1 s, resyncs every 5 minutes, and reports a missing
+// reference after 30 s (the federation's default withdraw delay). Client,
 // Dynamic and Sink must still be set.
 func DefaultConfig() Config {
 	return Config{
@@ -85,6 +104,8 @@ func DefaultConfig() Config {
 		MaxDelay:       time.Second,
 		Resync:         5 * time.Minute,
 		Component:      "meshfed-controller",
+
+		MissingReferenceGrace: 30 * time.Second,
 	}
 }
 
@@ -117,6 +138,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxDelay < c.Debounce {
 		errs = append(errs, fmt.Errorf("kube: MaxDelay %v: must be at least Debounce %v", c.MaxDelay, c.Debounce))
+	}
+	if c.MissingReferenceGrace < 0 {
+		errs = append(errs, fmt.Errorf("kube: MissingReferenceGrace %v: must not be negative", c.MissingReferenceGrace))
 	}
 	if c.Resync <= 0 {
 		errs = append(errs, fmt.Errorf("kube: Resync %v: must be positive", c.Resync))

@@ -3,6 +3,7 @@ package kube
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/meshfed/meshfed/mesh"
 )
@@ -37,6 +39,8 @@ type smiIdentity struct {
 	Kind      string `json:"kind"`
 	Name      string `json:"name"`
 	Namespace string `json:"namespace"`
+	// Port is read only to refuse it: meshfed does not enforce it.
+	Port *int64 `json:"port"`
 }
 
 type trafficTargetSpec struct {
@@ -51,10 +55,12 @@ type trafficTargetSpec struct {
 
 type httpRouteGroupSpec struct {
 	Matches []struct {
-		Name      string            `json:"name"`
-		PathRegex string            `json:"pathRegex"`
-		Methods   []string          `json:"methods"`
-		Headers   map[string]string `json:"headers"`
+		Name      string   `json:"name"`
+		PathRegex string   `json:"pathRegex"`
+		Methods   []string `json:"methods"`
+		// Headers is a map or a list of maps (headersOf); the CRD keeps it
+		// as written.
+		Headers any `json:"headers"`
 	} `json:"matches"`
 }
 
@@ -71,6 +77,8 @@ type trafficSplitSpec struct {
 		Service string `json:"service"`
 		Weight  int64  `json:"weight"`
 	} `json:"backends"`
+	// Matches is read only to refuse it: meshfed splits all traffic.
+	Matches []any `json:"matches"`
 }
 
 type meshConfigSpec struct {
@@ -120,6 +128,10 @@ func TrafficTargetFrom(td string, u *unstructured.Unstructured) (mesh.TrafficTar
 		return mesh.TrafficTarget{}, err
 	}
 	tt := mesh.TrafficTarget{Namespace: u.GetNamespace(), Name: u.GetName()}
+	if p := spec.Destination.Port; p != nil {
+		return tt, fmt.Errorf("%w: destination.port %d: meshfed does not enforce a port on the destination; "+
+			"remove destination.port and allow ports with a TCPRoute rule (spec.matches.ports) instead", ErrConversion, *p)
+	}
 	dst, err := identityOf(td, spec.Destination, u.GetNamespace())
 	if err != nil {
 		return tt, fmt.Errorf("destination: %w", err)
@@ -133,12 +145,17 @@ func TrafficTargetFrom(td string, u *unstructured.Unstructured) (mesh.TrafficTar
 		tt.Sources = append(tt.Sources, id)
 	}
 	for _, r := range spec.Rules {
+		if mesh.RouteKind(r.Kind) == mesh.KindTCPRoute && len(r.Matches) > 0 {
+			return tt, fmt.Errorf("%w: rule TCPRoute %s: matches select matches of an HTTPRouteGroup; remove them (a TCPRoute allows its ports)", ErrConversion, r.Name)
+		}
 		tt.Rules = append(tt.Rules, mesh.TrafficTargetRule{Kind: mesh.RouteKind(r.Kind), Name: r.Name, Matches: r.Matches})
 	}
 	return tt, nil
 }
 
 // HTTPRouteGroupFrom reads a specs.smi-spec.io/v1alpha4 HTTPRouteGroup.
+// Headers may be a map or, as OSM wrote them, a list of single-entry maps;
+// both become the same match.
 func HTTPRouteGroupFrom(u *unstructured.Unstructured) (mesh.HTTPRouteGroup, error) {
 	var spec httpRouteGroupSpec
 	if err := specOf(u, &spec); err != nil {
@@ -146,9 +163,102 @@ func HTTPRouteGroupFrom(u *unstructured.Unstructured) (mesh.HTTPRouteGroup, erro
 	}
 	g := mesh.HTTPRouteGroup{Namespace: u.GetNamespace(), Name: u.GetName()}
 	for _, m := range spec.Matches {
-		g.Matches = append(g.Matches, mesh.HTTPMatch{Name: m.Name, PathRegex: m.PathRegex, Methods: m.Methods, Headers: m.Headers})
+		headers, err := headersOf(m.Headers)
+		if err != nil {
+			return g, fmt.Errorf("match %q: %w", m.Name, err)
+		}
+		for _, method := range m.Methods {
+			if !httpMethods[method] {
+				return g, fmt.Errorf("%w: match %q: method %q: write an HTTP method in capitals (GET, POST, ...) or \"*\" for any", ErrConversion, m.Name, method)
+			}
+		}
+		g.Matches = append(g.Matches, mesh.HTTPMatch{Name: m.Name, PathRegex: m.PathRegex, Methods: m.Methods, Headers: headers})
 	}
 	return g, nil
+}
+
+// httpMethods are the methods an HTTPRouteGroup match may name; "*" is any.
+var httpMethods = map[string]bool{
+	"*": true, "GET": true, "HEAD": true, "PUT": true, "POST": true, "DELETE": true,
+	"CONNECT": true, "OPTIONS": true, "TRACE": true, "PATCH": true,
+}
+
+// headerName is an HTTP header name (RFC 9110 token) in lower case.
+var headerName = regexp.MustCompile("^[a-z0-9!#$%&'*+.^_`|~-]+$")
+
+const headersHelp = `write a map of header name to regular expression ({"user-agent": ".*-http-client/.*"}) or a list of such maps ([{"user-agent": ".*-http-client/.*"}, {"client-app": "bookbuyer"}])`
+
+// headersOf reads the headers of an HTTPRouteGroup match: a map of header
+// name to value regex (SMI's Go types), or a list of maps (OSM's CRD and
+// documentation: one entry each). Names are case-insensitive and kept in
+// lower case; a name given twice is refused.
+func headersOf(v any) (map[string]string, error) {
+	var entries []map[string]any
+	switch h := v.(type) {
+	case nil:
+		return nil, nil
+	case map[string]any:
+		entries = []map[string]any{h}
+	case []any:
+		for i, item := range h {
+			m, ok := item.(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("%w: headers[%d] is a %s: %s", ErrConversion, i, jsonKind(item), headersHelp)
+			}
+			entries = append(entries, m)
+		}
+	default:
+		return nil, fmt.Errorf("%w: headers is a %s: %s", ErrConversion, jsonKind(v), headersHelp)
+	}
+	out := map[string]string{}
+	for _, m := range entries {
+		names := make([]string, 0, len(m))
+		for name := range m {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			value, ok := m[name].(string)
+			if !ok {
+				return nil, fmt.Errorf("%w: header %q: value is a %s, not a string: %s", ErrConversion, name, jsonKind(m[name]), headersHelp)
+			}
+			key := strings.ToLower(name)
+			if !headerName.MatchString(key) {
+				return nil, fmt.Errorf("%w: header %q: not an HTTP header name (match the method with methods and the path with pathRegex)", ErrConversion, name)
+			}
+			if key == "host" {
+				return nil, fmt.Errorf("%w: header %q: meshfed does not match the host (proxies see it as :authority); "+
+					"remove it: the TrafficTarget's destination already selects the service", ErrConversion, name)
+			}
+			if _, dup := out[key]; dup {
+				return nil, fmt.Errorf("%w: header %q is given twice: write one regular expression that matches every value you allow", ErrConversion, key)
+			}
+			out[key] = value
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// jsonKind names the JSON type of an unstructured value, for messages.
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "string"
+	case bool:
+		return "boolean"
+	case int64, float64, int, int32:
+		return "number"
+	case []any:
+		return "list"
+	case map[string]any:
+		return "map"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 // TCPRouteFrom reads a specs.smi-spec.io/v1alpha4 TCPRoute.
@@ -168,23 +278,58 @@ func TCPRouteFrom(u *unstructured.Unstructured) (mesh.TCPRoute, error) {
 }
 
 // TrafficSplitFrom reads a split.smi-spec.io/v1alpha2 TrafficSplit. The
-// root service may be given as a name or as "<name>.<namespace>..." (OSM
-// accepted both); only the name is kept.
+// root service and the backends may be given as a name, as
+// "<name>.<namespace>" or as the FQDN "<name>.<namespace>.svc.cluster.local"
+// (OSM accepted all of them); the namespace must be the split's own. A
+// backend may name the root service itself (its own endpoints). spec.matches
+// is refused: meshfed splits all of the root service's traffic.
 func TrafficSplitFrom(u *unstructured.Unstructured) (mesh.TrafficSplit, error) {
 	var spec trafficSplitSpec
 	if err := specOf(u, &spec); err != nil {
 		return mesh.TrafficSplit{}, err
 	}
-	ts := mesh.TrafficSplit{Namespace: u.GetNamespace(), Name: u.GetName(), Service: shortName(spec.Service)}
+	ns := u.GetNamespace()
+	ts := mesh.TrafficSplit{Namespace: ns, Name: u.GetName()}
+	if len(spec.Matches) > 0 {
+		return ts, fmt.Errorf("%w: spec.matches: meshfed splits all traffic to the root service and does not split by route; "+
+			"remove spec.matches (and keep route-specific policy in TrafficTargets)", ErrConversion)
+	}
+	var err error
+	if ts.Service, err = serviceName(spec.Service, ns); err != nil {
+		return ts, fmt.Errorf("service: %w", err)
+	}
 	for _, b := range spec.Backends {
-		ts.Backends = append(ts.Backends, mesh.SplitBackend{Service: shortName(b.Service), Weight: b.Weight})
+		name, err := serviceName(b.Service, ns)
+		if err != nil {
+			return ts, fmt.Errorf("backend: %w", err)
+		}
+		ts.Backends = append(ts.Backends, mesh.SplitBackend{Service: name, Weight: b.Weight})
 	}
 	return ts, nil
 }
 
-func shortName(s string) string {
-	name, _, _ := strings.Cut(s, ".")
-	return name
+// serviceName reads a service reference of a TrafficSplit in namespace ns:
+// "name", "name.ns", "name.ns.svc", "name.ns.svc.cluster" or
+// "name.ns.svc.cluster.local". It returns the name.
+func serviceName(ref, ns string) (string, error) {
+	name, rest, _ := strings.Cut(ref, ".")
+	if errs := validation.IsDNS1035Label(name); len(errs) > 0 {
+		return "", fmt.Errorf("%w: %q: %s: write the name of a Service in namespace %s", ErrConversion, ref, strings.Join(errs, "; "), ns)
+	}
+	if rest == "" {
+		return name, nil
+	}
+	refNS, suffix, _ := strings.Cut(rest, ".")
+	if refNS != ns {
+		return "", fmt.Errorf("%w: %q names a service in namespace %q: a TrafficSplit splits services of its own namespace %s; "+
+			"write %q in a TrafficSplit in namespace %s", ErrConversion, ref, refNS, ns, name, refNS)
+	}
+	switch suffix {
+	case "", "svc", "svc.cluster", "svc.cluster.local":
+		return name, nil
+	}
+	return "", fmt.Errorf("%w: %q: write %q or %q (services of other clusters are found by name: MCS namespace sameness)",
+		ErrConversion, ref, name, name+"."+ns+".svc.cluster.local")
 }
 
 // settingsFrom reads a MeshConfig over the defaults in base.

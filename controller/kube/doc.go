@@ -12,8 +12,11 @@
 // Kubernetes change to the proxies' ACKs).
 //
 // It does not own xDS: it hands each State to a Sink (in meshfed-controller,
-// the xDS server's Update) and reports the problems the Sink returns. It
-// never writes to the API server except Events.
+// the federation junction in front of the xDS server) and reports the
+// problems the Sink returns, and those a ProblemNotifier Sink finds later
+// (a reference missing everywhere after MissingReferenceGrace; a Normal
+// Event when a reported object is in force again). It never writes to the
+// API server except Events.
 //
 // One goroutine (Run's) owns the state it builds: informer handlers only
 // signal that something changed, and the worker re-reads the listers, so a

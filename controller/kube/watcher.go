@@ -58,6 +58,9 @@ type Watcher struct {
 
 	// converted is the worker's cache of converted Services.
 	converted *serviceCache
+	// The worker's last conversion problems and the Sink's last problems,
+	// reported together.
+	convProblems, sinkProblems []mesh.Problem
 }
 
 // pending is what the informer handlers tell the worker about the changes
@@ -250,12 +253,22 @@ func (w *Watcher) burst() (time.Time, bool) {
 }
 
 // signalUpdate ignores informer resyncs that changed nothing (the periodic
-// resync rebuilds on its own schedule).
+// resync rebuilds on its own schedule), and updates of a custom resource
+// that left its spec as it was (a status write, such as the federation's
+// member list in the MeshConfig's status, which the watcher never reads).
 func (w *Watcher) signalUpdate(oldObj, newObj any) {
-	if sameVersion(oldObj, newObj) {
+	if sameVersion(oldObj, newObj) || sameSpec(oldObj, newObj) {
 		return
 	}
 	w.signalOther()
+}
+
+// sameSpec reports whether two versions of a custom resource have the same
+// generation, which the API server raises on every change of the spec.
+func sameSpec(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(*unstructured.Unstructured)
+	n, ok2 := newObj.(*unstructured.Unstructured)
+	return ok1 && ok2 && n.GetGeneration() != 0 && o.GetGeneration() == n.GetGeneration() && n.GetDeletionTimestamp() == nil
 }
 
 func sameVersion(oldObj, newObj any) bool {
@@ -353,6 +366,20 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.log.Info("kube: caches synced", "mesh", w.cfg.MeshName)
 	resync := time.NewTicker(w.cfg.Resync)
 	defer resync.Stop()
+	notifier, _ := w.cfg.Sink.(ProblemNotifier)
+	var rejudged <-chan struct{}
+	if notifier != nil {
+		rejudged = notifier.ProblemsChanged()
+	}
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
+	report := func() {
+		recheck.Stop()
+		if due := w.report(); !due.IsZero() {
+			recheck.Reset(time.Until(due))
+		}
+	}
 	w.signal()
 	for {
 		select {
@@ -360,6 +387,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case <-resync.C:
 			w.signal()
+			continue
+		case <-rejudged:
+			w.sinkProblems = notifier.Problems()
+			report()
+			continue
+		case <-recheck.C:
+			report()
 			continue
 		case <-w.changed:
 		}
@@ -370,6 +404,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		}
 		w.rebuild()
+		report()
 	}
 }
 
@@ -405,12 +440,14 @@ func (w *Watcher) debounce(ctx context.Context) bool {
 	}
 }
 
-// rebuild reads the listers into a State, sends it and reports problems.
+// rebuild reads the listers into a State and sends it; the caller
+// reports the problems.
 func (w *Watcher) rebuild() {
 	p := w.take()
 	start := time.Now()
 	state, problems := w.build(p.changes)
 	sinkProblems, err := w.cfg.Sink.Update(state)
+	w.convProblems, w.sinkProblems = problems, sinkProblems
 	w.metrics.generation.Observe(time.Since(start).Seconds())
 	if err != nil {
 		w.metrics.updates.WithLabelValues("error").Inc()
@@ -422,9 +459,14 @@ func (w *Watcher) rebuild() {
 			w.acks.published(p.first)
 		}
 	}
-	problems = append(problems, sinkProblems...)
-	w.events.report(problems)
+}
+
+// report reports the last conversion and Sink problems; it returns when
+// it must be called again for a problem still in its grace period.
+func (w *Watcher) report() time.Time {
+	problems := append(append([]mesh.Problem(nil), w.convProblems...), w.sinkProblems...)
 	w.metrics.setRejected(problems)
+	return w.events.report(problems)
 }
 
 // build reads every lister into one State. Objects that cannot be converted

@@ -2,8 +2,10 @@ package demo
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/meshfed/meshfed/tests/federated"
@@ -28,8 +30,9 @@ func (e *env) waitUntil(ctx context.Context, limit time.Duration, what string, c
 
 // check runs the demo's scenario unattended: the split across clusters
 // follows its weights, bookthief is denied and bookbuyer allowed, a split
-// change moves traffic without failed RPCs, and when west is lost its share
-// moves to east.
+// change moves traffic without failed RPCs, meshfed raises no Warning
+// Event about the demo's objects, and when west is lost its share moves to
+// east.
 func (e *env) check(ctx context.Context) error {
 	var errs []error
 	fail := func(err error) {
@@ -94,7 +97,12 @@ func (e *env) check(ctx context.Context) error {
 		return t.By[v1East] > 0 && t.By[v2West] > 0, fmt.Sprint(t.By)
 	}))
 
-	// 4. West is lost (its controller and workloads stop): once its
+	// 4. meshfed has no complaint about the demo's objects: in a healthy
+	// federation no Warning Event stands on any of them (what is in
+	// force must not be reported missing).
+	fail(e.checkNoWarnings(ctx))
+
+	// 5. West is lost (its controller and workloads stop): once its
 	// endpoints are withdrawn, every RPC is answered in east.
 	e.say("stopping west: its controller and its bookstore-v2")
 	e.h.StopController("west")
@@ -111,5 +119,43 @@ func (e *env) check(ctx context.Context) error {
 		return fmt.Errorf("demo check: %d expectation(s) missed: %w", len(errs), errors.Join(errs...))
 	}
 	e.say("all checks passed")
+	return nil
+}
+
+// meshfedComponent is the source of the Events meshfed-controller records.
+const meshfedComponent = "meshfed-controller"
+
+// checkNoWarnings fails on any Warning Event meshfed put on an object in
+// either cluster.
+func (e *env) checkNoWarnings(ctx context.Context) error {
+	var found []string
+	for _, cluster := range e.h.Clusters() {
+		out, err := e.h.KubectlOutput(ctx, cluster, "get", "events", "--all-namespaces", "-o", "json")
+		if err != nil {
+			return err
+		}
+		var list struct {
+			Items []struct {
+				Type, Reason, Message string
+				Source                struct{ Component string }
+				ReportingComponent    string `json:"reportingComponent"`
+				InvolvedObject        struct{ Kind, Namespace, Name string }
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return fmt.Errorf("reading the events of %s: %w", cluster, err)
+		}
+		for _, ev := range list.Items {
+			if ev.Type != "Warning" || (ev.Source.Component != meshfedComponent && ev.ReportingComponent != meshfedComponent) {
+				continue
+			}
+			o := ev.InvolvedObject
+			found = append(found, fmt.Sprintf("%s: %s %s/%s: %s: %s", cluster, o.Kind, o.Namespace, o.Name, ev.Reason, ev.Message))
+		}
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("meshfed Warning Events in a healthy demo:\n  %s", strings.Join(found, "\n  "))
+	}
+	e.say("ok: no meshfed Warning Event on the demo's objects")
 	return nil
 }
