@@ -33,6 +33,18 @@ const DefaultAudience = "meshfed"
 // names another one at install time.
 const DefaultTrustDomain = "meshfed.local"
 
+// ControllerServiceAccount is the ServiceAccount meshfed's controller runs
+// as; its SVID (ControllerID) is the identity the issuer and the xDS server
+// present to workloads.
+const ControllerServiceAccount = "meshfed-controller"
+
+// ControllerID returns the SPIFFE ID of the controller of the mesh whose
+// control plane runs in namespace: spiffe://<td>/ns/<namespace>/sa/meshfed-controller.
+// Agents require the issuer to present exactly this ID.
+func ControllerID(td spiffeid.TrustDomain, namespace string) (spiffeid.ID, error) {
+	return WorkloadID(td, namespace, ControllerServiceAccount)
+}
+
 // WorkloadID returns spiffe://<td>/ns/<namespace>/sa/<serviceAccount>.
 func WorkloadID(td spiffeid.TrustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
 	if td.IsZero() {

@@ -28,6 +28,8 @@ func newAgentCommand() *cobra.Command {
 workload's ServiceAccount token (audience "meshfed"), writes certificate.pem,
 private_key.pem and ca_certificate.pem into --out-dir where grpc-go's
 file_watcher certificate provider reads them, and renews them at half life.
+The token goes only to an issuer presenting the controller's SPIFFE ID
+(--issuer-id, by default derived from --mesh-namespace).
 
 With --bootstrap it also writes the gRPC xDS bootstrap file (point
 GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
@@ -66,7 +68,8 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.IssuerAddress, "issuer-address", cfg.IssuerAddress, "the controller's issuer, host:port")
-	f.StringVar(&cfg.IssuerID, "issuer-id", cfg.IssuerID, "SPIFFE ID the issuer must present (default: any ID of the trust domain)")
+	f.StringVar(&cfg.IssuerID, "issuer-id", cfg.IssuerID, "SPIFFE ID the issuer must present (default: the controller of --mesh-namespace, spiffe://<trust-domain>/ns/<mesh-namespace>/sa/meshfed-controller)")
+	f.StringVar(&cfg.MeshNamespace, "mesh-namespace", cfg.MeshNamespace, "the control plane's namespace, from which the default --issuer-id is derived")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "the mesh's SPIFFE trust domain")
 	f.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "projected ServiceAccount token with audience \"meshfed\" (re-read before each request)")
 	f.StringVar(&token, "token", "", "the token itself instead of --token-file (tests; visible in the process list)")

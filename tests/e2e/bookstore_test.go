@@ -117,7 +117,7 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	runner.AddCluster("east", workloads.Cluster{
 		Client: c.Client(), Network: network,
 		IssuerAddress: host + ":15129", XDSAddress: host + ":15128",
-		TrustDomain: deploy.DefaultTrustDomain, BundlePEM: []byte(cm.Data["ca.crt"]),
+		TrustDomain: deploy.DefaultTrustDomain, IssuerID: "spiffe://" + deploy.DefaultTrustDomain + "/ns/" + cpNS + "/sa/" + deploy.ControllerName, BundlePEM: []byte(cm.Data["ca.crt"]),
 	})
 
 	m := &bookstoreMesh{sb: sb, cluster: c, apply: newApplier(t, c.RESTConfig()), results: results,

@@ -413,7 +413,7 @@ func (h *Harness) registerCluster(ctx context.Context, c *Cluster) error {
 	h.runner.AddCluster(c.Name, workloads.Cluster{
 		Client: c.Sandbox.Client(), Network: h.net,
 		IssuerAddress: "unix://" + c.issuerSock, XDSAddress: "unix://" + c.xdsSock,
-		TrustDomain: deploy.DefaultTrustDomain, BundlePEM: []byte(bundle.Data[ca.BundleKey]),
+		TrustDomain: deploy.DefaultTrustDomain, IssuerID: "spiffe://" + deploy.DefaultTrustDomain + "/ns/" + deploy.DefaultNamespace + "/sa/" + deploy.ControllerName, BundlePEM: []byte(bundle.Data[ca.BundleKey]),
 	})
 	return nil
 }

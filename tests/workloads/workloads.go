@@ -69,6 +69,9 @@ type Cluster struct {
 	IssuerAddress, XDSAddress string
 	// TrustDomain is the mesh's SPIFFE trust domain.
 	TrustDomain string
+	// IssuerID is the SPIFFE ID the controller's issuer presents; the agent
+	// gives its token to no other.
+	IssuerID string
 	// BundlePEM is the trust bundle the agent verifies the issuer with.
 	BundlePEM []byte
 }
@@ -199,7 +202,7 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 	w := Workload{Cluster: cluster, Namespace: pod.Namespace, Pod: pod.Name, ServiceAccount: sa, Labels: pod.Labels}
 	bootstrapFile := filepath.Join(dir, "bootstrap.json")
 	agent := r.command(netns, r.cfg.Meshfed, "agent",
-		"--issuer-address="+c.IssuerAddress, "--trust-domain="+c.TrustDomain,
+		"--issuer-address="+c.IssuerAddress, "--issuer-id="+c.IssuerID, "--trust-domain="+c.TrustDomain,
 		"--token="+tr.Status.Token, "--bundle-file="+bundleFile, "--out-dir="+certs,
 		"--bootstrap="+bootstrapFile, "--xds-address="+c.XDSAddress,
 		"--node-id="+pod.Namespace+"/"+pod.Name, "--min-retry=200ms", "--max-retry=5s")

@@ -34,6 +34,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/ca"
 	"github.com/meshfed/meshfed/trust/issuer"
 )
@@ -44,9 +45,14 @@ type Config struct {
 	// IssuerAddress is the issuer's host:port
 	// (meshfed-controller.meshfed-system.svc:9443 in a cluster).
 	IssuerAddress string
-	// IssuerID is the SPIFFE ID the issuer must present; empty accepts any
-	// ID of TrustDomain.
+	// IssuerID is the SPIFFE ID the issuer must present. Empty means the
+	// controller of MeshNamespace (trust.ControllerID); the agent refuses to
+	// run when both are empty, so its token never goes to another workload
+	// of the trust domain posing as the issuer.
 	IssuerID string
+	// MeshNamespace is the control plane's namespace, from which the
+	// default IssuerID is derived. Default "meshfed-system".
+	MeshNamespace string
 	// TrustDomain is the federation's SPIFFE trust domain.
 	TrustDomain string
 	// TokenFile is the projected ServiceAccount token (audience "meshfed").
@@ -79,6 +85,7 @@ func DefaultConfig() Config {
 	return Config{
 		IssuerAddress: "meshfed-controller.meshfed-system.svc:9443",
 		TrustDomain:   "meshfed.local",
+		MeshNamespace: "meshfed-system",
 		TokenFile:     "/var/run/secrets/meshfed/token",
 		BundleFile:    "/var/run/meshfed/bundle/ca.crt",
 		OutputDir:     "/var/run/meshfed/certs",
@@ -98,11 +105,9 @@ func (c Config) Validate() error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("trust domain %q: %w", c.TrustDomain, err))
 	}
-	if c.IssuerID != "" {
-		if id, err := spiffeid.FromString(c.IssuerID); err != nil {
-			errs = append(errs, fmt.Errorf("issuer id %q: %w", c.IssuerID, err))
-		} else if !td.IsZero() && !id.MemberOf(td) {
-			errs = append(errs, fmt.Errorf("issuer id %q: not in trust domain %q", c.IssuerID, c.TrustDomain))
+	if !td.IsZero() {
+		if _, err := c.issuerID(td); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.TokenFile == "" && c.TokenSource == nil {
@@ -177,11 +182,9 @@ func FetchOnce(ctx context.Context, cfg Config) (*x509svid.SVID, *x509bundle.Bun
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: trust domain: %w", err)
 	}
-	var issuerID spiffeid.ID
-	if cfg.IssuerID != "" {
-		if issuerID, err = spiffeid.FromString(cfg.IssuerID); err != nil {
-			return nil, nil, fmt.Errorf("agent: issuer id: %w", err)
-		}
+	issuerID, err := cfg.issuerID(td)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	token, err := readToken(ctx, cfg)
 	if err != nil {
@@ -224,6 +227,30 @@ func FetchOnce(ctx context.Context, cfg Config) (*x509svid.SVID, *x509bundle.Bun
 		return nil, nil, fmt.Errorf("agent: issuer %s returned a certificate for another key", cfg.IssuerAddress)
 	}
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, bundle, nil
+}
+
+// issuerID is the one SPIFFE ID the issuer may present: IssuerID, or the
+// controller of MeshNamespace. Never empty: an empty ID would let any SVID of
+// the trust domain pose as the issuer and receive the token.
+func (c Config) issuerID(td spiffeid.TrustDomain) (spiffeid.ID, error) {
+	if c.IssuerID == "" {
+		if c.MeshNamespace == "" {
+			return spiffeid.ID{}, errors.New("issuer id is empty and no mesh namespace to derive it from: set the issuer's SPIFFE ID (the controller's, spiffe://<trust-domain>/ns/<mesh-namespace>/sa/meshfed-controller)")
+		}
+		id, err := trust.ControllerID(td, c.MeshNamespace)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("issuer id from mesh namespace %q: %w", c.MeshNamespace, err)
+		}
+		return id, nil
+	}
+	id, err := spiffeid.FromString(c.IssuerID)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("issuer id %q: %w", c.IssuerID, err)
+	}
+	if !id.MemberOf(td) {
+		return spiffeid.ID{}, fmt.Errorf("issuer id %q: not in trust domain %q", c.IssuerID, td.Name())
+	}
+	return id, nil
 }
 
 func keyMatchesLeaf(key *ecdsa.PrivateKey, leaf *x509.Certificate) bool {

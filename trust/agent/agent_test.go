@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -220,4 +221,119 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 		t.Fatal("accepted")
 	}
 	t.Log(err)
+}
+
+// tokenRecorder is the authenticator of an issuer run by an attacker: it
+// keeps every token it is sent.
+type tokenRecorder struct {
+	mu     sync.Mutex
+	tokens []string
+}
+
+func (r *tokenRecorder) Authenticate(_ context.Context, token string) (issuer.Caller, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tokens = append(r.tokens, token)
+	return issuer.Caller{Namespace: "bookthief", ServiceAccount: "bookthief"}, nil
+}
+
+func (r *tokenRecorder) received() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.tokens...)
+}
+
+// startPosingIssuer serves meshfed's issuer protocol over real TLS with a
+// valid SVID of the trust domain for id, recording every token it receives.
+func startPosingIssuer(t *testing.T, id spiffeid.ID) (addr string, bundlePEM []byte, rec *tokenRecorder) {
+	t.Helper()
+	root, err := ca.GenerateRoot(td, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := root.NewIntermediate("east", 12*time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := inter.IssueSVID(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec = &tokenRecorder{}
+	srv, err := issuer.NewServer(issuer.DefaultConfig(), ca.NewAuthority(inter), rec, serving)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return lis.Addr().String(), inter.BundlePEM(), rec
+}
+
+// TestAgentRefusesIssuerWithWrongSPIFFEID: a workload of the trust domain
+// (bookthief, with its own valid SVID) serves the issuer protocol and gets
+// the agent to dial it. The agent, left at its defaults, requires the
+// controller's ID and never sends the token; the same agent talking to the
+// same server under the controller's ID does send it (the control).
+func TestAgentRefusesIssuerWithWrongSPIFFEID(t *testing.T) {
+	const secret = "bookbuyer-token"
+	fetch := func(addr string, bundlePEM []byte, cfg agent.Config) error {
+		dir := t.TempDir()
+		cfg.IssuerAddress = addr
+		cfg.BundleFile = filepath.Join(dir, "ca.crt")
+		cfg.OutputDir = filepath.Join(dir, "certs")
+		cfg.TokenSource = func(context.Context) (string, error) { return secret, nil }
+		if err := os.WriteFile(cfg.BundleFile, bundlePEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _, err := agent.FetchOnce(ctx, cfg)
+		return err
+	}
+
+	thief := spiffeid.RequireFromString("spiffe://meshfed.local/ns/bookthief/sa/bookthief")
+	addr, bundlePEM, rec := startPosingIssuer(t, thief)
+	if err := fetch(addr, bundlePEM, agent.DefaultConfig()); err == nil {
+		t.Fatal("agent accepted an issuer presenting " + thief.String())
+	} else {
+		t.Logf("refused as wanted: %v", err)
+	}
+	// An issuer ID naming another mesh's controller is not the one served either.
+	other := agent.DefaultConfig()
+	other.MeshNamespace = "other-mesh"
+	if err := fetch(addr, bundlePEM, other); err == nil {
+		t.Fatal("agent for mesh namespace other-mesh accepted " + thief.String())
+	}
+	if got := rec.received(); len(got) != 0 {
+		t.Fatalf("the posing issuer received %d tokens: %q", len(got), got)
+	}
+
+	// Control: the same server under the controller's ID receives the token,
+	// so the refusal above is the ID check and nothing else.
+	addr, bundlePEM, rec = startPosingIssuer(t, issuerID)
+	_ = fetch(addr, bundlePEM, agent.DefaultConfig())
+	if got := rec.received(); len(got) != 1 || got[0] != secret {
+		t.Fatalf("issuer with the controller's ID received %q, want the token once", got)
+	}
+}
+
+func TestAgentRefusesToRunWithoutAnIssuerID(t *testing.T) {
+	cfg := agent.DefaultConfig()
+	cfg.IssuerID, cfg.MeshNamespace = "", ""
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "issuer id is empty") {
+		t.Fatalf("Validate = %v, want a refusal naming the missing issuer id", err)
+	}
+	if err := agent.Run(context.Background(), cfg); err == nil {
+		t.Fatal("Run started without an issuer id")
+	}
+	cfg.IssuerID = "spiffe://other.domain/ns/meshfed-system/sa/meshfed-controller"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "not in trust domain") {
+		t.Fatalf("Validate = %v, want a refusal of an issuer id of another trust domain", err)
+	}
 }

@@ -14,13 +14,17 @@ import (
 )
 
 // Dial opens a TLS connection to the issuer at target. The issuer's
-// certificate must be an SVID verified by bundles; when serverID is not zero
-// it must be exactly that ID, otherwise any ID of the bundle's trust domain.
+// certificate must be an SVID verified by bundles for exactly serverID (the
+// controller's ID); a zero serverID is refused, since any workload of the
+// trust domain holds a valid SVID and would otherwise receive the token.
 func Dial(target string, bundles x509bundle.Source, td spiffeid.TrustDomain, serverID spiffeid.ID) (*grpc.ClientConn, error) {
-	authz := tlsconfig.AuthorizeMemberOf(td)
-	if !serverID.IsZero() {
-		authz = tlsconfig.AuthorizeID(serverID)
+	if serverID.IsZero() {
+		return nil, fmt.Errorf("issuer %s: no issuer SPIFFE ID to authorize the server with", target)
 	}
+	if !serverID.MemberOf(td) {
+		return nil, fmt.Errorf("issuer %s: issuer ID %s is not in trust domain %q", target, serverID, td.Name())
+	}
+	authz := tlsconfig.AuthorizeID(serverID)
 	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(credentials.NewTLS(tlsconfig.TLSClientConfig(bundles, authz))))
 	if err != nil {
 		return nil, fmt.Errorf("issuer %s: %w", target, err)
