@@ -85,7 +85,8 @@ func (l RequestLimits) Validate() error {
 // Refusal reasons: the reason label of meshfed_xds_refused_requests_total.
 const (
 	reasonMethod        = "method"         // a discovery method meshfed does not serve
-	reasonMessage       = "message"        // not a DiscoveryRequest, or one that cannot be read
+	reasonMessage       = "message"        // not a DiscoveryRequest
+	reasonMessageSize   = "message_size"   // over MaxMessageBytes
 	reasonNode          = "node"           // node too large
 	reasonNodeID        = "node_id"        // node ID too long
 	reasonTypeURL       = "type_url"       // a type meshfed does not serve

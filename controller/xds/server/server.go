@@ -474,35 +474,47 @@ type identityStream struct {
 // its node with one naming the authenticated identity. A message that is
 // not a DiscoveryRequest, or that is refused, ends the stream.
 func (w *identityStream) RecvMsg(m any) error {
-	if err := w.ServerStream.RecvMsg(m); err != nil {
+	err := w.ServerStream.RecvMsg(m)
+	if err != nil && status.Code(err) != codes.ResourceExhausted {
 		return err
 	}
-	req, ok := m.(*discoveryv3.DiscoveryRequest)
-	var r *refusal
-	if !ok {
-		r = refuse(reasonMessage, codes.InvalidArgument, "unexpected message %T", m)
-	} else {
-		r = checkRequest(req, w.server.cfg.Limits)
+	if r := w.check(m, err); r != nil {
+		w.mu.Lock()
+		w.refusal = r
+		proxy := string(w.id)
+		if w.key != nil {
+			proxy = w.key.String()
+		}
+		w.mu.Unlock()
+		w.server.refused(proxy, r)
+		return r
 	}
+	// w.mu orders stamp's acquire with close's release (lock order:
+	// w.mu, then Server.mu).
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
 		return errors.New("xds: stream closed")
 	}
-	if r != nil {
-		proxy := string(w.id)
-		if w.key != nil {
-			proxy = w.key.String()
-		}
-		w.server.refused(proxy, r)
-		w.refusal = r
-		return r
-	}
+	req := m.(*discoveryv3.DiscoveryRequest) // check refuses anything else
 	if w.key == nil {
 		w.stamp(req.GetNode())
 	}
 	req.Node = w.node
 	return nil
+}
+
+// check returns why m, received with err (nil or gRPC's refusal of an
+// oversize message), is refused, or nil.
+func (w *identityStream) check(m any, err error) *refusal {
+	if err != nil {
+		return refuse(reasonMessageSize, codes.ResourceExhausted, "request over %d bytes", w.server.cfg.Limits.MaxMessageBytes)
+	}
+	req, ok := m.(*discoveryv3.DiscoveryRequest)
+	if !ok {
+		return refuse(reasonMessage, codes.InvalidArgument, "unexpected message %T", m)
+	}
+	return checkRequest(req, w.server.cfg.Limits)
 }
 
 // stamp makes the stream's node a copy of node named after the
