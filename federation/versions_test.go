@@ -47,7 +47,10 @@ func westServes(n *node, key string) func() (bool, string) {
 func TestForgedVersionNoticeCannotWithdrawACluster(t *testing.T) {
 	tf := newTestFederation(t)
 	eastCfg := tf.config("east")
-	eastCfg.StaleAfter = 6 * time.Second // > FetchTimeout: a fetch sent to mallory times out first
+	// Above 2 × FetchTimeout + StaleAfter/4 (west's answer rate): a fetch
+	// may go to mallory first and time out, then to west too soon after
+	// its last answer.
+	eastCfg.StaleAfter = 8 * time.Second
 	eastCfg.WithdrawAfter = 2 * time.Second
 	east := start(t, eastCfg)
 	west := start(t, tf.config("west", east))
