@@ -2,9 +2,12 @@ package federate
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
@@ -221,4 +224,48 @@ func findServiceIn(ss []mesh.Service, name string) (mesh.Service, bool) {
 		}
 	}
 	return mesh.Service{}, false
+}
+
+// FuzzConflictResolution feeds conflict resolution with a remote export
+// of arbitrary names, ports and claimed time, next to a local export and
+// an honest remote one seen earlier. Whatever the remote claims, the local
+// export is accepted first, the honest remote export is never displaced by
+// it, and the condition message is bounded and escaped.
+func FuzzConflictResolution(f *testing.F) {
+	f.Add("evil", "grpc", "grpc", uint16(9999), int64(0), false)
+	f.Add("evil\nname", "grpc\x1b[31m", "h\u00e9ttp", uint16(14001), int64(-1<<62), true)
+	f.Add("a", "", "", uint16(0), int64(1<<62), false)
+	f.Fuzz(func(t *testing.T, cluster, portName, proto string, port uint16, claimed int64, headless bool) {
+		if cluster == "" || cluster == "east" || cluster == "west" {
+			return
+		}
+		attack := exported("bookstore", time.Unix(claimed, 0).UTC(), catalog.Port{Name: portName, Port: port, Protocol: proto})
+		attack.Headless = headless
+		honest := exported("bookstore", t0, grpcPort(14001))
+		seen := newFirstSeen()
+		seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0)
+		rv := held(map[string][]catalog.ExportedService{"west": {honest}, cluster: {attack}})
+		seen.observe(rv, t0.Add(time.Second))
+		if at := seen.bound(cluster, attack); at.Before(t0.Add(time.Second)) {
+			t.Fatalf("claim %v counts from %v, before it was first seen", attack.ExportedAt, at)
+		}
+
+		local := exported("bookstore", t0.Add(time.Hour), grpcPort(15000))
+		for _, exports := range []map[string]catalog.ExportedService{nil, {"bookstore/bookstore": local}} {
+			v := computeView("east", exports, rv, seen)
+			if exports != nil && (len(v.published) != 1 || v.published[0].Ports[0].Port != 15000) {
+				t.Fatalf("published %+v: the local export was evicted", v.published)
+			}
+			if exports == nil {
+				if len(v.imports) != 1 || !slices.Contains(v.imports[0].Clusters, "west") {
+					t.Fatalf("imports %+v: west's export, seen first, was displaced", v.imports)
+				}
+			}
+			for _, c := range v.conflicts {
+				if len(c.Message) > maxConflictMessage || !utf8.ValidString(c.Message) || strings.ContainsFunc(c.Message, unicode.IsControl) {
+					t.Fatalf("condition message %q: unbounded or unescaped", c.Message)
+				}
+			}
+		}
+	})
 }
