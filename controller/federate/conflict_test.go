@@ -144,9 +144,9 @@ func TestRemoteExportTimeIsBoundedByFirstSeen(t *testing.T) {
 	backdated := exported("bookstore", epoch, grpcPort(9999))
 	seen := newFirstSeen()
 
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(time.Minute))
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(time.Minute), nil)
 	rv := held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}})
-	seen.observe(rv, t0.Add(time.Hour))
+	seen.observe(rv, t0.Add(time.Hour), nil)
 	if got := seen.bound("evil", backdated); !got.Equal(t0.Add(time.Hour)) {
 		t.Errorf("a claim of 1970 counts from %v, want when first seen (%v)", got, t0.Add(time.Hour))
 	}
@@ -172,15 +172,41 @@ func TestRemoteExportTimeIsBoundedByFirstSeen(t *testing.T) {
 	}
 
 	// Withdrawn and exported again: counts from its return.
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {}, "evil": {backdated}}), t0.Add(2*time.Hour))
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}}), t0.Add(3*time.Hour))
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {}, "evil": {backdated}}), t0.Add(2*time.Hour), nil)
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}}), t0.Add(3*time.Hour), nil)
 	if got := seen.bound("west", honest); !got.Equal(t0.Add(3 * time.Hour)) {
 		t.Errorf("west's re-export counts from %v, want its return (%v)", got, t0.Add(3*time.Hour))
 	}
 	// A cluster that is gone is forgotten.
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(4*time.Hour))
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(4*time.Hour), nil)
 	if _, ok := seen.at["evil"]; ok {
 		t.Error("a cluster no longer held is still remembered")
+	}
+}
+
+func TestRestartKeepsThePrecedenceOfWhatWasImported(t *testing.T) {
+	honest := exported("bookstore", t0, grpcPort(14001))
+	backdated := exported("bookstore", time.Unix(0, 0).UTC(), grpcPort(9999))
+	// After a restart, both catalogs are first seen at once; the
+	// ServiceImport written before the restart lists west.
+	prior := func(cluster, key string) (time.Time, bool) {
+		return t0.Add(-time.Hour), cluster == "west" && key == "bookstore/bookstore"
+	}
+	seen := newFirstSeen()
+	rv := held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}})
+	seen.observe(rv, t0.Add(time.Hour), prior)
+	if got := seen.bound("west", honest); !got.Equal(t0) {
+		t.Errorf("west's imported export counts from %v, want its claim (%v), later than the ServiceImport's creation", got, t0)
+	}
+	v := computeView("east", nil, rv, seen)
+	if len(v.imports) != 1 || !reflect.DeepEqual(v.imports[0].Clusters, []string{"west"}) {
+		t.Fatalf("imports %+v: want west's only (evil sorts first, but west was imported before the restart)", v.imports)
+	}
+	// A prior time after now is no earlier than now: it gains nothing.
+	seen = newFirstSeen()
+	seen.observe(rv, t0, func(string, string) (time.Time, bool) { return t0.Add(time.Hour), true })
+	if got := seen.bound("west", honest); !got.Equal(t0) {
+		t.Errorf("a future prior time counts as %v, want now (%v)", got, t0)
 	}
 }
 
@@ -243,9 +269,9 @@ func FuzzConflictResolution(f *testing.F) {
 		attack.Headless = headless
 		honest := exported("bookstore", t0, grpcPort(14001))
 		seen := newFirstSeen()
-		seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0)
+		seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0, nil)
 		rv := held(map[string][]catalog.ExportedService{"west": {honest}, cluster: {attack}})
-		seen.observe(rv, t0.Add(time.Second))
+		seen.observe(rv, t0.Add(time.Second), nil)
 		if at := seen.bound(cluster, attack); at.Before(t0.Add(time.Second)) {
 			t.Fatalf("claim %v counts from %v, before it was first seen", attack.ExportedAt, at)
 		}
