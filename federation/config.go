@@ -108,9 +108,12 @@ type Config struct {
 	// a lost cluster is withdrawn within ~40 s. Clients eject failing
 	// endpoints earlier on their own (outlier detection).
 	WithdrawAfter time.Duration
-	// StaleAfter is how long a newer catalog version may be known to exist
+	// StaleAfter is how long a newer catalog version may be claimed
 	// (announced, or in a peer's digest) without this member obtaining it
-	// before the catalog it holds counts as stale. Default 15 s.
+	// before the catalog it holds counts as stale. The owner answering a
+	// fetch with nothing newer ends the wait, so a claim the owner never
+	// made cannot make a live cluster stale. Keep it above FetchTimeout.
+	// Default 15 s.
 	StaleAfter time.Duration
 	// FailStatic keeps a remote cluster's services while its member is
 	// dead or its catalog stale, instead of withdrawing them. Default

@@ -76,8 +76,9 @@ type Member struct {
 	Services int
 	// TrustBundleFingerprint is what its catalog says it trusts.
 	TrustBundleFingerprint string
-	// Stale is true when a newer catalog is known to exist but has not
-	// been obtained for StaleAfter.
+	// Stale is true when a newer catalog has been claimed (by a notice,
+	// digest or metadata) and for StaleAfter has neither been obtained nor
+	// denied by the owner (see learn and ownerSays).
 	Stale bool
 	// Local is true for this cluster's own entry.
 	Local bool

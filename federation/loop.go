@@ -26,6 +26,7 @@ type clusterState struct {
 	since       time.Time
 	lastContact time.Time
 	leaving     bool      // it announced a graceful leave
+	confirmedAt time.Time // last time we sent it our catalog though it held it (serve)
 	sendFailAt  time.Time // last failed direct stream to it
 
 	// Catalog.
@@ -455,14 +456,27 @@ func (s *loopState) send(to *clusterState, about string, msg []byte) {
 	}
 }
 
-// serve answers a catalog request: for our own catalog always with the
-// newest (so that a requester waiting for a version we never published
-// learns that from us, signed), for another cluster's only if we hold what
-// was asked for.
+// serve answers a catalog request: for our own catalog with the newest,
+// even when the requester holds it already (so that a requester waiting for
+// a version we never published learns that from us, signed) — but then at
+// most once per StaleAfter/4 per requester, so that forged notices cannot
+// make us send our catalog to everyone over and over; for another
+// cluster's only if we hold what was asked for.
 func (s *loopState) serve(r request) {
+	to, ok := s.clusters[r.From]
+	if !ok || !to.known || to.mstate == StateDead || to.mstate == StateLeft {
+		return
+	}
+	now := time.Now()
 	var signed *catalog.Signed
 	if r.Cluster == s.self {
 		signed = s.localSigned
+		if signed != nil && signed.Version < r.MinVersion {
+			if now.Sub(to.confirmedAt) < s.f.cfg.StaleAfter/4 {
+				return
+			}
+			to.confirmedAt = now
+		}
 	} else if c, ok := s.clusters[r.Cluster]; ok {
 		signed = c.signed
 		if signed != nil && signed.Version < r.MinVersion {
@@ -472,11 +486,7 @@ func (s *loopState) serve(r request) {
 	if signed == nil {
 		return
 	}
-	to, ok := s.clusters[r.From]
-	if !ok || !to.known || to.mstate == StateDead || to.mstate == StateLeft {
-		return
-	}
-	to.lastContact = time.Now()
+	to.lastContact = now
 	s.send(to, r.Cluster, append([]byte{kindCatalog}, signed.Bytes...))
 }
 

@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -46,7 +47,10 @@ func westServes(n *node, key string) func() (bool, string) {
 func TestForgedVersionNoticeCannotWithdrawACluster(t *testing.T) {
 	tf := newTestFederation(t)
 	eastCfg := tf.config("east")
-	eastCfg.StaleAfter = 6 * time.Second // > FetchTimeout: a fetch sent to mallory times out first
+	// Above 2 × FetchTimeout + StaleAfter/4 (west's answer rate): a fetch
+	// may go to mallory first and time out, then to west too soon after
+	// its last answer.
+	eastCfg.StaleAfter = 8 * time.Second
 	eastCfg.WithdrawAfter = 2 * time.Second
 	east := start(t, eastCfg)
 	west := start(t, tf.config("west", east))
@@ -180,5 +184,29 @@ func TestFormatVersion(t *testing.T) {
 	}
 	if !strings.HasPrefix(FormatVersion(makeVersion(1, 1)), "e1.") {
 		t.Error("epoch first")
+	}
+}
+
+func TestNextEpochAdvancesAndRefusesToWrap(t *testing.T) {
+	cases := []struct {
+		name            string
+		stored, atLeast uint32
+		want            uint32
+	}{
+		{"first start", 0, 0, 1},
+		{"next start", 7, 1, 8},
+		{"recovered past a peer's copy", 2, 40, 40},
+		{"atLeast below the next", 9, 3, 10},
+	}
+	for _, tc := range cases {
+		if got, err := NextEpoch(tc.stored, tc.atLeast); err != nil || got != tc.want {
+			t.Errorf("%s: NextEpoch(%d, %d) = %d, %v; want %d", tc.name, tc.stored, tc.atLeast, got, err, tc.want)
+		}
+	}
+	if _, err := NextEpoch(math.MaxUint32, 1); !errors.Is(err, ErrEpochExhausted) {
+		t.Errorf("NextEpoch past the last epoch: %v, want ErrEpochExhausted", err)
+	}
+	if farFuture(makeVersion(5+maxEpochAhead, 1), makeVersion(5, 9)) || !farFuture(makeVersion(6+maxEpochAhead, 1), makeVersion(5, 9)) || farFuture(math.MaxUint64, 0) {
+		t.Error("farFuture draws the line at maxEpochAhead epochs past the held catalog, and not before the first catalog")
 	}
 }

@@ -163,6 +163,20 @@ func testBackdatedAgainstRemote(t *testing.T, east *member, evil, west *federati
 	if _, ok := findService(rs.Remote["evil"], "bookstore", "bookstore-v2"); ok {
 		t.Error("east routes to the backdated newcomer's export")
 	}
+
+	// East's controller restarts: it sees both catalogs at once, and
+	// "evil" sorts before "west". West was imported before the restart
+	// (its ServiceImport says so), so it keeps precedence.
+	east.restartBridge(t)
+	waitBridgeHolds(t, east, "evil", version)
+	waitLeftOutLogged(t, east, "evil", "bookstore/bookstore-v2")
+	clusters, ports, _, ok = serviceImport(t, east, "bookstore", "bookstore-v2")
+	if !ok || !reflect.DeepEqual(clusters, []string{"west"}) || !reflect.DeepEqual(ports, []int64{14001}) {
+		t.Errorf("after a restart, east's ServiceImport bookstore-v2: present=%v clusters=%v ports=%v, want west's only, port 14001", ok, clusters, ports)
+	}
+	if _, ok := findService(east.bridge.Remote().Remote["evil"], "bookstore", "bookstore-v2"); ok {
+		t.Error("after a restart, east routes to the backdated newcomer's export")
+	}
 }
 
 // waitBridgeHolds waits until m's bridge has reconciled cluster's catalog

@@ -332,7 +332,7 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	b.remoteSince = time.Time{}
 	snap := b.validRemote(b.cfg.Federation.Snapshot())
 	valid, all, invalid := b.localExports()
-	b.exportsSeen.observe(snap, start)
+	b.exportsSeen.observe(snap, start, b.importedBefore)
 	v := computeView(b.cfg.ClusterName, valid, snap, b.exportsSeen)
 	b.reportLeftOut(v.leftOut)
 

@@ -26,6 +26,10 @@ import (
 //     claim gains nothing;
 //   - same time: the smaller cluster name.
 //
+// First-seen times live in memory. After a restart, the remote exports the
+// ServiceImport lists count from its creation (Bridge.importedBefore), so
+// that a restart does not hand a name to a backdated newcomer.
+//
 // A losing remote export is left out of the clusterset service (and logged);
 // the local ServiceExport it conflicts with reports it in its Conflict
 // condition and an Event.
@@ -74,21 +78,27 @@ func precedes(a, b exporter) bool {
 }
 
 // firstSeen remembers when this cluster first saw each remote cluster's
-// export of each name. It lives in memory only: after a restart every
-// export held is first seen at the first reconcile, and ties go to the
-// smaller cluster name. Owned by the bridge's Run goroutine.
+// export of each name. It lives in memory; what survives a restart is the
+// ServiceImport, which lists the clusters whose exports were imported (see
+// observe's prior). Owned by the bridge's Run goroutine.
 type firstSeen struct {
 	at map[string]map[string]time.Time // cluster → "namespace/name" → first seen
 }
 
 func newFirstSeen() *firstSeen { return &firstSeen{at: map[string]map[string]time.Time{}} }
 
+// priorImport tells when cluster's export of key was already imported
+// before this cluster saw it (the ServiceImport this cluster wrote before
+// a restart lists cluster): then it counts from then (at most now).
+type priorImport func(cluster, key string) (time.Time, bool)
+
 // observe records, at now, every export in rv's held catalogs not seen
 // before, and forgets the exports (and clusters) that are gone: an export
 // withdrawn by its owner and made again counts from when it came back. A
 // service the failure policy withdrew stays in the held catalog and keeps
-// its time.
-func (f *firstSeen) observe(rv *federation.RemoteView, now time.Time) {
+// its time. A new export that prior knows (nil: none) counts from prior's
+// time, so that a restart keeps the precedence of what was imported.
+func (f *firstSeen) observe(rv *federation.RemoteView, now time.Time, prior priorImport) {
 	held := map[string]map[string]bool{}
 	if rv != nil {
 		for name, cv := range rv.Clusters {
@@ -119,8 +129,15 @@ func (f *firstSeen) observe(rv *federation.RemoteView, now time.Time) {
 			}
 		}
 		for k := range keys {
-			if _, ok := seen[k]; !ok {
-				seen[k] = now
+			if _, ok := seen[k]; ok {
+				continue
+			}
+			seen[k] = now
+			if prior == nil {
+				continue
+			}
+			if at, ok := prior(name, k); ok && at.Before(now) {
+				seen[k] = at
 			}
 		}
 	}

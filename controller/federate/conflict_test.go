@@ -2,9 +2,12 @@ package federate
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
@@ -141,9 +144,9 @@ func TestRemoteExportTimeIsBoundedByFirstSeen(t *testing.T) {
 	backdated := exported("bookstore", epoch, grpcPort(9999))
 	seen := newFirstSeen()
 
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(time.Minute))
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(time.Minute), nil)
 	rv := held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}})
-	seen.observe(rv, t0.Add(time.Hour))
+	seen.observe(rv, t0.Add(time.Hour), nil)
 	if got := seen.bound("evil", backdated); !got.Equal(t0.Add(time.Hour)) {
 		t.Errorf("a claim of 1970 counts from %v, want when first seen (%v)", got, t0.Add(time.Hour))
 	}
@@ -169,15 +172,41 @@ func TestRemoteExportTimeIsBoundedByFirstSeen(t *testing.T) {
 	}
 
 	// Withdrawn and exported again: counts from its return.
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {}, "evil": {backdated}}), t0.Add(2*time.Hour))
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}}), t0.Add(3*time.Hour))
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {}, "evil": {backdated}}), t0.Add(2*time.Hour), nil)
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}}), t0.Add(3*time.Hour), nil)
 	if got := seen.bound("west", honest); !got.Equal(t0.Add(3 * time.Hour)) {
 		t.Errorf("west's re-export counts from %v, want its return (%v)", got, t0.Add(3*time.Hour))
 	}
 	// A cluster that is gone is forgotten.
-	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(4*time.Hour))
+	seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0.Add(4*time.Hour), nil)
 	if _, ok := seen.at["evil"]; ok {
 		t.Error("a cluster no longer held is still remembered")
+	}
+}
+
+func TestRestartKeepsThePrecedenceOfWhatWasImported(t *testing.T) {
+	honest := exported("bookstore", t0, grpcPort(14001))
+	backdated := exported("bookstore", time.Unix(0, 0).UTC(), grpcPort(9999))
+	// After a restart, both catalogs are first seen at once; the
+	// ServiceImport written before the restart lists west.
+	prior := func(cluster, key string) (time.Time, bool) {
+		return t0.Add(-time.Hour), cluster == "west" && key == "bookstore/bookstore"
+	}
+	seen := newFirstSeen()
+	rv := held(map[string][]catalog.ExportedService{"west": {honest}, "evil": {backdated}})
+	seen.observe(rv, t0.Add(time.Hour), prior)
+	if got := seen.bound("west", honest); !got.Equal(t0) {
+		t.Errorf("west's imported export counts from %v, want its claim (%v), later than the ServiceImport's creation", got, t0)
+	}
+	v := computeView("east", nil, rv, seen)
+	if len(v.imports) != 1 || !reflect.DeepEqual(v.imports[0].Clusters, []string{"west"}) {
+		t.Fatalf("imports %+v: want west's only (evil sorts first, but west was imported before the restart)", v.imports)
+	}
+	// A prior time after now is no earlier than now: it gains nothing.
+	seen = newFirstSeen()
+	seen.observe(rv, t0, func(string, string) (time.Time, bool) { return t0.Add(time.Hour), true })
+	if got := seen.bound("west", honest); !got.Equal(t0) {
+		t.Errorf("a future prior time counts as %v, want now (%v)", got, t0)
 	}
 }
 
@@ -221,4 +250,48 @@ func findServiceIn(ss []mesh.Service, name string) (mesh.Service, bool) {
 		}
 	}
 	return mesh.Service{}, false
+}
+
+// FuzzConflictResolution feeds conflict resolution with a remote export
+// of arbitrary names, ports and claimed time, next to a local export and
+// an honest remote one seen earlier. Whatever the remote claims, the local
+// export is accepted first, the honest remote export is never displaced by
+// it, and the condition message is bounded and escaped.
+func FuzzConflictResolution(f *testing.F) {
+	f.Add("evil", "grpc", "grpc", uint16(9999), int64(0), false)
+	f.Add("evil\nname", "grpc\x1b[31m", "h\u00e9ttp", uint16(14001), int64(-1<<62), true)
+	f.Add("a", "", "", uint16(0), int64(1<<62), false)
+	f.Fuzz(func(t *testing.T, cluster, portName, proto string, port uint16, claimed int64, headless bool) {
+		if cluster == "" || cluster == "east" || cluster == "west" {
+			return
+		}
+		attack := exported("bookstore", time.Unix(claimed, 0).UTC(), catalog.Port{Name: portName, Port: port, Protocol: proto})
+		attack.Headless = headless
+		honest := exported("bookstore", t0, grpcPort(14001))
+		seen := newFirstSeen()
+		seen.observe(held(map[string][]catalog.ExportedService{"west": {honest}}), t0, nil)
+		rv := held(map[string][]catalog.ExportedService{"west": {honest}, cluster: {attack}})
+		seen.observe(rv, t0.Add(time.Second), nil)
+		if at := seen.bound(cluster, attack); at.Before(t0.Add(time.Second)) {
+			t.Fatalf("claim %v counts from %v, before it was first seen", attack.ExportedAt, at)
+		}
+
+		local := exported("bookstore", t0.Add(time.Hour), grpcPort(15000))
+		for _, exports := range []map[string]catalog.ExportedService{nil, {"bookstore/bookstore": local}} {
+			v := computeView("east", exports, rv, seen)
+			if exports != nil && (len(v.published) != 1 || v.published[0].Ports[0].Port != 15000) {
+				t.Fatalf("published %+v: the local export was evicted", v.published)
+			}
+			if exports == nil {
+				if len(v.imports) != 1 || !slices.Contains(v.imports[0].Clusters, "west") {
+					t.Fatalf("imports %+v: west's export, seen first, was displaced", v.imports)
+				}
+			}
+			for _, c := range v.conflicts {
+				if len(c.Message) > maxConflictMessage || !utf8.ValidString(c.Message) || strings.ContainsFunc(c.Message, unicode.IsControl) {
+					t.Fatalf("condition message %q: unbounded or unescaped", c.Message)
+				}
+			}
+		}
+	})
 }

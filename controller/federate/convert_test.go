@@ -40,7 +40,7 @@ func TestViewLabelsRemoteEndpointsAndLeavesOutLosers(t *testing.T) {
 		"bookstore/bookstore-v1": exported("bookstore-v1", t0, grpcPort(14001)),
 	}
 	seen := newFirstSeen()
-	seen.observe(rv, t0)
+	seen.observe(rv, t0, nil)
 	v := computeView("east", local, rv, seen)
 
 	if len(v.published) != 2 || v.published[0].Name != "bookstore-v1" || v.published[1].Name != "bookstore-v3" {

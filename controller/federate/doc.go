@@ -7,9 +7,12 @@
 //     when it changed);
 //   - the ServiceExport conditions MCS defines: Valid=False/NoService for an
 //     export without a Service, Conflict=True/PortConflict when another
-//     cluster's older export of the same name has other ports (MCS conflict
-//     resolution: the oldest export wins, ties go to the smaller cluster
-//     name), each with an Event; a bad export is skipped, the rest published;
+//     cluster exports the same name with other ports, each with an Event;
+//     a bad export is skipped, the rest published;
+//   - MCS conflict resolution (conflict.go): the local export always wins
+//     here, remote exports count from when this cluster first saw them
+//     (never from an earlier time they claim), ties go to the smaller
+//     cluster name; a losing remote export is left out and logged;
 //   - MCS ServiceImports: one per exported name across the federation, in
 //     that namespace, listing the exporting clusters and the ports, ClusterSetIP
 //     or Headless, removed when the last exporter goes;

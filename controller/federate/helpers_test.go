@@ -66,6 +66,42 @@ type member struct {
 	reg    *prometheus.Registry
 	// logs holds what the bridge logged.
 	logs *logRecorder
+
+	bcfg       federate.Config
+	stopBridge func()
+}
+
+// startBridge starts m's bridge, with a fresh metrics registry; it stops
+// when the test ends or stopBridge is called.
+func (m *member) startBridge(t *testing.T) {
+	t.Helper()
+	m.reg = prometheus.NewRegistry()
+	cfg := m.bcfg
+	cfg.Registerer = m.reg
+	var err error
+	if m.bridge, err = federate.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func(b *federate.Bridge) {
+		defer close(done)
+		if err := b.Run(ctx); err != nil {
+			t.Errorf("%s: bridge: %v", m.name, err)
+		}
+	}(m.bridge)
+	var once sync.Once
+	m.stopBridge = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(m.stopBridge)
+}
+
+// restartBridge stops m's bridge and starts a new one, as a controller
+// restart does; the federation member keeps running.
+func (m *member) restartBridge(t *testing.T) {
+	t.Helper()
+	m.stopBridge()
+	m.logs.reset()
+	m.startBridge(t)
 }
 
 func fedConfig(t *testing.T, name string, root *ca.Root, gossipKey []byte, seeds ...string) federation.Config {
@@ -122,27 +158,22 @@ func startMember(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []by
 	bcfg.StatusInterval = time.Second
 	bcfg.Debounce = 20 * time.Millisecond
 	bcfg.Resync = 30 * time.Second
-	bcfg.Registerer = m.reg
 	bcfg.Logger = slog.New(m.logs)
 	if os.Getenv("FEDERATE_TEST_LOG") != "" {
 		m.logs.tee = testLogger(c.Name).Handler()
 	}
-	m.bridge, err = federate.New(bcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m.bcfg = bcfg
 	runCtx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{m.fed.Run, m.bridge.Run} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(runCtx); err != nil {
-				t.Errorf("%s: %v", c.Name, err)
-			}
-		}()
-	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := m.fed.Run(runCtx); err != nil {
+			t.Errorf("%s: %v", c.Name, err)
+		}
+	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
+	m.startBridge(t)
 	eventually(t, 30*time.Second, func() (bool, string) { return m.fed.Addr() != "", c.Name + " is not listening" })
 	return m
 }
@@ -456,6 +487,14 @@ func (l *logRecorder) root() *logRecorder {
 		return l.parent.root()
 	}
 	return l
+}
+
+// reset forgets what was logged so far.
+func (l *logRecorder) reset() {
+	root := l.root()
+	root.mu.Lock()
+	root.records = nil
+	root.mu.Unlock()
 }
 
 func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -154,6 +155,32 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 	}
 	b.metrics.imports.Set(float64(len(wanted)))
 	return errors.Join(errs...)
+}
+
+// importedBefore is a priorImport from the ServiceImports the bridge
+// wrote: a cluster listed in ServiceImport key's status was imported since
+// (at latest) the ServiceImport's creation. Only meshfed's own
+// ServiceImports count.
+func (b *Bridge) importedBefore(cluster, key string) (time.Time, bool) {
+	if !b.cfg.WriteImports {
+		return time.Time{}, false
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	obj, err := b.imports.ByNamespace(ns).Get(name)
+	if err != nil {
+		return time.Time{}, false
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok || u.GetLabels()[LabelManagedBy] != ManagedBy {
+		return time.Time{}, false
+	}
+	clusters, _, _ := unstructured.NestedSlice(u.Object, "status", "clusters")
+	for _, c := range clusters {
+		if m, ok := c.(map[string]any); ok && m["cluster"] == cluster {
+			return u.GetCreationTimestamp().Time, true
+		}
+	}
+	return time.Time{}, false
 }
 
 func ptr[T any](v T) *T { return &v }

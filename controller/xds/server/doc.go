@@ -14,4 +14,10 @@
 // which answers the named subsets grpc-go asks for (DESIGN.md, Known traps:
 // the ADS mode waits for every named resource and never answers grpc-go).
 // Responses are still sent over the one ADS stream.
+//
+// Only state-of-the-world ADS is served (server.go): delta ADS, the
+// per-type services and unary fetches answer Unimplemented before reading
+// a request, because go-control-plane keys them by the node the request
+// claims. Every request is checked against RequestLimits (limits.go)
+// before anything reads it.
 package server

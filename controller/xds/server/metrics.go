@@ -18,6 +18,8 @@ type metrics struct {
 	// secretErrors and refusedSecrets: SDS (secrets.go).
 	secretErrors   prometheus.Counter
 	refusedSecrets prometheus.Counter
+	// refusedRequests: requests and methods refused (limits.go).
+	refusedRequests *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,10 +59,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusedSecrets: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshfed_xds_refused_secret_requests_total", Help: "SDS secret names proxies asked for and are never served (another identity's, or any for a proxyless client).",
 		}),
+		refusedRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_xds_refused_requests_total",
+			Help: "xDS requests refused, ending their stream, by reason (a method not served, a field over its limit, an unknown type).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connected, m.pushes, m.pushedBytes, m.pushAck, m.nacks, m.generation, m.snapshotsSet, m.rejected, m.authFailures,
-			m.secretErrors, m.refusedSecrets)
+			m.secretErrors, m.refusedSecrets, m.refusedRequests)
 	}
 	return m
 }

@@ -66,12 +66,15 @@ type Config struct {
 	// life and after a CA or bundle rotation (RefreshSecrets does it at
 	// once).
 	SecretCheckInterval time.Duration
+	// Limits bound every field of a proxy's requests (limits.go).
+	Limits RequestLimits
 }
 
 // DefaultConfig returns a Config listening on :15128 with 30 s keepalives;
 // TLS and Authenticator must still be set.
 func DefaultConfig() Config {
-	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second, SecretCheckInterval: 30 * time.Second}
+	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second, SecretCheckInterval: 30 * time.Second,
+		Limits: DefaultRequestLimits()}
 }
 
 // Validate reports every problem with c.
@@ -96,6 +99,9 @@ func (c Config) Validate() error {
 	}
 	if c.Secrets != nil && c.SecretCheckInterval <= 0 {
 		errs = append(errs, errors.New("xds server: SecretCheckInterval must be positive"))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -166,38 +172,77 @@ type subscribingCache struct {
 
 // CreateWatch runs on the stream's goroutine; it takes Server.mu (never
 // held while waiting on a stream: SetSnapshot only queues responses on
-// buffered channels), so it may wait for an Update in progress.
+// buffered channels), so it may wait for an Update in progress. It opens
+// a watch only for a node the stream stamped with its authenticated
+// identity (identityStream) and only within the subscription limits; an
+// error ends the stream.
 func (c subscribingCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
-	c.server.subscribe(req.GetNode().GetId(), req.GetTypeUrl(), sub)
+	if err := c.server.subscribe(req.GetNode().GetId(), req.GetTypeUrl(), sub); err != nil {
+		return nil, err
+	}
 	return c.SnapshotCache.CreateWatch(req, sub, out)
+}
+
+// errNotServed answers every way of asking for configuration that meshfed
+// does not serve: delta xDS and unary fetches would be keyed by the node
+// the request claims (go-control-plane's delta server and Fetch take the
+// node ID from the request), not by the proxy's certificate.
+var errNotServed = status.Error(codes.Unimplemented,
+	"meshfed serves only state-of-the-world ADS (envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources); "+
+		"configure the proxy's ads_config with api_type: GRPC, not DELTA_GRPC or REST")
+
+// CreateDeltaWatch refuses: delta xDS is not served (errNotServed). The
+// delta service is not registered; this guards against that changing.
+func (subscribingCache) CreateDeltaWatch(*cachev3.DeltaRequest, cachev3.Subscription, chan cachev3.DeltaResponse) (func(), error) {
+	return nil, errNotServed
+}
+
+// Fetch refuses: unary fetches are not served (errNotServed).
+func (subscribingCache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
+	return nil, errNotServed
 }
 
 // subscribe records a watch of the proxy key named nodeID and, if it asks
 // for resources its snapshot does not hold yet, republishes the snapshot.
-func (s *Server) subscribe(nodeID, typeURL string, sub cachev3.Subscription) {
+// It refuses a node ID that is not a connected key (only identityStream
+// makes node IDs, from the certificate) and subscriptions over the limits.
+func (s *Server) subscribe(nodeID, typeURL string, sub cachev3.Subscription) error {
 	t := responseType(typeURL)
-	if t == types.UnknownType {
-		return
-	}
 	i := strings.LastIndex(nodeID, "|")
-	if i < 0 {
-		return
+	if t == types.UnknownType || i < 0 {
+		return status.Errorf(codes.InvalidArgument, "xds: no watch for type %q of node %q", truncate(typeURL, 128), truncate(nodeID, 128))
 	}
 	key := proxyKey{id: mesh.Identity(nodeID[:i]), kind: Kind(nodeID[i+1:])}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ks := s.keys[key]; ks != nil {
-		if t == types.Secret {
-			s.refusedSecrets(key, sub.SubscribedResources(), ks)
-		}
-		if ks.subscribe(t, sub.SubscribedResources(), sub.IsWildcard()) && s.builder.ix != nil {
-			if _, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
-				s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", nodeID, "err", err)
-			} else {
-				s.metrics.snapshotsSet.Inc()
-			}
+	ks := s.keys[key]
+	if ks == nil {
+		return status.Errorf(codes.PermissionDenied, "xds: node %q is not an authenticated proxy", truncate(nodeID, 128))
+	}
+	names := sub.SubscribedResources()
+	if !sub.IsWildcard() {
+		if r := ks.admits(t, names, s.cfg.Limits); r != nil {
+			s.refused(key.String(), r)
+			return status.Error(r.code, r.msg)
 		}
 	}
+	if t == types.Secret {
+		s.refusedSecrets(key, names, ks)
+	}
+	if ks.subscribe(t, names, sub.IsWildcard()) && s.builder.ix != nil {
+		if _, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
+			s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", nodeID, "err", err)
+		} else {
+			s.metrics.snapshotsSet.Inc()
+		}
+	}
+	return nil
+}
+
+// refused counts and logs a refused request of proxy.
+func (s *Server) refused(proxy string, r *refusal) {
+	s.metrics.refusedRequests.WithLabelValues(r.reason).Inc()
+	s.cfg.Logger.Warn("xds: refusing request; the stream ends", "proxy", proxy, "reason", r.reason, "err", r.msg)
 }
 
 func responseType(url string) types.ResponseType {
@@ -324,6 +369,9 @@ func (s *Server) Run(ctx context.Context) error {
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.cfg.TLS)),
 		grpc.StreamInterceptor(s.authenticate),
+		grpc.UnaryInterceptor(s.refuseUnary),
+		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error { return errNotServed }),
+		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxMessageBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTime}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(100000),
@@ -331,7 +379,7 @@ func (s *Server) Run(ctx context.Context) error {
 	srvCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	xs := xdsserver.NewServer(srvCtx, s.cache, s.callbacks())
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, sotwADS{xs: xs})
 
 	secretsDone := make(chan struct{})
 	go func() {
@@ -355,10 +403,42 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// authenticate establishes who the stream's peer is, rewrites every
-// request's node ID to that identity (and the kind its user agent names),
-// and holds the proxy's snapshot while the stream lives.
+// sotwADSMethod is the one discovery method meshfed serves.
+const sotwADSMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+// sotwADS is the aggregated discovery service with state-of-the-world
+// streams only: DeltaAggregatedResources answers errNotServed without
+// reading a request. No other discovery service (per-type, delta, SDS on
+// its own) is registered; gRPC answers them with errNotServed too
+// (UnknownServiceHandler).
+type sotwADS struct{ xs xdsserver.Server }
+
+func (a sotwADS) StreamAggregatedResources(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return a.xs.StreamAggregatedResources(st)
+}
+
+func (sotwADS) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return errNotServed
+}
+
+// refuseUnary answers every unary call (the Fetch methods of the discovery
+// services, should one ever be registered) with errNotServed.
+func (s *Server) refuseUnary(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+	s.metrics.refusedRequests.WithLabelValues(reasonMethod).Inc()
+	return nil, errNotServed
+}
+
+// authenticate lets only the state-of-the-world ADS method through,
+// establishes who the stream's peer is, stamps every request's node with
+// that identity (and the kind its user agent names), refuses requests
+// over the limits, and holds the proxy's snapshot while the stream lives.
+// Anything else ends the stream before a request is read.
 func (s *Server) authenticate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if info.FullMethod != sotwADSMethod {
+		s.metrics.refusedRequests.WithLabelValues(reasonMethod).Inc()
+		s.cfg.Logger.Warn("xds: refusing a discovery method meshfed does not serve", "method", truncate(info.FullMethod, 256))
+		return errNotServed
+	}
 	id, err := s.cfg.Authenticator.Authenticate(ss.Context())
 	if err != nil {
 		s.metrics.authFailures.Inc()
@@ -366,51 +446,107 @@ func (s *Server) authenticate(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 		return status.Error(codes.Unauthenticated, err.Error())
 	}
 	w := &identityStream{ServerStream: ss, server: s, id: id}
-	defer w.close()
-	return handler(srv, w)
+	err = handler(srv, w)
+	if r := w.close(); r != nil {
+		// go-control-plane ends a stream whose Recv fails without an
+		// error; the proxy is told why.
+		return status.Error(r.code, r.msg)
+	}
+	return err
 }
 
-// identityStream stamps the authenticated identity on every request.
+// identityStream stamps the authenticated identity on every request and
+// refuses requests over the limits. RecvMsg runs on go-control-plane's
+// receiving goroutine, close on the stream's; mu orders them.
 type identityStream struct {
 	grpc.ServerStream
 	server *Server
 	id     mesh.Identity
-	key    *proxyKey
-	node   *corev3.Node
+
+	mu      sync.Mutex
+	key     *proxyKey
+	node    *corev3.Node
+	refusal *refusal
+	closed  bool
 }
 
+// RecvMsg reads the next request, checks it (checkRequest) and replaces
+// its node with one naming the authenticated identity. A message that is
+// not a DiscoveryRequest, or that is refused, ends the stream.
 func (w *identityStream) RecvMsg(m any) error {
-	if err := w.ServerStream.RecvMsg(m); err != nil {
+	err := w.ServerStream.RecvMsg(m)
+	if err != nil && status.Code(err) != codes.ResourceExhausted {
 		return err
 	}
-	req, ok := m.(*discoveryv3.DiscoveryRequest)
-	if !ok {
-		return nil
+	if r := w.check(m, err); r != nil {
+		w.mu.Lock()
+		w.refusal = r
+		proxy := string(w.id)
+		if w.key != nil {
+			proxy = w.key.String()
+		}
+		w.mu.Unlock()
+		w.server.refused(proxy, r)
+		return r
 	}
+	// w.mu orders stamp's acquire with close's release (lock order:
+	// w.mu, then Server.mu).
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errors.New("xds: stream closed")
+	}
+	req := m.(*discoveryv3.DiscoveryRequest) // check refuses anything else
 	if w.key == nil {
-		kind := KindProxyless
-		if req.GetNode().GetUserAgentName() == "envoy" {
-			kind = KindSidecar
-		}
-		key := proxyKey{id: w.id, kind: kind}
-		w.key = &key
-		w.node = proto.Clone(req.GetNode()).(*corev3.Node)
-		if w.node == nil {
-			w.node = &corev3.Node{}
-		}
-		w.node.Id = key.String()
-		w.server.metrics.connected.WithLabelValues(string(kind)).Inc()
-		w.server.acquire(key)
+		w.stamp(req.GetNode())
 	}
 	req.Node = w.node
 	return nil
 }
 
-func (w *identityStream) close() {
+// check returns why m, received with err (nil or gRPC's refusal of an
+// oversize message), is refused, or nil.
+func (w *identityStream) check(m any, err error) *refusal {
+	if err != nil {
+		return refuse(reasonMessageSize, codes.ResourceExhausted, "request over %d bytes", w.server.cfg.Limits.MaxMessageBytes)
+	}
+	req, ok := m.(*discoveryv3.DiscoveryRequest)
+	if !ok {
+		return refuse(reasonMessage, codes.InvalidArgument, "unexpected message %T", m)
+	}
+	return checkRequest(req, w.server.cfg.Limits)
+}
+
+// stamp makes the stream's node a copy of node named after the
+// authenticated identity and kind, and holds that key's snapshot.
+// Called under w.mu, once.
+func (w *identityStream) stamp(node *corev3.Node) {
+	kind := KindProxyless
+	if node.GetUserAgentName() == "envoy" {
+		kind = KindSidecar
+	}
+	key := proxyKey{id: w.id, kind: kind}
+	w.key = &key
+	w.node = &corev3.Node{}
+	if node != nil {
+		w.node = proto.Clone(node).(*corev3.Node)
+	}
+	w.node.Id = key.String()
+	w.server.metrics.connected.WithLabelValues(string(kind)).Inc()
+	w.server.acquire(key)
+}
+
+// close releases the stream's key and returns why the stream was refused,
+// if it was.
+func (w *identityStream) close() *refusal {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
 	if w.key != nil {
 		w.server.metrics.connected.WithLabelValues(string(w.key.kind)).Dec()
 		w.server.release(*w.key)
 	}
+	return w.refusal
 }
 
 // callbacks count pushes, bytes, ACK latency and NACKs. They run on stream
@@ -447,7 +583,7 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			if d := req.GetErrorDetail(); d != nil {
 				s.metrics.nacks.WithLabelValues(typ).Inc()
 				s.cfg.Logger.Warn("xds: proxy rejected configuration; it keeps its last good one",
-					"proxy", req.GetNode().GetId(), "type", typ, "version", sent.version, "err", d.GetMessage())
+					"proxy", req.GetNode().GetId(), "type", typ, "version", sent.version, "err", truncate(d.GetMessage(), 1024))
 				return nil
 			}
 			s.metrics.pushAck.WithLabelValues(typ).Observe(time.Since(sent.at).Seconds())

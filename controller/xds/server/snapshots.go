@@ -12,6 +12,7 @@ import (
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshfed/meshfed/controller/xds/generate"
@@ -129,6 +130,8 @@ type keyState struct {
 	// streams asked for (never shrinks while the key lives), or wildcard.
 	subs     [types.UnknownType]map[string]bool
 	wildcard [types.UnknownType]bool
+	// subsBytes is the total length of the names in subs, by type.
+	subsBytes [types.UnknownType]int
 	// subsSeq counts subscription growth; narrow is the published subset
 	// of the full per-key resources, built from full version narrowOf at
 	// subscription count narrowSubs.
@@ -157,6 +160,7 @@ func (ks *keyState) subscribe(t types.ResponseType, names map[string]struct{}, w
 				ks.subs[t] = map[string]bool{}
 			}
 			ks.subs[t][n] = true
+			ks.subsBytes[t] += len(n)
 			grew = true
 		}
 	}
@@ -164,6 +168,26 @@ func (ks *keyState) subscribe(t types.ResponseType, names map[string]struct{}, w
 		ks.subsSeq[t]++
 	}
 	return grew
+}
+
+// admits reports whether subscribing to names of type t keeps the key
+// within l (MaxResourceNames and MaxSubscribedBytes per type); names only
+// grow while the key lives, so without a bound one identity's streams
+// could make it hold any number of names.
+func (ks *keyState) admits(t types.ResponseType, names map[string]struct{}, l RequestLimits) *refusal {
+	count, size := len(ks.subs[t]), ks.subsBytes[t]
+	for n := range names {
+		if !ks.subs[t][n] {
+			count++
+			size += len(n)
+		}
+	}
+	if count > l.MaxResourceNames || size > l.MaxSubscribedBytes {
+		return refuse(reasonSubscriptions, codes.ResourceExhausted,
+			"subscriptions of this identity and kind would reach %d names of %d bytes (limits %d names, %d bytes)",
+			count, size, l.MaxResourceNames, l.MaxSubscribedBytes)
+	}
+	return nil
 }
 
 // narrowed returns what the key publishes of type t: the full resources if
