@@ -120,6 +120,23 @@ func TestJunctionJudgesProblemsOnMergedState(t *testing.T) {
 			t.Error("the split was declared in force but is not served")
 		}
 	})
+
+	t.Run("backend withdrawn everywhere: Warning again", func(t *testing.T) {
+		// Again only west changes; the same Warning is recorded a second
+		// time (Events aggregate: its count goes up).
+		unexport(t, west, "bookstore", "bookstore-v9")
+		eventually(t, 90*time.Second, func() (bool, string) {
+			for _, ev := range splitEvents(t, east, "bookstore-canary") {
+				if ev.Type == corev1.EventTypeWarning && ev.Reason == kube.ReasonRejected && ev.Count >= 2 {
+					return true, ""
+				}
+			}
+			return false, "no second Warning after west withdrew bookstore-v9"
+		})
+		if rec.served("bookstore", "bookstore-canary") {
+			t.Error("the split is still served without its backend")
+		}
+	})
 }
 
 // startEastControlPlane runs east's watcher → junction → xDS server until
