@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -216,4 +217,23 @@ func waitSplitEvent(t *testing.T, m *member, name, typ, reason, text string) {
 		}
 		return false, "no " + typ + " " + reason + " event mentioning " + text
 	})
+}
+
+// A watcher whose junction has stopped gets an error, not a hang.
+func TestJunctionUpdateAfterRunReturnsAnError(t *testing.T) {
+	j := federate.NewJunction(kube.SinkFunc(func(mesh.State) ([]mesh.Problem, error) { return nil, nil }), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- j.Run(ctx) }()
+	if _, err := j.Update(mesh.State{}); err != nil {
+		t.Fatalf("Update while running: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Update(mesh.State{}); !errors.Is(err, federate.ErrJunctionStopped) {
+		t.Fatalf("Update after Run returned: err = %v, want ErrJunctionStopped", err)
+	}
+	j.SetRemote(nil) // returns at once
 }
