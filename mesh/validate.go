@@ -220,7 +220,7 @@ func hasMatch(g HTTPRouteGroup, name string) bool {
 func validateTrafficSplit(s *State, ts TrafficSplit, local map[NamespacedName]bool) error {
 	var errs []error
 	if !local[NamespacedName{ts.Namespace, ts.Service}] {
-		errs = append(errs, fmt.Errorf("root service %s: %w", ts.Service, ErrNoSuchService))
+		errs = append(errs, fmt.Errorf("root service %s: %w in this cluster (clients reach a split by its root Service's name: create the Service here)", ts.Service, ErrNoSuchService))
 	}
 	if len(ts.Backends) == 0 {
 		errs = append(errs, fmt.Errorf("%w: no backends", ErrInvalidWeights))

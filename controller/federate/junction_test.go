@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -120,6 +121,23 @@ func TestJunctionJudgesProblemsOnMergedState(t *testing.T) {
 			t.Error("the split was declared in force but is not served")
 		}
 	})
+
+	t.Run("backend withdrawn everywhere: Warning again", func(t *testing.T) {
+		// Again only west changes; the same Warning is recorded a second
+		// time (Events aggregate: its count goes up).
+		unexport(t, west, "bookstore", "bookstore-v9")
+		eventually(t, 90*time.Second, func() (bool, string) {
+			for _, ev := range splitEvents(t, east, "bookstore-canary") {
+				if ev.Type == corev1.EventTypeWarning && ev.Reason == kube.ReasonRejected && ev.Count >= 2 {
+					return true, ""
+				}
+			}
+			return false, "no second Warning after west withdrew bookstore-v9"
+		})
+		if rec.served("bookstore", "bookstore-canary") {
+			t.Error("the split is still served without its backend")
+		}
+	})
 }
 
 // startEastControlPlane runs east's watcher → junction → xDS server until
@@ -199,4 +217,23 @@ func waitSplitEvent(t *testing.T, m *member, name, typ, reason, text string) {
 		}
 		return false, "no " + typ + " " + reason + " event mentioning " + text
 	})
+}
+
+// A watcher whose junction has stopped gets an error, not a hang.
+func TestJunctionUpdateAfterRunReturnsAnError(t *testing.T) {
+	j := federate.NewJunction(kube.SinkFunc(func(mesh.State) ([]mesh.Problem, error) { return nil, nil }), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- j.Run(ctx) }()
+	if _, err := j.Update(mesh.State{}); err != nil {
+		t.Fatalf("Update while running: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Update(mesh.State{}); !errors.Is(err, federate.ErrJunctionStopped) {
+		t.Fatalf("Update after Run returned: err = %v, want ErrJunctionStopped", err)
+	}
+	j.SetRemote(nil) // returns at once
 }

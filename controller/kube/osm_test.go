@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
@@ -183,6 +185,52 @@ func TestGoldenOSMManifests(t *testing.T) {
 		"bookstoreInboundListener": yamlValue(t, rbac),
 		"routeToBookstore":         yamlValue(t, routeJSON),
 	})
+
+	t.Run("the map form of headers is the same match", func(t *testing.T) {
+		m.createRouteGroup(t, ctx, "map-form", map[string]any{"user-agent": ".*-http-client/*.*", "client-app": "bookbuyer"})
+		st, _, _ := sink.waitFor(t, 0, "both route groups", func(s mesh.State) bool { return len(s.HTTPRouteGroups) == 2 })
+		var list, mapped mesh.HTTPRouteGroup
+		for _, g := range st.HTTPRouteGroups {
+			if g.Name == "map-form" {
+				mapped = g
+			} else {
+				list = g
+			}
+		}
+		if !reflect.DeepEqual(list.Matches[0], mapped.Matches[0]) {
+			t.Errorf("list form %+v and map form %+v differ", list.Matches[0], mapped.Matches[0])
+		}
+	})
+
+	t.Run("any other shape is refused with an Event saying what to write", func(t *testing.T) {
+		m.createRouteGroup(t, ctx, "string-form", "user-agent: .*-http-client/*.*")
+		waitEvent(t, "Warning on string-form", func() []corev1.Event {
+			evs, err := m.kc.CoreV1().Events("bookstore").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=HTTPRouteGroup,involvedObject.name=string-form"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return evs.Items
+		}, func(ev corev1.Event) bool {
+			return ev.Type == corev1.EventTypeWarning && ev.Reason == ReasonRejected && strings.Contains(ev.Message, "write a map of header name to regular expression")
+		})
+	})
+}
+
+// createRouteGroup creates HTTPRouteGroup bookstore/name with OSM's
+// books-bought match and the given headers field, as the API server takes
+// it (the CRD keeps the field as written).
+func (m *meshedCluster) createRouteGroup(t *testing.T, ctx context.Context, name string, headers any) {
+	t.Helper()
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+		"metadata": map[string]any{"name": name, "namespace": "bookstore"},
+		"spec": map[string]any{"matches": []any{map[string]any{
+			"name": "books-bought", "pathRegex": "/books-bought", "methods": []any{"GET"}, "headers": headers,
+		}}},
+	}}
+	if _, err := m.dyn.Resource(HTTPRouteGroupGVR).Namespace("bookstore").Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func resourceJSON(t *testing.T, r types.Resource) string {
