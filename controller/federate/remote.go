@@ -33,19 +33,24 @@ type checkedCatalog struct {
 var errListedTwice = errors.New("listed more than once in its catalog")
 
 // checkCatalog judges every service of a remote catalog on its own, as
-// strictly as a local one (mesh.Service.ValidateRemote). Nothing else of
-// the catalog is lost.
+// strictly as a local one (mesh.Service.ValidateRemote); a network name
+// that is not a label value spoils every service (their endpoints would
+// carry it). Nothing else of the catalog is lost.
 func checkCatalog(cluster, trustDomain string, cat *catalog.Catalog) checkedCatalog {
 	cc := checkedCatalog{version: cat.Version, skip: map[string]bool{}}
 	count := make(map[string]int, len(cat.Services))
 	for _, es := range cat.Services {
 		count[es.Key()]++
 	}
+	badNetwork := cat.Network != "" && !mesh.IsLabelValue(cat.Network)
 	for _, es := range cat.Services {
 		var err error
-		if count[es.Key()] > 1 {
+		switch {
+		case badNetwork:
+			err = fmt.Errorf("%w %s/%s from cluster %s: catalog network %s: not a label value", mesh.ErrRemoteService, mesh.Quote(es.Namespace), mesh.Quote(es.Name), mesh.Quote(cluster), mesh.Quote(cat.Network))
+		case count[es.Key()] > 1:
 			err = fmt.Errorf("%w %s/%s from cluster %s: %w", mesh.ErrRemoteService, mesh.Quote(es.Namespace), mesh.Quote(es.Name), mesh.Quote(cluster), errListedTwice)
-		} else {
+		default:
 			err = serviceFromCatalog(cluster, cat.Network, es).ValidateRemote(cluster, trustDomain)
 		}
 		if err != nil {

@@ -44,4 +44,9 @@ func TestCheckCatalogSkipsOnlyBadServices(t *testing.T) {
 	if len(cat.Services) != 6 {
 		t.Error("the shared catalog was changed")
 	}
+	badNet := *cat
+	badNet.Network = "flat\x1b[2J"
+	if cc := checkCatalog("west", "meshfed.local", &badNet); len(cc.invalid) != 6 {
+		t.Errorf("a catalog with network %q kept %d services", badNet.Network, 6-len(cc.invalid))
+	}
 }
