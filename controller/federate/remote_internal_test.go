@@ -2,6 +2,7 @@ package federate
 
 import (
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/meshfed/meshfed/federation"
@@ -48,5 +49,27 @@ func TestCheckCatalogSkipsOnlyBadServices(t *testing.T) {
 	badNet.Network = "flat\x1b[2J"
 	if cc := checkCatalog("west", "meshfed.local", &badNet); len(cc.invalid) != 6 {
 		t.Errorf("a catalog with network %q kept %d services", badNet.Network, 6-len(cc.invalid))
+	}
+}
+
+// BenchmarkCheckCatalog10k checks a 10,000-service catalog (ten endpoints
+// each), as the bridge does once per new catalog version.
+func BenchmarkCheckCatalog10k(b *testing.B) {
+	cat := &catalog.Catalog{Cluster: "west", Network: "flat", Version: 1}
+	for i := range 10000 {
+		ns := "team-" + strconv.Itoa(i%200)
+		name := "svc-" + strconv.Itoa(i)
+		es := catalog.ExportedService{Namespace: ns, Name: name, Ports: []catalog.Port{{Name: "http", Port: 8080}, {Name: "grpc", Port: 9090, Protocol: "grpc"}}}
+		for j := range 10 {
+			es.Endpoints = append(es.Endpoints, catalog.Endpoint{Address: "10." + strconv.Itoa(i/250%240) + "." + strconv.Itoa(i%250) + "." + strconv.Itoa(j+1),
+				Ready: true, Zone: "zone-" + strconv.Itoa(j%3), Identity: "spiffe://meshfed.local/ns/" + ns + "/sa/" + name})
+		}
+		cat.Services = append(cat.Services, es)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if cc := checkCatalog("west", "meshfed.local", cat); len(cc.invalid) != 0 {
+			b.Fatal(cc.invalid[0].Err)
+		}
 	}
 }
