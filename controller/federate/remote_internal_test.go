@@ -22,8 +22,8 @@ func TestCheckCatalogSkipsOnlyBadServices(t *testing.T) {
 	}}
 	cc := checkCatalog("west", "meshfed.local", cat)
 	want := map[string]bool{"bookstore/evil\nname": true, "bookstore/twice": true, "bookstore/bookstore-v4": true}
-	if !reflect.DeepEqual(cc.skip, want) || len(cc.invalid) != 4 {
-		t.Fatalf("skipped %v (%d problems), want %v", cc.skip, len(cc.invalid), want)
+	if !reflect.DeepEqual(cc.skip, want) || cc.count != 4 || len(cc.problems) != 4 {
+		t.Fatalf("skipped %v (%d, %d problems), want %v", cc.skip, cc.count, len(cc.problems), want)
 	}
 	cv := federation.ClusterView{Catalog: cat, Services: cat.Services[:4], Withdrawn: []string{"bookstore/bookstore-v4", "bookstore/bookstore-v3"}}
 	got := withoutSkipped(cv, cc.skip)
@@ -47,8 +47,8 @@ func TestCheckCatalogSkipsOnlyBadServices(t *testing.T) {
 	}
 	badNet := *cat
 	badNet.Network = "flat\x1b[2J"
-	if cc := checkCatalog("west", "meshfed.local", &badNet); len(cc.invalid) != 6 {
-		t.Errorf("a catalog with network %q kept %d services", badNet.Network, 6-len(cc.invalid))
+	if cc := checkCatalog("west", "meshfed.local", &badNet); cc.count != 6 {
+		t.Errorf("a catalog with network %q kept %d services", badNet.Network, 6-cc.count)
 	}
 }
 
@@ -68,8 +68,8 @@ func BenchmarkCheckCatalog10k(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if cc := checkCatalog("west", "meshfed.local", cat); len(cc.invalid) != 0 {
-			b.Fatal(cc.invalid[0].Err)
+		if cc := checkCatalog("west", "meshfed.local", cat); cc.count != 0 {
+			b.Fatal(cc.problems[0])
 		}
 	}
 }

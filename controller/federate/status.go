@@ -115,9 +115,9 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	st := StatusFrom(b.cfg.ClusterName, b.validRemote(b.cfg.Federation.Snapshot()), published, time.Now())
 	for i := range st.Members {
 		inv := b.invalid[st.Members[i].Name]
-		st.Members[i].InvalidCount = len(inv)
-		for _, s := range inv[:min(len(inv), MaxListedServices)] {
-			st.Members[i].Invalid = append(st.Members[i].Invalid, shorten(s.Err.Error(), maxInvalidMessage))
+		st.Members[i].InvalidCount = inv.count
+		for _, err := range inv.problems {
+			st.Members[i].Invalid = append(st.Members[i].Invalid, shorten(err.Error(), maxInvalidMessage))
 		}
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"federation": st}})
