@@ -3,14 +3,17 @@ package federation
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,7 +122,7 @@ func TestTinyCatalogCannotExhaustReceiverMemory(t *testing.T) {
 		{"huge string", []part{{head + `"network":"`, 1}, {"a", 50 << 20}, {`"}`, 1}}},
 		{"many services", []part{{head + `"services":[`, 1}, {`{"namespace":"a","name":"b"},`, 1_000_000}, {"{}]}", 1}}},
 		{"many endpoints", []part{{head + svcHead, 1}, {`{"address":"10.66.0.1","ready":true,"zone":"z1"},`, 1_000_000}, {"{}]}]}", 1}}},
-		{"zip bomb", []part{{head, 1}, {" ", 256 << 20}, {`"network":"x"}`, 1}}},
+		{"zip bomb", []part{{head, 1}, {" ", 96 << 20}, {`"network":"x"}`, 1}}},
 	}
 	for i, b := range bombs {
 		t.Run(b.name, func(t *testing.T) {
@@ -153,5 +156,26 @@ func TestTinyCatalogCannotExhaustReceiverMemory(t *testing.T) {
 	eventually(t, 30*time.Second, func() (bool, string) { return sees(east, "mallory", vMallory) })
 	if !hasService(east, "mallory", "bookstore/bookstore-v3") {
 		t.Fatalf("east lacks mallory's good service")
+	}
+}
+
+// TestPublishingMoreThanReceiversAcceptFails: a cluster whose catalog
+// every receiver would refuse learns it when it publishes.
+func TestPublishingMoreThanReceiversAcceptFails(t *testing.T) {
+	tf := newTestFederation(t)
+	east := start(t, tf.config("east"))
+	var services []catalog.ExportedService
+	for i := range catalog.DefaultLimits().MaxServices + 1 {
+		services = append(services, catalog.ExportedService{Namespace: "bookstore", Name: "svc-" + strconv.Itoa(i)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := east.f.Publish(ctx, services)
+	if !errors.Is(err, catalog.ErrOversize) || !strings.Contains(err.Error(), "more than 20000 services") {
+		t.Fatalf("publishing 20,001 services: %v", err)
+	}
+	// Within the limits it publishes.
+	if _, err := east.f.Publish(ctx, services[:20000]); err != nil {
+		t.Fatalf("publishing 20,000 services: %v", err)
 	}
 }

@@ -42,6 +42,9 @@ func (svc Service) ValidateRemote(cluster, trustDomain string) error {
 type remoteCheck struct {
 	errs []string
 	more int
+	// checked are identities already judged: endpoints of one service
+	// mostly share one.
+	checked map[Identity]bool
 }
 
 // add records a problem; one already listed (the same bad identity on
@@ -153,7 +156,11 @@ func (v *remoteCheck) checkEndpoint(e Endpoint, svc Service, cluster, trustDomai
 			v.add("endpoint %s: target port %s: %d out of range", Quote(e.Address), Quote(name), tp)
 		}
 	}
-	if e.Identity != "" {
+	if e.Identity != "" && !v.checked[e.Identity] {
+		if v.checked == nil {
+			v.checked = map[Identity]bool{}
+		}
+		v.checked[e.Identity] = true
 		v.checkIdentity(e.Identity, svc.Namespace, trustDomain)
 	}
 }

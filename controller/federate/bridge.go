@@ -73,9 +73,10 @@ type Bridge struct {
 	exportsSeen   *firstSeen
 	statusAt      time.Time
 	// checked holds, per remote cluster, the services skipped from the
-	// catalog version last checked; invalid those of the last snapshot.
+	// catalog version last checked; invalid those of the last snapshot
+	// that had any.
 	checked map[string]checkedCatalog
-	invalid map[string][]invalidService
+	invalid map[string]checkedCatalog
 
 	current atomic.Pointer[RemoteState]
 	subsMu  sync.Mutex

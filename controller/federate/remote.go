@@ -12,20 +12,17 @@ import (
 // maxLoggedInvalid bounds the skipped services one log line names.
 const maxLoggedInvalid = 3
 
-// invalidService is a remote service the bridge skipped.
-type invalidService struct {
-	// Err names the service and says why, names escaped (mesh.Quote).
-	Err error
-}
-
 // checkedCatalog is the outcome of checking one version of one remote
 // catalog: which of its services are skipped. Catalog versions are
 // immutable, so each is checked once.
 type checkedCatalog struct {
 	version uint64
 	// skip holds the keys ("namespace/name", raw) of skipped services.
-	skip    map[string]bool
-	invalid []invalidService
+	skip map[string]bool
+	// problems say why, for the first MaxListedServices skipped services
+	// (names escaped with mesh.Quote); count is how many were skipped.
+	problems []error
+	count    int
 }
 
 // errListedTwice is why every listing of a name its catalog lists more
@@ -33,24 +30,32 @@ type checkedCatalog struct {
 var errListedTwice = errors.New("listed more than once in its catalog")
 
 // checkCatalog judges every service of a remote catalog on its own, as
-// strictly as a local one (mesh.Service.ValidateRemote). Nothing else of
-// the catalog is lost.
+// strictly as a local one (mesh.Service.ValidateRemote); a network name
+// that is not a label value spoils every service (their endpoints would
+// carry it). Nothing else of the catalog is lost.
 func checkCatalog(cluster, trustDomain string, cat *catalog.Catalog) checkedCatalog {
 	cc := checkedCatalog{version: cat.Version, skip: map[string]bool{}}
 	count := make(map[string]int, len(cat.Services))
 	for _, es := range cat.Services {
 		count[es.Key()]++
 	}
+	badNetwork := cat.Network != "" && !mesh.IsLabelValue(cat.Network)
 	for _, es := range cat.Services {
 		var err error
-		if count[es.Key()] > 1 {
+		switch {
+		case badNetwork:
+			err = fmt.Errorf("%w %s/%s from cluster %s: catalog network %s: not a label value", mesh.ErrRemoteService, mesh.Quote(es.Namespace), mesh.Quote(es.Name), mesh.Quote(cluster), mesh.Quote(cat.Network))
+		case count[es.Key()] > 1:
 			err = fmt.Errorf("%w %s/%s from cluster %s: %w", mesh.ErrRemoteService, mesh.Quote(es.Namespace), mesh.Quote(es.Name), mesh.Quote(cluster), errListedTwice)
-		} else {
+		default:
 			err = serviceFromCatalog(cluster, cat.Network, es).ValidateRemote(cluster, trustDomain)
 		}
 		if err != nil {
 			cc.skip[es.Key()] = true
-			cc.invalid = append(cc.invalid, invalidService{Err: err})
+			cc.count++
+			if len(cc.problems) < MaxListedServices {
+				cc.problems = append(cc.problems, err)
+			}
 		}
 	}
 	return cc
@@ -67,7 +72,7 @@ func (b *Bridge) validRemote(rv *federation.RemoteView) *federation.RemoteView {
 	}
 	out := *rv
 	out.Clusters = make(map[string]federation.ClusterView, len(rv.Clusters))
-	invalid := map[string][]invalidService{}
+	invalid := map[string]checkedCatalog{}
 	for name, cv := range rv.Clusters {
 		if cv.Catalog == nil {
 			out.Clusters[name] = cv
@@ -79,9 +84,9 @@ func (b *Bridge) validRemote(rv *federation.RemoteView) *federation.RemoteView {
 			b.checked[name] = cc
 			b.reportInvalid(name, cc)
 		}
-		if len(cc.invalid) > 0 {
+		if cc.count > 0 {
 			cv = withoutSkipped(cv, cc.skip)
-			invalid[name] = cc.invalid
+			invalid[name] = cc
 		}
 		out.Clusters[name] = cv
 	}
@@ -92,7 +97,7 @@ func (b *Bridge) validRemote(rv *federation.RemoteView) *federation.RemoteView {
 	}
 	b.metrics.remoteInvalid.Reset()
 	for name := range rv.Clusters {
-		b.metrics.remoteInvalid.WithLabelValues(name).Set(float64(len(invalid[name])))
+		b.metrics.remoteInvalid.WithLabelValues(name).Set(float64(invalid[name].count))
 	}
 	b.invalid = invalid
 	return &out
@@ -129,13 +134,13 @@ func filterServices(in []catalog.ExportedService, keep func(catalog.ExportedServ
 // reportInvalid logs one line per checked catalog version that has
 // skipped services: how many, and the first few with their reasons.
 func (b *Bridge) reportInvalid(cluster string, cc checkedCatalog) {
-	if len(cc.invalid) == 0 {
+	if cc.count == 0 {
 		return
 	}
 	first := make([]string, 0, maxLoggedInvalid)
-	for _, inv := range cc.invalid[:min(len(cc.invalid), maxLoggedInvalid)] {
-		first = append(first, shorten(inv.Err.Error(), maxInvalidMessage))
+	for _, err := range cc.problems[:min(len(cc.problems), maxLoggedInvalid)] {
+		first = append(first, shorten(err.Error(), maxInvalidMessage))
 	}
 	b.log.Warn("federate: skipping invalid services of a remote catalog; the rest of it is served",
-		"cluster", mesh.Quote(cluster), "version", cc.version, "skipped", len(cc.invalid), "first", first)
+		"cluster", mesh.Quote(cluster), "version", cc.version, "skipped", cc.count, "first", first)
 }

@@ -2,6 +2,7 @@ package federate
 
 import (
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/meshfed/meshfed/federation"
@@ -21,8 +22,8 @@ func TestCheckCatalogSkipsOnlyBadServices(t *testing.T) {
 	}}
 	cc := checkCatalog("west", "meshfed.local", cat)
 	want := map[string]bool{"bookstore/evil\nname": true, "bookstore/twice": true, "bookstore/bookstore-v4": true}
-	if !reflect.DeepEqual(cc.skip, want) || len(cc.invalid) != 4 {
-		t.Fatalf("skipped %v (%d problems), want %v", cc.skip, len(cc.invalid), want)
+	if !reflect.DeepEqual(cc.skip, want) || cc.count != 4 || len(cc.problems) != 4 {
+		t.Fatalf("skipped %v (%d, %d problems), want %v", cc.skip, cc.count, len(cc.problems), want)
 	}
 	cv := federation.ClusterView{Catalog: cat, Services: cat.Services[:4], Withdrawn: []string{"bookstore/bookstore-v4", "bookstore/bookstore-v3"}}
 	got := withoutSkipped(cv, cc.skip)
@@ -43,5 +44,32 @@ func TestCheckCatalogSkipsOnlyBadServices(t *testing.T) {
 	}
 	if len(cat.Services) != 6 {
 		t.Error("the shared catalog was changed")
+	}
+	badNet := *cat
+	badNet.Network = "flat\x1b[2J"
+	if cc := checkCatalog("west", "meshfed.local", &badNet); cc.count != 6 {
+		t.Errorf("a catalog with network %q kept %d services", badNet.Network, 6-cc.count)
+	}
+}
+
+// BenchmarkCheckCatalog10k checks a 10,000-service catalog (ten endpoints
+// each), as the bridge does once per new catalog version.
+func BenchmarkCheckCatalog10k(b *testing.B) {
+	cat := &catalog.Catalog{Cluster: "west", Network: "flat", Version: 1}
+	for i := range 10000 {
+		ns := "team-" + strconv.Itoa(i%200)
+		name := "svc-" + strconv.Itoa(i)
+		es := catalog.ExportedService{Namespace: ns, Name: name, Ports: []catalog.Port{{Name: "http", Port: 8080}, {Name: "grpc", Port: 9090, Protocol: "grpc"}}}
+		for j := range 10 {
+			es.Endpoints = append(es.Endpoints, catalog.Endpoint{Address: "10." + strconv.Itoa(i/250%240) + "." + strconv.Itoa(i%250) + "." + strconv.Itoa(j+1),
+				Ready: true, Zone: "zone-" + strconv.Itoa(j%3), Identity: "spiffe://meshfed.local/ns/" + ns + "/sa/" + name})
+		}
+		cat.Services = append(cat.Services, es)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if cc := checkCatalog("west", "meshfed.local", cat); cc.count != 0 {
+			b.Fatal(cc.problems[0])
+		}
 	}
 }

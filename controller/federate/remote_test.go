@@ -1,18 +1,30 @@
 package federate_test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/meshfed/meshfed/controller/federate"
+	"github.com/meshfed/meshfed/controller/xds/generate"
 	"github.com/meshfed/meshfed/controller/xds/server"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation/catalog"
@@ -36,8 +48,8 @@ func exportOf(name string, addrs ...string) catalog.ExportedService {
 // one, such a catalog reached generation and every xDS Update failed in
 // every receiving cluster, local changes included. East's bridge skips the
 // two, reports them (metric, MeshConfig status, escaped), keeps the good
-// one, and a real xDS server fed with east's state keeps accepting local
-// changes.
+// one; a real xDS server fed with east's state serves it to a real
+// proxyless client over mTLS, and a local change still reaches that client.
 func TestRemoteServiceWithBadNameDoesNotFreezeXDS(t *testing.T) {
 	sb := sandbox.StartForTest(t, "east")
 	root, err := ca.GenerateRoot(td, 24*time.Hour)
@@ -99,19 +111,13 @@ func TestRemoteServiceWithBadNameDoesNotFreezeXDS(t *testing.T) {
 		return false, "mallory is not in east's status"
 	})
 
-	// A real xDS server fed as the controller feeds it: east's own
-	// services plus the bridge's remote state.
-	cfg := server.DefaultConfig()
-	cfg.Address = "127.0.0.1:0"
-	cfg.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert}
-	cfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: trustDomain}
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A real xDS server fed as the controller feeds it (east's own
+	// services plus the bridge's remote state), and a real proxyless
+	// client of bookbuyer's identity over mTLS.
+	srv, addr := startXDS(t, root)
+	bookbuyer := mesh.NewIdentity(trustDomain, "bookbuyer", "bookbuyer")
 	local := mesh.Service{Namespace: "bookbuyer", Name: "bookbuyer", Cluster: "east", Ports: []mesh.Port{{Name: "http", Port: 14001}},
-		Endpoints: []mesh.Endpoint{{Address: "10.244.1.5", Cluster: "east", Ready: true, Identity: mesh.NewIdentity(trustDomain, "bookbuyer", "bookbuyer")}}}
+		Endpoints: []mesh.Endpoint{{Address: "10.244.1.5", Cluster: "east", Ready: true, Identity: bookbuyer}}}
 	state := func(local mesh.Service, remote map[string]mesh.ClusterCatalog, imports []mesh.Import) mesh.State {
 		return mesh.State{Settings: mesh.Settings{MeshName: "meshfed", ClusterName: "east", TrustDomain: trustDomain},
 			Services: []mesh.Service{local}, Remote: remote, Imports: imports}
@@ -125,14 +131,165 @@ func TestRemoteServiceWithBadNameDoesNotFreezeXDS(t *testing.T) {
 	if _, err := srv.Update(state(local, rs.Remote, rs.Imports)); err != nil {
 		t.Fatalf("xDS Update with east's remote state: %v", err)
 	}
-	before := srv.EndpointsVersion()
-	local.Endpoints = append(local.Endpoints, mesh.Endpoint{Address: "10.244.1.6", Cluster: "east", Ready: true, Identity: mesh.NewIdentity(trustDomain, "bookbuyer", "bookbuyer")})
+	remoteCluster := generate.ClusterName(mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore-v3"}, 14001, "mallory")
+	localCluster := generate.ClusterName(local.Key(), 14001, "")
+	ads := dialADS(t, root, addr, bookbuyer)
+	ads.send(resourcev3.EndpointType, []string{remoteCluster, localCluster}, nil)
+	resp := ads.recv()
+	got := endpointsByCluster(t, resp)
+	if !slices.Contains(got[remoteCluster], "10.244.3.5") || !slices.Contains(got[localCluster], "10.244.1.5") {
+		t.Fatalf("bookbuyer's endpoints: %v", got)
+	}
+	// A local change still reaches the client.
+	local.Endpoints = append(local.Endpoints, mesh.Endpoint{Address: "10.244.1.6", Cluster: "east", Ready: true, Identity: bookbuyer})
+	ads.send(resourcev3.EndpointType, []string{remoteCluster, localCluster}, resp)
 	if _, err := srv.Update(state(local, rs.Remote, rs.Imports)); err != nil {
 		t.Fatalf("xDS Update with a local change: %v", err)
 	}
-	if srv.EndpointsVersion() == before {
-		t.Error("a new local endpoint did not change the published endpoints")
+	got = endpointsByCluster(t, ads.recv())
+	if !slices.Contains(got[localCluster], "10.244.1.6") || !slices.Contains(got[remoteCluster], "10.244.3.5") {
+		t.Fatalf("after a local change bookbuyer's endpoints are %v", got)
 	}
+}
+
+const xdsServerName = "xds.meshfed.test"
+
+// startXDS runs a real xDS server on 127.0.0.1 with an SVID of root's
+// trust domain, requiring client certificates of it.
+func startXDS(t *testing.T, root *ca.Root) (*server.Server, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.DefaultConfig()
+	cfg.Listener = lis
+	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{svidPair(t, root, mesh.NewIdentity(trustDomain, "meshfed-system", "meshfed-controller"), xdsServerName)},
+		ClientCAs: certPool(root), ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	cfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: trustDomain}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("xDS server: %v", err)
+		}
+	})
+	return srv, lis.Addr().String()
+}
+
+func svidPair(t *testing.T, root *ca.Root, id mesh.Identity, dns ...string) tls.Certificate {
+	t.Helper()
+	inter, err := root.NewIntermediate("east", time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := inter.IssueSVID(spiffeid.RequireFromString(string(id)), time.Hour, dns...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := svid.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair
+}
+
+func certPool(root *ca.Root) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(root.Certificate)
+	return p
+}
+
+// adsClient is a proxyless (grpc-go-like) ADS client of one identity.
+type adsClient struct {
+	t      *testing.T
+	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node   *corev3.Node
+	resps  chan *discoveryv3.DiscoveryResponse
+}
+
+func dialADS(t *testing.T, root *ca.Root, addr string, id mesh.Identity) *adsClient {
+	t.Helper()
+	creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{svidPair(t, root, id)}, RootCAs: certPool(root),
+		ServerName: xdsServerName, MinVersion: tls.VersionTLS12})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &adsClient{t: t, stream: stream, node: &corev3.Node{Id: "bookbuyer", UserAgentName: "gRPC Go"}, resps: make(chan *discoveryv3.DiscoveryResponse, 16)}
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				close(a.resps)
+				return
+			}
+			a.resps <- resp
+		}
+	}()
+	return a
+}
+
+func (a *adsClient) send(typeURL string, names []string, ack *discoveryv3.DiscoveryResponse) {
+	a.t.Helper()
+	req := &discoveryv3.DiscoveryRequest{Node: a.node, TypeUrl: typeURL, ResourceNames: names}
+	if ack != nil {
+		req.VersionInfo, req.ResponseNonce = ack.GetVersionInfo(), ack.GetNonce()
+	}
+	if err := a.stream.Send(req); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *adsClient) recv() *discoveryv3.DiscoveryResponse {
+	a.t.Helper()
+	select {
+	case resp, ok := <-a.resps:
+		if !ok {
+			a.t.Fatal("xDS stream ended")
+		}
+		return resp
+	case <-time.After(time.Minute):
+		a.t.Fatal("no xDS response within a minute")
+	}
+	return nil
+}
+
+// endpointsByCluster returns the endpoint addresses of each load
+// assignment in resp.
+func endpointsByCluster(t *testing.T, resp *discoveryv3.DiscoveryResponse) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for _, r := range resp.GetResources() {
+		var cla endpointv3.ClusterLoadAssignment
+		if err := r.UnmarshalTo(&cla); err != nil {
+			t.Fatal(err)
+		}
+		for _, le := range cla.GetEndpoints() {
+			for _, e := range le.GetLbEndpoints() {
+				out[cla.GetClusterName()] = append(out[cla.GetClusterName()], e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			}
+		}
+	}
+	return out
 }
 
 // unchecked converts east's federation snapshot of mallory's catalog into

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // Status is what the bridge writes into the MeshConfig's status.federation
@@ -50,7 +51,8 @@ type MemberStatus struct {
 	InvalidCount int      `json:"invalidCount,omitempty"`
 	// Reason explains its state ("west: dead since …").
 	Reason string `json:"reason,omitempty"`
-	// TrustBundleFingerprint is the trust bundle its catalog names.
+	// TrustBundleFingerprint is the trust bundle its catalog names,
+	// escaped with mesh.Quote.
 	TrustBundleFingerprint string `json:"trustBundleFingerprint,omitempty"`
 	Stale                  bool   `json:"stale,omitempty"`
 	Local                  bool   `json:"local,omitempty"`
@@ -77,7 +79,7 @@ func StatusFrom(cluster string, rv *federation.RemoteView, published []string, n
 	for _, m := range rv.Members {
 		ms := MemberStatus{
 			Name: m.Name, Address: m.Addr, State: string(m.State), Since: tp(m.Since), LastContact: tp(m.LastContact),
-			CatalogVersion: m.CatalogVersion, ServiceCount: m.Services, TrustBundleFingerprint: m.TrustBundleFingerprint,
+			CatalogVersion: m.CatalogVersion, ServiceCount: m.Services, TrustBundleFingerprint: quoteNonEmpty(m.TrustBundleFingerprint),
 			Stale: m.Stale, Local: m.Local,
 		}
 		var names []string
@@ -113,9 +115,9 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	st := StatusFrom(b.cfg.ClusterName, b.validRemote(b.cfg.Federation.Snapshot()), published, time.Now())
 	for i := range st.Members {
 		inv := b.invalid[st.Members[i].Name]
-		st.Members[i].InvalidCount = len(inv)
-		for _, s := range inv[:min(len(inv), MaxListedServices)] {
-			st.Members[i].Invalid = append(st.Members[i].Invalid, shorten(s.Err.Error(), maxInvalidMessage))
+		st.Members[i].InvalidCount = inv.count
+		for _, err := range inv.problems {
+			st.Members[i].Invalid = append(st.Members[i].Invalid, shorten(err.Error(), maxInvalidMessage))
 		}
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"federation": st}})
@@ -127,6 +129,15 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	if err != nil && ctx.Err() == nil {
 		b.log.Warn("federate: writing federation status into MeshConfig", "namespace", b.cfg.Namespace, "name", b.cfg.MeshConfigName, "err", err)
 	}
+}
+
+// quoteNonEmpty escapes what another cluster's catalog says (mesh.Quote),
+// leaving "" empty.
+func quoteNonEmpty(s string) string {
+	if s == "" {
+		return ""
+	}
+	return mesh.Quote(s)
 }
 
 // maxInvalidMessage bounds one entry of MemberStatus.Invalid.

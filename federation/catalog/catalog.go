@@ -3,8 +3,11 @@
 // verified.
 //
 // It owns: the versioned catalog types, their encoding (JSON, gzip), the
-// signature envelope, and the rule that ties a signing certificate to the
-// cluster it may speak for. It does not own membership, transport or policy
+// signature envelope, the rule that ties a signing certificate to the
+// cluster it may speak for, and the bounds on what a receiver spends
+// decoding one (Limits: inflated size, services, endpoints, strings,
+// nesting). It judges a catalog's header, not its services: receivers
+// check each service on its own (mesh.Service.ValidateRemote). It does not own membership, transport or policy
 // (package federation) nor the certificate authority (package trust): the
 // caller hands in a crypto.Signer with its chain and the trust roots.
 //

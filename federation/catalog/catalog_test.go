@@ -240,7 +240,8 @@ func BenchmarkDecodeCatalog10k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("payload %d bytes compressed", len(payload))
+	raw, _ := json.Marshal(realistic("west", 10000, 10))
+	b.Logf("payload %d bytes compressed, %d bytes of JSON", len(payload), len(raw))
 	b.Run("before=inflate+encoding-json", func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(payload)))

@@ -94,7 +94,7 @@ func decode(b []byte, lim Limits) (*Catalog, error) {
 
 func decodeJSON(r io.Reader, lim Limits) (*Catalog, error) {
 	cr := &capReader{r: r, left: lim.MaxInflatedBytes}
-	p := &parser{r: bufio.NewReaderSize(cr, 32<<10), cr: cr, lim: lim, intern: map[string]string{}}
+	p := &parser{r: bufio.NewReaderSize(cr, 32<<10), lim: lim, intern: map[string]string{}}
 	var c Catalog
 	err := p.catalog(&c)
 	if err == nil {
@@ -142,7 +142,6 @@ func (c *capReader) Read(b []byte) (int, error) {
 // parser is a strict, bounded JSON reader for the catalog schema.
 type parser struct {
 	r     *bufio.Reader
-	cr    *capReader
 	lim   Limits
 	off   int64
 	depth int
@@ -283,7 +282,7 @@ func (p *parser) object(member func(key []byte) error) error {
 			return err
 		}
 		if err := member(key); err != nil {
-			return fmt.Errorf("%s: %w", strconv.QuoteToASCII(string(key)), err)
+			return fmt.Errorf("%s: %w", strconv.QuoteToASCII(string(key[:min(len(key), 64)])), err)
 		}
 		c, err := p.peek()
 		if err != nil {
