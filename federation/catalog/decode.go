@@ -357,6 +357,11 @@ func (p *parser) rawString() ([]byte, error) {
 		}
 		switch {
 		case c == '"':
+			// A catalog is written by encoding/json, which writes valid
+			// UTF-8 only; anything else is not a catalog.
+			if !utf8.Valid(buf) {
+				return nil, errors.New("string is not valid UTF-8")
+			}
 			return buf, nil
 		case c < 0x20:
 			return nil, fmt.Errorf("control byte %#x in string", c)

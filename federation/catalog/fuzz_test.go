@@ -19,7 +19,7 @@ func seedJSON(f *testing.F) {
 		}
 		f.Add(b)
 	}
-	for _, s := range []string{`{}`, `null`, `{"services":[{},{}]}`, `{"x":[[[[{"y":"\ud800"}]]]]}`, `{"cluster":"\u0041\n"}`, `{"version":18446744073709551616}`, `{"services":[{"ports":[{"port":65535,"targetPort":0}]}]} x`} {
+	for _, s := range []string{`{}`, `null`, `{"services":[{},{}]}`, `{"x":[[[[{"y":"\ud800"}]]]]}`, `{"cluster":"\u0041\n"}`, `{"version":18446744073709551616}`, `{"services":[{"ports":[{"port":65535,"targetPort":0}]}]} x`, "{\"cluster\":\"\xff\"}"} {
 		f.Add([]byte(s))
 	}
 }
