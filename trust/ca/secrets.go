@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -190,6 +191,28 @@ func writeIntermediate(ctx context.Context, client kubernetes.Interface, namespa
 	}
 	if err != nil {
 		return fmt.Errorf("intermediate secret %s/%s: write: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// UpdateBundle writes bundle into the existing ConfigMap namespace/name under
+// "ca.crt". It never creates one: in a meshed namespace `meshfed namespace
+// add` creates it, and the controller is allowed only to update it. A
+// missing ConfigMap is an error that satisfies apierrors.IsNotFound.
+func UpdateBundle(ctx context.Context, client kubernetes.Interface, namespace, name string, bundle *x509bundle.Bundle) error {
+	data := map[string]string{BundleKey: string(EncodeCertificatesPEM(bundle.X509Authorities()))}
+	cms := client.CoreV1().ConfigMaps(namespace)
+	cm, err := cms.Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		if maps.Equal(cm.Data, data) {
+			return nil
+		}
+		cm = cm.DeepCopy()
+		cm.Data = data
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("bundle configmap %s/%s: %w", namespace, name, err)
 	}
 	return nil
 }
