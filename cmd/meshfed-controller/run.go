@@ -138,6 +138,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	icfg := issuer.DefaultConfig()
 	icfg.Address, icfg.SVIDTTL, icfg.Log = cfg.IssuerAddress, ms.SVIDTTL, log
+	icfg.Namespaces = issuer.MeshNamespaces{Client: client, MeshName: cfg.MeshName}
 	iss, err := issuer.NewServer(icfg, authority, issuer.NewTokenReviewer(client, trust.DefaultAudience), serving)
 	if err != nil {
 		return err
