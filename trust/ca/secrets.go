@@ -162,6 +162,28 @@ func EnsureIntermediate(ctx context.Context, client kubernetes.Interface, namesp
 	return next, writeIntermediate(ctx, client, namespace, name, next, existing)
 }
 
+// SaveIntermediate creates or replaces Secret namespace/name with inter (its
+// chain, key and trust bundle), keeping the Secret's annotations. It is how a
+// cluster that does not hold the root key receives an intermediate signed
+// elsewhere (meshfed cluster join, root rotation).
+func SaveIntermediate(ctx context.Context, client kubernetes.Interface, namespace, name string, inter *Intermediate) error {
+	existing, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		existing = nil
+	case err != nil:
+		return fmt.Errorf("intermediate secret %s/%s: %w", namespace, name, err)
+	}
+	return writeIntermediate(ctx, client, namespace, name, inter, existing)
+}
+
+// NeedsRenewal reports whether inter is past two thirds of its lifetime,
+// when it should be replaced.
+func (ca *Intermediate) NeedsRenewal(now time.Time) bool {
+	c := ca.Certificate()
+	return pastRenewal(c.NotBefore, c.NotAfter, now)
+}
+
 func pastRenewal(notBefore, notAfter, now time.Time) bool {
 	return now.After(notBefore.Add(notAfter.Sub(notBefore) * 2 / 3))
 }
