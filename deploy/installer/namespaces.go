@@ -108,6 +108,23 @@ func (c *Client) ensureBundleConfigMap(ctx context.Context, controlPlane, ns str
 	return nil
 }
 
+// deleteBundleConfigMap deletes the trust bundle ConfigMap `namespace add`
+// made in ns (one without meshfed's managed-by label is the user's: kept).
+func (c *Client) deleteBundleConfigMap(ctx context.Context, ns string) error {
+	cms := c.kube.CoreV1().ConfigMaps(ns)
+	cm, err := cms.Get(ctx, deploy.BundleConfigMapName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || err == nil && cm.Labels[deploy.LabelManagedBy] != deploy.ManagedByMeshfed {
+		return nil
+	}
+	if err == nil {
+		err = cms.Delete(ctx, cm.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cm.UID}})
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("namespace %q: trust bundle ConfigMap: %w", ns, err)
+	}
+	return nil
+}
+
 // RemoveNamespaces takes namespaces out of the mesh; nil means every
 // namespace the mesh monitors. A namespace that belongs to another mesh or
 // to none is refused. It returns the namespaces it changed.
@@ -149,6 +166,9 @@ func (c *Client) RemoveNamespaces(ctx context.Context, meshName string, namespac
 			"annotations": map[string]any{deploy.AnnotationInjection: nil},
 		}
 		if err := c.patchNamespace(ctx, ns, meta); err != nil {
+			return nil, err
+		}
+		if err := c.deleteBundleConfigMap(ctx, ns); err != nil {
 			return nil, err
 		}
 	}
