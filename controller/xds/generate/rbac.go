@@ -1,6 +1,7 @@
 package generate
 
 import (
+	"regexp"
 	"sort"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -38,18 +39,28 @@ func accessRules(ix *Index, dest mesh.Identity) *rbacv3.RBAC {
 	return &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: policies}
 }
 
+// namespaceName is a Kubernetes namespace name (a DNS-1123 label).
+var namespaceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
 // meshedPrincipals matches the identities of meshed namespaces:
 // spiffe://<td>/ns/<ns>/sa/ for each local meshed namespace and each
 // namespace another cluster exports services from. With none it matches
 // nobody (RBAC needs at least one principal).
 func meshedPrincipals(s *mesh.State) []*rbacv3.Principal {
 	set := map[string]bool{}
+	add := func(ns string) {
+		// Only namespace names can be identity segments; anything else
+		// (from another cluster's catalog) would widen the prefix.
+		if namespaceName.MatchString(ns) {
+			set[ns] = true
+		}
+	}
 	for _, ns := range s.MeshedNamespaces {
-		set[ns] = true
+		add(ns)
 	}
 	for _, cat := range s.Remote {
 		for _, svc := range cat.Services {
-			set[svc.Namespace] = true
+			add(svc.Namespace)
 		}
 	}
 	namespaces := make([]string, 0, len(set))
