@@ -27,16 +27,20 @@ var crdFiles embed.FS
 // namespaces it manages (the same semantics as Open Service Mesh's
 // openservicemesh.io/monitored-by and sidecar-injection).
 const (
-	LabelManagedBy       = "app.kubernetes.io/managed-by"
-	ManagedByMeshfed     = "meshfed"
-	LabelPartOf          = "app.kubernetes.io/part-of"
-	LabelName            = "app.kubernetes.io/name"
-	LabelMeshName        = "meshfed.io/mesh-name"
-	LabelVersion         = "app.kubernetes.io/version"
-	LabelMonitoredBy     = "meshfed.io/monitored-by"
-	AnnotationInjection  = "meshfed.io/sidecar-injection"
-	ControllerName       = "meshfed-controller"
-	MeshConfigName       = "meshfed-mesh-config"
+	LabelManagedBy      = "app.kubernetes.io/managed-by"
+	ManagedByMeshfed    = "meshfed"
+	LabelPartOf         = "app.kubernetes.io/part-of"
+	LabelName           = "app.kubernetes.io/name"
+	LabelMeshName       = "meshfed.io/mesh-name"
+	LabelVersion        = "app.kubernetes.io/version"
+	LabelMonitoredBy    = "meshfed.io/monitored-by"
+	AnnotationInjection = "meshfed.io/sidecar-injection"
+	ControllerName      = "meshfed-controller"
+	MeshConfigName      = "meshfed-mesh-config"
+	// BundleConfigMapName is the trust bundle ConfigMap in every meshed
+	// namespace (key ca.crt). `meshfed namespace add` creates it; the
+	// controller may only update it (its RBAC names it).
+	BundleConfigMapName  = "meshfed-ca-bundle"
 	DefaultMeshName      = "meshfed"
 	DefaultNamespace     = "meshfed-system"
 	DefaultTrustDomain   = "meshfed.local"

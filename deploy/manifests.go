@@ -109,20 +109,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 	cr := &rbacv1.ClusterRole{
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "ClusterRole"),
 		ObjectMeta: meta(o.ClusterRoleName(), ""),
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"namespaces", "services", "pods", "serviceaccounts", "nodes"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"access.smi-spec.io", "specs.smi-spec.io", "split.smi-spec.io"}, Resources: []string{"*"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports/status"}, Verbs: []string{"get", "update", "patch"}},
-			{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceimports", "serviceimports/status"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
-			{APIGroups: []string{"config.meshfed.io"}, Resources: []string{"meshconfigs"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"config.meshfed.io"}, Resources: []string{"meshconfigs/status"}, Verbs: []string{"get", "update", "patch"}},
-			{APIGroups: []string{"", "events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-			// The trust bundle ConfigMap in every namespace of the mesh.
-			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "create", "update"}},
-			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		},
+		Rules:      ClusterRules(),
 	}
 	crb := &rbacv1.ClusterRoleBinding{
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
@@ -135,9 +122,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 	role := &rbacv1.Role{
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "Role"),
 		ObjectMeta: meta(ControllerName, o.Namespace),
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"secrets", "configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
-		},
+		Rules:      NamespaceRules(),
 	}
 	rb := &rbacv1.RoleBinding{
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "RoleBinding"),
@@ -232,6 +217,52 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 		out = append(out, u)
 	}
 	return out, nil
+}
+
+// ClusterRules is the controller's ClusterRole: what it needs in every
+// namespace, and no more. SECURITY.md lists each rule and why; keep the two
+// in step.
+func ClusterRules() []rbacv1.PolicyRule {
+	watch := []string{"list", "watch"}
+	return []rbacv1.PolicyRule{
+		// Meshed namespaces (label meshfed.io/monitored-by); the issuer
+		// reads a caller's namespace before it signs.
+		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch"}},
+		// Services, their endpoints, the Pods behind them (identity,
+		// readiness, zone) and ServiceAccounts (identities).
+		{APIGroups: []string{""}, Resources: []string{"services", "pods", "serviceaccounts"}, Verbs: watch},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: watch},
+		// SMI policy, read only.
+		{APIGroups: []string{"access.smi-spec.io"}, Resources: []string{"traffictargets"}, Verbs: watch},
+		{APIGroups: []string{"specs.smi-spec.io"}, Resources: []string{"httproutegroups", "tcproutes"}, Verbs: watch},
+		{APIGroups: []string{"split.smi-spec.io"}, Resources: []string{"trafficsplits"}, Verbs: watch},
+		// MCS: users' ServiceExports are read and given a status; the
+		// ServiceImports are the controller's own (create, keep, delete).
+		{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports"}, Verbs: watch},
+		{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports/status"}, Verbs: []string{"update"}},
+		{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceimports"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
+		{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceimports/status"}, Verbs: []string{"update"}},
+		// Problems with users' objects are reported where they look.
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		// The trust bundle ConfigMap of each meshed namespace, by name only.
+		// Create cannot be limited by name: `meshfed namespace add` creates
+		// it, the controller only updates it.
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{BundleConfigMapName}, Verbs: []string{"get", "update", "patch"}},
+		// The issuer checks workload tokens.
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+	}
+}
+
+// NamespaceRules is the controller's Role in its own namespace: its
+// MeshConfig (and status), the CA and gossip-key Secrets, and its own
+// ConfigMaps (the trust bundle, the federation's catalog epoch).
+func NamespaceRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{"config.meshfed.io"}, Resources: []string{"meshconfigs"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"config.meshfed.io"}, Resources: []string{"meshconfigs/status"}, Verbs: []string{"patch"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
+	}
 }
 
 func tm(apiVersion, kind string) metav1.TypeMeta {

@@ -295,6 +295,10 @@ type State struct {
 	Imports         []Import
 	// Remote holds the catalogs of the other clusters by cluster name.
 	Remote map[string]ClusterCatalog
+	// MeshedNamespaces are the local namespaces the mesh monitors (label
+	// meshfed.io/monitored-by), sorted. Permissive mode admits only
+	// identities of meshed namespaces.
+	MeshedNamespaces []string
 }
 
 // Service returns the local service namespace/name, if it exists.

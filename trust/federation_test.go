@@ -55,7 +55,9 @@ func installCA(t *testing.T, kube kubernetes.Interface, cluster string, root *ca
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := issuer.NewServer(issuer.DefaultConfig(), ca.NewAuthority(inter), issuer.NewTokenReviewer(kube, trust.DefaultAudience), serving)
+	icfg := issuer.DefaultConfig()
+	icfg.Namespaces = issuer.MeshNamespaces{Client: kube, MeshName: "meshfed"}
+	srv, err := issuer.NewServer(icfg, ca.NewAuthority(inter), issuer.NewTokenReviewer(kube, trust.DefaultAudience), serving)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +79,7 @@ func runAgent(t *testing.T, kube kubernetes.Interface, issuerAddr, ns, sa string
 	t.Helper()
 	ctx := context.Background()
 	kubetest.CreateServiceAccount(t, kube, ns, sa)
+	kubetest.MeshNamespace(t, kube, ns)
 	dir := t.TempDir()
 	cm, err := kube.CoreV1().ConfigMaps(systemNS).Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{})
 	if err != nil {

@@ -139,6 +139,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	icfg := issuer.DefaultConfig()
 	icfg.Address, icfg.SVIDTTL, icfg.Log = cfg.IssuerAddress, ms.SVIDTTL, log
+	icfg.Namespaces = issuer.MeshNamespaces{Client: client, MeshName: cfg.MeshName}
 	iss, err := issuer.NewServer(icfg, authority, issuer.NewTokenReviewer(client, trust.DefaultAudience), serving)
 	if err != nil {
 		return err
@@ -298,6 +299,23 @@ func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg config, log 
 // cluster holds no root key, the signed intermediate the user put into the
 // intermediate Secret.
 func loadCA(ctx context.Context, client kubernetes.Interface, ns string, ms meshSettings, caCfg ca.Config, log *slog.Logger) (*ca.Intermediate, error) {
+	// A member without the root key (meshfed cluster join, or an
+	// intermediate signed offline) has only the intermediate Secret: use it
+	// and never generate a root of its own beside it.
+	if _, err := client.CoreV1().Secrets(ns).Get(ctx, ms.RootSecret, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		td, err := spiffeid.TrustDomainFromString(ms.TrustDomain)
+		if err != nil {
+			return nil, err
+		}
+		inter, err := ca.LoadIntermediate(ctx, client, ns, ms.IntermediateSecret, td)
+		if err == nil {
+			log.Info("using a signed intermediate; the root key is not in this cluster", "secret", ns+"/"+ms.IntermediateSecret)
+			return inter, nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("no root Secret %s/%s and the intermediate is unusable: %w", ns, ms.RootSecret, err)
+		}
+	}
 	root, created, err := ca.LoadOrCreateRoot(ctx, client, ns, ms.RootSecret, caCfg)
 	if err != nil {
 		td, tdErr := spiffeid.TrustDomainFromString(ms.TrustDomain)

@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -64,10 +65,15 @@ func (c *certFlags) targets() []*kubeFlags {
 // caCluster is one cluster's CA as the rotation sees it.
 type caCluster struct {
 	*meshCluster
-	name                       string
-	td                         spiffeid.TrustDomain
-	rootSecret, interSecret    string
-	svidTTL                    time.Duration
+	name                    string
+	td                      spiffeid.TrustDomain
+	rootSecret, interSecret string
+	svidTTL                 time.Duration
+	// keeper: the cluster holds the root key (its root Secret). A member
+	// without it (meshfed cluster join) has only its intermediate Secret:
+	// state is read from there (Root without a key, the intermediate's
+	// issuer; Trusted, its bundle) and secret is the intermediate Secret.
+	keeper                     bool
 	state                      *ca.RootState
 	secret                     *corev1.Secret
 	namespace, bundleConfigMap string
@@ -140,20 +146,75 @@ func newCACluster(mc *meshCluster, fallback string) (*caCluster, error) {
 	return c, nil
 }
 
-// load reads the cluster's root Secret.
+// load reads the cluster's root Secret, or its intermediate Secret when it
+// holds no root key.
 func (c *caCluster) load(ctx context.Context) error {
 	st, s, err := ca.LoadRootState(ctx, c.kube, c.namespace, c.rootSecret, c.td)
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w (meshfed certificate rotate needs the root key in every cluster; with an intermediate signed offline, rotate by updating the intermediate Secret, see docs/certificates.md)", c.name, err)
+	if apierrors.IsNotFound(err) {
+		return c.loadMember(ctx)
 	}
-	c.state, c.secret = st, s
+	if err != nil {
+		return fmt.Errorf("cluster %s: %w", c.name, err)
+	}
+	c.keeper, c.state, c.secret = true, st, s
 	return nil
+}
+
+// loadMember reads the intermediate Secret of a cluster without the root
+// key: the root its intermediate chains to, the roots it trusts and the
+// rotation annotations.
+func (c *caCluster) loadMember(ctx context.Context) error {
+	s, err := c.kube.CoreV1().Secrets(c.namespace).Get(ctx, c.interSecret, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("cluster %s: neither root Secret %s nor intermediate Secret %s/%s: %w", c.name, c.rootSecret, c.namespace, c.interSecret, err)
+	}
+	inter, err := ca.ParseIntermediate(c.td, s.Data[ca.IntermediateCertKey], s.Data[ca.IntermediateKeyKey], s.Data[ca.BundleKey], time.Now())
+	if err != nil {
+		return fmt.Errorf("cluster %s: intermediate Secret %s/%s: %w", c.name, c.namespace, c.interSecret, err)
+	}
+	root, err := ca.IssuerRoot(inter, inter.Bundle())
+	if err != nil {
+		return fmt.Errorf("cluster %s: intermediate Secret %s/%s: %w", c.name, c.namespace, c.interSecret, err)
+	}
+	st := &ca.RootState{Root: &ca.Root{TrustDomain: c.td, Certificate: root}, Trusted: inter.Bundle(), Phase: s.Annotations[ca.RotationPhaseAnnotation]}
+	if t := s.Annotations[ca.RotationTimeAnnotation]; t != "" {
+		if st.AppliedAt, err = time.Parse(time.RFC3339, t); err != nil {
+			return fmt.Errorf("cluster %s: intermediate Secret %s/%s: annotation %s %q: %w", c.name, c.namespace, c.interSecret, ca.RotationTimeAnnotation, t, err)
+		}
+	}
+	c.keeper, c.state, c.secret = false, st, s
+	return nil
+}
+
+// nextRootCert is the root the cluster will sign with after the reissue
+// phase: the keeper's next root; for a member in the add phase, the root it
+// trusts besides the one it signs with.
+func (c *caCluster) nextRootCert() *x509.Certificate {
+	if c.state.Next != nil {
+		return c.state.Next.Certificate
+	}
+	if !c.keeper && c.stage() == ca.PhaseAdd {
+		for _, r := range c.state.Trusted.X509Authorities() {
+			if !r.Equal(c.state.Root.Certificate) {
+				return r
+			}
+		}
+	}
+	return c.state.Root.Certificate
 }
 
 // stage is where the cluster's root Secret is in a rotation: "" (not
 // rotating), PhaseAdd (a next root waits), PhaseReissue (signing with the
 // new root, still trusting the old).
 func (c *caCluster) stage() string {
+	if !c.keeper {
+		// A member's phase is the annotation the rotation wrote with its
+		// intermediate Secret, while it trusts more than one root.
+		if len(c.state.Trusted.X509Authorities()) > 1 && (c.state.Phase == ca.PhaseAdd || c.state.Phase == ca.PhaseReissue) {
+			return c.state.Phase
+		}
+		return ""
+	}
 	switch {
 	case c.state.Next != nil:
 		return ca.PhaseAdd
@@ -169,7 +230,7 @@ func (c *caCluster) stage() string {
 // and grpc-go's file_watcher has re-read the files.
 func (c *caCluster) settle() time.Duration { return c.svidTTL + fileWatcherRefresh }
 
-// update rewrites the root Secret with change applied and the phase
+// update rewrites the root Secret (a member's intermediate Secret) with change applied and the phase
 // annotation set (the applied-at time cleared until the controller confirms).
 func (c *caCluster) update(ctx context.Context, phase string, change func(data map[string][]byte)) error {
 	s := c.secret.DeepCopy()
@@ -183,7 +244,7 @@ func (c *caCluster) update(ctx context.Context, phase string, change func(data m
 	s.Annotations[ca.RotationPhaseAnnotation] = phase
 	delete(s.Annotations, ca.RotationTimeAnnotation)
 	if _, err := c.kube.CoreV1().Secrets(c.namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("cluster %s: root secret %s/%s: %w", c.name, c.namespace, c.rootSecret, err)
+		return fmt.Errorf("cluster %s: Secret %s/%s: %w", c.name, c.namespace, c.secret.Name, err)
 	}
 	return c.load(ctx)
 }
@@ -200,7 +261,7 @@ func (c *caCluster) confirm(ctx context.Context, phase string) error {
 	s.Annotations[ca.RotationPhaseAnnotation] = phase
 	s.Annotations[ca.RotationTimeAnnotation] = time.Now().UTC().Format(time.RFC3339)
 	if _, err := c.kube.CoreV1().Secrets(c.namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("cluster %s: root secret %s/%s: %w", c.name, c.namespace, c.rootSecret, err)
+		return fmt.Errorf("cluster %s: Secret %s/%s: %w", c.name, c.namespace, c.secret.Name, err)
 	}
 	return c.load(ctx)
 }
@@ -468,6 +529,9 @@ func (r *rotation) add(ctx context.Context) error {
 		}
 		next = c.state.Next
 	}
+	if r.keeper() == nil {
+		return errors.New("no cluster named holds the root key (root Secret): name the cluster that keeps it with --contexts/--kubeconfigs; with a root kept offline, sign new intermediates there (docs/certificates.md)")
+	}
 	if next == nil {
 		root := r.clusters[0].state.Root
 		var err error
@@ -480,13 +544,26 @@ func (r *rotation) add(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, c := range r.clusters {
-		if c.state.Next != nil {
+	// Keepers first: a re-run after a partial add finds the next root there.
+	for _, c := range r.ordered() {
+		if c.state.Next != nil || (!c.keeper && c.stage() == ca.PhaseAdd) {
+			if !c.state.Trusted.HasX509Authority(next.Certificate) {
+				return fmt.Errorf("cluster %s waits for a different next root than %s; restore its bundle and run --phase=add again", c, ca.Fingerprint(next.Certificate))
+			}
 			continue
 		}
 		union, err := ca.Union(c.state.Trusted, next.Bundle())
 		if err != nil {
 			return fmt.Errorf("cluster %s: %w", c, err)
+		}
+		if !c.keeper {
+			// Only the new root's certificate: the key stays with the keepers.
+			if err := c.update(ctx, ca.PhaseAdd, func(d map[string][]byte) {
+				d[ca.BundleKey] = ca.EncodeCertificatesPEM(union.X509Authorities())
+			}); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := c.update(ctx, ca.PhaseAdd, func(d map[string][]byte) {
 			d[ca.NextRootCertKey], d[ca.NextRootKeyKey] = next.CertificatePEM(), keyPEM
@@ -505,6 +582,47 @@ func (r *rotation) add(ctx context.Context) error {
 		fmt.Fprintf(r.out, "%s: trusts %s; still signs with %s\n", c, strings.Join(ca.Fingerprints(c.state.Trusted), " and "), ca.Fingerprint(c.state.Root.Certificate))
 	}
 	return r.nextStep(ca.PhaseAdd, ca.PhaseReissue)
+}
+
+// keeper returns a cluster that holds the root key, or nil.
+func (r *rotation) keeper() *caCluster {
+	for _, c := range r.clusters {
+		if c.keeper {
+			return c
+		}
+	}
+	return nil
+}
+
+// ordered returns the clusters with those holding the root key first.
+func (r *rotation) ordered() []*caCluster {
+	out := make([]*caCluster, 0, len(r.clusters))
+	for _, keepers := range []bool{true, false} {
+		for _, c := range r.clusters {
+			if c.keeper == keepers {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// reissueMember signs a new intermediate for a member without the root key
+// with root (held in this process's memory only) and writes it into the
+// member's intermediate Secret, trusting what it trusts now.
+func (c *caCluster) reissueMember(ctx context.Context, root *ca.Root) error {
+	inter, err := root.NewIntermediate(c.name, ca.DefaultConfig().IntermediateTTL, c.state.Trusted)
+	if err != nil {
+		return fmt.Errorf("cluster %s: %w", c, err)
+	}
+	keyPEM, err := inter.KeyPEM()
+	if err != nil {
+		return err
+	}
+	return c.update(ctx, ca.PhaseReissue, func(d map[string][]byte) {
+		d[ca.IntermediateCertKey], d[ca.IntermediateKeyKey] = inter.ChainPEM(), keyPEM
+		d[ca.BundleKey] = inter.BundlePEM()
+	})
 }
 
 func (r *rotation) nextStep(done, next string) error {
@@ -527,17 +645,27 @@ func (r *rotation) reissue(ctx context.Context) error {
 	}
 	// After add every cluster waits for the same next root; after a partial
 	// reissue, some already sign with it.
-	newRoot := func(c *caCluster) *x509.Certificate {
-		if c.state.Next != nil {
-			return c.state.Next.Certificate
-		}
-		return c.state.Root.Certificate
-	}
-	if err := r.sameRoot(newRoot, "new roots"); err != nil {
+	if err := r.sameRoot((*caCluster).nextRootCert, "new roots"); err != nil {
 		return err
 	}
-	for _, c := range r.clusters {
+	// The new root with its key, from a keeper (before or after its own
+	// reissue), signs the members' intermediates in this process's memory.
+	keeper := r.keeper()
+	if keeper == nil {
+		return errors.New("no cluster named holds the root key (root Secret): name the cluster that keeps it with --contexts/--kubeconfigs")
+	}
+	signer := keeper.state.Next
+	if signer == nil {
+		signer = keeper.state.Root
+	}
+	for _, c := range r.ordered() {
 		if c.stage() != ca.PhaseAdd {
+			continue
+		}
+		if !c.keeper {
+			if err := c.reissueMember(ctx, signer); err != nil {
+				return err
+			}
 			continue
 		}
 		next, trusted := c.state.Next, c.state.Trusted
@@ -590,6 +718,13 @@ func (r *rotation) finish(ctx context.Context) error {
 	}
 	for _, c := range r.clusters {
 		if c.stage() != ca.PhaseReissue {
+			continue
+		}
+		if !c.keeper {
+			only := ca.EncodeCertificatesPEM([]*x509.Certificate{c.state.Root.Certificate})
+			if err := c.update(ctx, ca.PhaseFinish, func(d map[string][]byte) { d[ca.BundleKey] = only }); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := c.update(ctx, ca.PhaseFinish, func(d map[string][]byte) { delete(d, ca.RootBundleKey) }); err != nil {

@@ -166,10 +166,11 @@ func newClusterJoinCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 meshfed install) to the federation of the cluster of
 --peer-kubeconfig/--peer-context, in one step:
 
-  - the shared root: the peer's root Secret (ca.crt, ca.key) is copied into
-    this cluster's control-plane namespace, so both clusters' intermediates
-    chain to one root; if the peer keeps no root key (offline root), pass a
-    signed intermediate with --intermediate-cert/--intermediate-key/--trust-bundle;
+  - the shared root: the peer's root signs an intermediate for this cluster
+    in the CLI's memory, and only the intermediate (with the trust bundle) is
+    written into this cluster's control-plane namespace; the root key stays
+    in the peer. If the peer keeps no root key (offline root), pass an
+    intermediate signed offline with --intermediate-cert/--intermediate-key/--trust-bundle;
   - the gossip keyring: read from the peer's Secret (created there first if
     missing) and written into this cluster's;
   - the peer's gossip address (its MeshConfig's advertiseAddress and port,
@@ -177,7 +178,7 @@ meshfed install) to the federation of the cluster of
     MeshConfig; federation is enabled in both MeshConfigs.
 
 CLUSTER, if given, must be this cluster's name (a safety check).
-Restart this cluster's controller if the CA was copied after it started.`,
+Restart this cluster's controller if its intermediate was installed after it started.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if peer.kubeconfig == "" && peer.context == "" {

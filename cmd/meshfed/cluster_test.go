@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -11,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +28,7 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // freePort returns a port free on 127.0.0.1 for both TCP and UDP (gossip).
@@ -93,9 +100,10 @@ func TestClusterJoinListLeave(t *testing.T) {
 		t.Fatalf("cluster join: %v\n%s", err, out)
 	}
 	t.Logf("join:\n%s", out)
-	// The root and the gossip key were copied; both MeshConfigs enabled.
+	// The gossip key was copied (the root key was not: see
+	// TestJoinDoesNotCopyRootKey); both MeshConfigs enabled.
 	eastKube, westKube := sb.Cluster("east").Client(), sb.Cluster("west").Client()
-	for _, s := range []string{installer.RootSecretName, federate.DefaultGossipKeySecret} {
+	for _, s := range []string{federate.DefaultGossipKeySecret} {
 		e, err1 := eastKube.CoreV1().Secrets(deploy.DefaultNamespace).Get(ctx, s, metav1.GetOptions{})
 		w, err2 := westKube.CoreV1().Secrets(deploy.DefaultNamespace).Get(ctx, s, metav1.GetOptions{})
 		if err1 != nil || err2 != nil {
@@ -188,6 +196,94 @@ func TestClusterJoinListLeave(t *testing.T) {
 		_, err := dyn["west"].Resource(federate.ServiceImportGVR).Namespace("bookstore").Get(ctx, "bookstore-v1", metav1.GetOptions{})
 		return err != nil, "west kept its ServiceImport after leaving"
 	})
+}
+
+// TestJoinDoesNotCopyRootKey: `meshfed cluster join` used to copy the
+// federation root key into every member, so any member's admin could mint
+// any cluster's intermediate. After install and join, no Secret or
+// ConfigMap anywhere in west holds east's root key; west's controller
+// signs with an intermediate that chains to east's root, and joining again
+// keeps that intermediate.
+func TestJoinDoesNotCopyRootKey(t *testing.T) {
+	sb := sandbox.StartForTest(t, "east", "west")
+	kc := func(name string) string { return sb.Cluster(name).KubeconfigPath }
+	ctx := context.Background()
+	td := spiffeid.RequireTrustDomainFromString(deploy.DefaultTrustDomain)
+	for _, name := range []string{"east", "west"} {
+		if out, err := run(t, "--kubeconfig", kc(name), "install", "--cluster-name", name); err != nil {
+			t.Fatalf("install %s: %v\n%s", name, err, out)
+		}
+		patch := `{"spec":{"federation":{"advertiseAddress":"127.0.0.1","bindPort":7946}}}`
+		if _, err := dynamic.NewForConfigOrDie(sb.Cluster(name).RESTConfig()).Resource(federate.MeshConfigGVR).Namespace(deploy.DefaultNamespace).
+			Patch(ctx, deploy.MeshConfigName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eastKube, westKube := sb.Cluster("east").Client(), sb.Cluster("west").Client()
+	eastRoot, err := ca.LoadRoot(ctx, eastKube, deploy.DefaultNamespace, installer.RootSecretName, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "--kubeconfig", kc("west"), "cluster", "join", "west", "--peer-kubeconfig", kc("east"), "--replace-root")
+	if err != nil {
+		t.Fatalf("cluster join: %v\n%s", err, out)
+	}
+	t.Logf("join:\n%s", out)
+
+	keyPEM, err := eastRoot.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(eastRoot.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The private scalar itself, in whatever encoding someone might use.
+	scalar := eastRoot.Key.(*ecdsa.PrivateKey).D.Bytes()
+	holdsKey := func(b []byte) bool {
+		return bytes.Contains(b, keyPEM) || bytes.Contains(b, keyDER) || bytes.Contains(b, scalar) ||
+			bytes.Contains(b, []byte(base64.StdEncoding.EncodeToString(keyDER)))
+	}
+	secrets, err := westKube.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets.Items {
+		for k, v := range s.Data {
+			if holdsKey(v) {
+				t.Errorf("west's Secret %s/%s key %s holds east's root key", s.Namespace, s.Name, k)
+			}
+		}
+	}
+	cms, err := westKube.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cm := range cms.Items {
+		for k, v := range cm.Data {
+			if holdsKey([]byte(v)) {
+				t.Errorf("west's ConfigMap %s/%s key %s holds east's root key", cm.Namespace, cm.Name, k)
+			}
+		}
+	}
+	if _, err := westKube.CoreV1().Secrets(deploy.DefaultNamespace).Get(ctx, installer.RootSecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("west has a root Secret after join (err %v)", err)
+	}
+	inter, err := ca.LoadIntermediate(ctx, westKube, deploy.DefaultNamespace, installer.IntermediateSecretName, td)
+	if err != nil {
+		t.Fatalf("west's intermediate: %v", err)
+	}
+	if r, err := ca.IssuerRoot(inter, eastRoot.Bundle()); err != nil || !r.Equal(eastRoot.Certificate) {
+		t.Fatalf("west's intermediate does not chain to east's root: %v", err)
+	}
+	// Joining again keeps west's intermediate.
+	if out, err := run(t, "--kubeconfig", kc("west"), "cluster", "join", "--peer-kubeconfig", kc("east")); err != nil {
+		t.Fatalf("join again: %v\n%s", err, out)
+	}
+	again, err := ca.LoadIntermediate(ctx, westKube, deploy.DefaultNamespace, installer.IntermediateSecretName, td)
+	if err != nil || !again.Certificate().Equal(inter.Certificate()) {
+		t.Errorf("joining again replaced west's intermediate (err %v)", err)
+	}
 }
 
 func nsObj(name string) *corev1.Namespace {

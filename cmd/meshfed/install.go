@@ -72,7 +72,7 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 	f.BoolVar(&o.Permissive, "enable-permissive-traffic-policy", false, "allow all traffic between meshed workloads (still mTLS) instead of only what TrafficTargets allow")
 	f.StringVar(&o.Image, "controller-image", o.Image, "container image of meshfed-controller")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them")
-	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "share the federation root of the cluster this kubeconfig points at (its "+installer.RootSecretName+" Secret is copied)")
+	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "join the federation root of the cluster this kubeconfig points at (its root signs this cluster's intermediate; the root key is not copied)")
 	f.StringVar(&rootFrom.context, "root-from-context", "", "kubeconfig context of the cluster to share the root with")
 	f.StringVar(&rootFromNS, "root-from-namespace", deploy.DefaultNamespace, "control plane namespace in the cluster the root is shared from")
 	inter.register(f)

@@ -1,7 +1,8 @@
 // Package bundle copies the mesh's trust bundle (the roots every meshed
 // workload verifies the controller and its peers with) into a ConfigMap in
 // every namespace of the mesh, where Pods mount it (meshfed-ca-bundle,
-// key ca.crt). It owns only those ConfigMaps: the bundle itself comes from
+// key ca.crt). It only updates them: `meshfed namespace add` creates each
+// one, and the controller's RBAC allows no more. It owns only those ConfigMaps: the bundle itself comes from
 // trust/ca, the namespaces from `meshfed namespace add`.
 package bundle
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -146,7 +148,16 @@ func (p *Publisher) next(ctx context.Context) bool {
 		return false
 	}
 	defer p.queue.Done(ns)
-	if err := ca.PublishBundle(ctx, p.cfg.Client, ns, p.cfg.ConfigMapName, p.cfg.Bundle()); err != nil {
+	err := ca.UpdateBundle(ctx, p.cfg.Client, ns, p.cfg.ConfigMapName, p.cfg.Bundle())
+	if apierrors.IsNotFound(err) {
+		// The controller may not create ConfigMaps outside its namespace
+		// (its RBAC names this one for get and update only).
+		p.cfg.Log.Warn("trust bundle ConfigMap missing: run `meshfed namespace add "+ns+"` to create it",
+			"namespace", ns, "configmap", p.cfg.ConfigMapName)
+		p.queue.Forget(ns)
+		return true
+	}
+	if err != nil {
 		if ctx.Err() == nil {
 			p.cfg.Log.Warn("trust bundle not written", "namespace", ns, "configmap", p.cfg.ConfigMapName, "err", err)
 		}

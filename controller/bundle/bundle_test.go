@@ -57,6 +57,12 @@ func TestBundleReachesEveryMeshNamespace(t *testing.T) {
 		if _, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// `meshfed namespace add` creates the ConfigMap; the controller
+		// only updates it.
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "meshfed-ca-bundle", Namespace: name}}
+		if _, err := client.CoreV1().ConfigMaps(name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	want := func() string {
 		mu.Lock()
@@ -97,7 +103,22 @@ func TestBundleReachesEveryMeshNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBundle("plain")
-	if _, err := client.CoreV1().ConfigMaps("other").Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("another mesh's namespace got this mesh's bundle (err %v)", err)
+	if cm, err := client.CoreV1().ConfigMaps("other").Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{}); err != nil || len(cm.Data) != 0 {
+		t.Errorf("another mesh's namespace got this mesh's bundle (%v, err %v)", cm.Data, err)
+	}
+
+	// A meshed namespace without the ConfigMap is left alone (the
+	// controller may not create it there) and the others keep being served.
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: "unprepared", Labels: map[string]string{deploy.LabelMonitoredBy: "meshfed"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	current = newRoot().Bundle()
+	mu.Unlock()
+	p.Notify()
+	waitBundle("bookstore")
+	if _, err := client.CoreV1().ConfigMaps("unprepared").Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the publisher created a ConfigMap in namespace unprepared (err %v)", err)
 	}
 }

@@ -496,6 +496,10 @@ func (w *Watcher) build(ch changes) (mesh.State, []mesh.Problem) {
 			}
 		}
 	}
+	for ns := range members {
+		st.MeshedNamespaces = append(st.MeshedNamespaces, ns)
+	}
+	sort.Strings(st.MeshedNamespaces)
 	var meshed []*corev1.Service
 	svcs, _ := w.services.List(labels.Everything())
 	for _, svc := range svcs {

@@ -153,6 +153,10 @@ func TestWatcherBuildsIsolatedChangeAtOnceReusingUnchangedServices(t *testing.T)
 		return true
 	}
 	before, i, _ := sink.waitFor(t, 0, "every Service with its endpoint", allThere)
+	// Permissive mode admits the meshed namespaces only; the state names them.
+	if got := before.MeshedNamespaces; len(got) != 1 || got[0] != ns {
+		t.Errorf("meshed namespaces = %v, want [%s]", got, ns)
+	}
 	time.Sleep(cfg.Debounce + 500*time.Millisecond) // quiet
 
 	sl, err := kc.DiscoveryV1().EndpointSlices(ns).Get(ctx, "svc-7-x", metav1.GetOptions{})

@@ -35,9 +35,10 @@ var (
 // CASource says where a cluster's certificate authority comes from at
 // install time. At most one way may be chosen; none generates a new root.
 type CASource struct {
-	// RootFrom, if set, is a client for a cluster that already holds the
-	// federation root: its root Secret is copied, so both clusters share
-	// one trust domain.
+	// RootFrom, if set, is a client for a cluster that holds the
+	// federation root. Its root is read into memory, signs an intermediate
+	// for this cluster, and only that intermediate is installed: the root
+	// key never leaves the cluster (or offline store) that holds it.
 	RootFrom kubernetes.Interface
 	// RootFromNamespace is the control plane namespace in that cluster.
 	// Default meshfed-system.
@@ -60,8 +61,9 @@ func (s CASource) validate() error {
 }
 
 // InstallCA puts the federation's trust into the control plane namespace
-// before the controller starts: a copy of another cluster's root, a signed
-// intermediate, or — if neither is given and none is there — a new root.
+// before the controller starts: an intermediate signed with another
+// cluster's root, a signed intermediate given by the user, or — if neither
+// is given and none is there — a new root.
 // Inputs are checked (trust domain, CA flags, key match, chain) and refused
 // with the reason; an existing valid root is kept. It returns what it did.
 func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) (string, error) {
@@ -76,30 +78,7 @@ func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) 
 	cfg.TrustDomain, cfg.ClusterName = o.TrustDomain, o.ClusterName
 	switch {
 	case src.RootFrom != nil:
-		ns := src.RootFromNamespace
-		if ns == "" {
-			ns = deploy.DefaultNamespace
-		}
-		root, err := ca.LoadRoot(ctx, src.RootFrom, ns, RootSecretName, td)
-		if apierrors.IsNotFound(err) {
-			return "", fmt.Errorf("take the root from the other cluster: %w: %w", ErrNoPeerRoot, err)
-		}
-		if err != nil {
-			return "", fmt.Errorf("take the root from the other cluster: %w", err)
-		}
-		existing, err := ca.LoadRoot(ctx, c.kube, o.Namespace, RootSecretName, td)
-		switch {
-		case err == nil && existing.Certificate.Equal(root.Certificate):
-			return "root already shared with the other cluster", nil
-		case err == nil:
-			return "", fmt.Errorf("%w in %s/%s; rotate it (bundle union) instead of replacing it", ErrDifferentRoot, o.Namespace, RootSecretName)
-		case !apierrors.IsNotFound(err):
-			return "", err
-		}
-		if err := ca.SaveRoot(ctx, c.kube, o.Namespace, RootSecretName, root); err != nil {
-			return "", err
-		}
-		return "root copied from the other cluster", nil
+		return c.signWithPeerRoot(ctx, o, src, td, cfg)
 	case len(src.IntermediateChain) > 0:
 		inter, err := ca.ParseIntermediate(td, src.IntermediateChain, src.IntermediateKey, src.TrustBundle, time.Now())
 		if err != nil {
@@ -144,4 +123,49 @@ func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) 
 		}
 		return "existing root kept", nil
 	}
+}
+
+// signWithPeerRoot signs an intermediate for this cluster with the root of
+// the cluster src.RootFrom points at and installs it; the root key stays in
+// this process's memory and is never written here. An intermediate already
+// signed by that root and not due for renewal is kept.
+func (c *Client) signWithPeerRoot(ctx context.Context, o deploy.Options, src CASource, td spiffeid.TrustDomain, cfg ca.Config) (string, error) {
+	ns := src.RootFromNamespace
+	if ns == "" {
+		ns = deploy.DefaultNamespace
+	}
+	peer, _, err := ca.LoadRootState(ctx, src.RootFrom, ns, RootSecretName, td)
+	if apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("sign an intermediate with the other cluster's root: %w: %w", ErrNoPeerRoot, err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("sign an intermediate with the other cluster's root: %w", err)
+	}
+	existing, err := ca.LoadRoot(ctx, c.kube, o.Namespace, RootSecretName, td)
+	switch {
+	case err == nil && existing.Certificate.Equal(peer.Root.Certificate):
+		return fmt.Sprintf("this cluster still holds a copy of the federation root key from an earlier join in Secret %s/%s; delete it to keep the key in one place (see docs/certificates.md)", o.Namespace, RootSecretName), nil
+	case err == nil:
+		return "", fmt.Errorf("%w in %s/%s; rotate it (bundle union) instead of replacing it", ErrDifferentRoot, o.Namespace, RootSecretName)
+	case !apierrors.IsNotFound(err):
+		return "", err
+	}
+	if cur, err := ca.LoadIntermediate(ctx, c.kube, o.Namespace, IntermediateSecretName, td); err == nil {
+		root, rerr := ca.IssuerRoot(cur, cur.Bundle())
+		if rerr == nil && !peer.Trusted.HasX509Authority(root) {
+			return "", fmt.Errorf("%w: the intermediate in %s/%s chains to root %s, which the other cluster does not trust; rotate (bundle union) instead of replacing it",
+				ErrDifferentRoot, o.Namespace, IntermediateSecretName, ca.Fingerprint(root))
+		}
+		if rerr == nil && root.Equal(peer.Root.Certificate) && !cur.NeedsRenewal(time.Now()) && cur.Bundle().Equal(peer.Trusted) {
+			return "intermediate already signed by the federation root; the root key is not in this cluster", nil
+		}
+	}
+	inter, err := peer.Root.NewIntermediate(o.ClusterName, cfg.IntermediateTTL, peer.Trusted)
+	if err != nil {
+		return "", err
+	}
+	if err := ca.SaveIntermediate(ctx, c.kube, o.Namespace, IntermediateSecretName, inter); err != nil {
+		return "", err
+	}
+	return "intermediate signed with the federation root; the root key is not in this cluster", nil
 }

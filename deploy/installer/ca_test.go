@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/tests/sandbox"
@@ -15,7 +16,8 @@ import (
 )
 
 // Two clusters installed so that they share one root: the first generates
-// it, the second takes it through the first cluster's API server. A signed
+// it, the second gets an intermediate signed by it through the first
+// cluster's API server (never the root key). A signed
 // intermediate keeps the root key out of a third install, and bad inputs
 // are refused before anything is written.
 func TestInstallSharesTheFederationRoot(t *testing.T) {
@@ -50,13 +52,21 @@ func TestInstallSharesTheFederationRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	westRoot, err := ca.LoadRoot(ctx(t), west.Kube(), "meshfed-system", installer.RootSecretName, td)
+	// West got an intermediate signed by east's root, not the root key.
+	if _, err := ca.LoadRoot(ctx(t), west.Kube(), "meshfed-system", installer.RootSecretName, td); !apierrors.IsNotFound(err) {
+		t.Fatalf("west holds a root Secret after --root-from-kubeconfig (err %v)", err)
+	}
+	westCA, err := ca.LoadIntermediate(ctx(t), west.Kube(), "meshfed-system", installer.IntermediateSecretName, td)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !westRoot.Certificate.Equal(eastRoot.Certificate) {
-		t.Fatal("west does not hold east's root after --root-from-kubeconfig")
+	if r, err := ca.IssuerRoot(westCA, eastRoot.Bundle()); err != nil || !r.Equal(eastRoot.Certificate) {
+		t.Fatalf("west's intermediate does not chain to east's root: %v", err)
 	}
+	if again, err := west.InstallCA(ctx(t), opts("meshfed", "meshfed-system", "west"), installer.CASource{RootFrom: east.Kube()}); err != nil || !strings.Contains(again, "already signed") {
+		t.Errorf("second install from east's root: %q, %v; want the intermediate kept", again, err)
+	}
+	westRoot := eastRoot // the one root of the federation
 
 	// Taking a root from where none is kept, or over a different one, is
 	// refused with errors a caller can tell apart.

@@ -254,6 +254,12 @@ func testNamespaces(t *testing.T, c *installer.Client) {
 	if err := c.AddNamespaces(ctx(t), "mesh-a", []string{"bookstore", "bookbuyer"}, installer.InjectionEnabled); err != nil {
 		t.Fatal(err)
 	}
+	// The trust bundle ConfigMap the controller may only update.
+	for _, ns := range []string{"bookstore", "bookbuyer"} {
+		if _, err := c.Kube().CoreV1().ConfigMaps(ns).Get(ctx(t), deploy.BundleConfigMapName, metav1.GetOptions{}); err != nil {
+			t.Errorf("namespace add made no trust bundle ConfigMap in %s: %v", ns, err)
+		}
+	}
 	if err := c.AddNamespaces(ctx(t), "mesh-a", []string{"bookbuyer"}, installer.InjectionDisabled); err != nil {
 		t.Fatal(err)
 	}
@@ -351,6 +357,9 @@ func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
 	}
 	if app.Labels[deploy.LabelMonitoredBy] != "" {
 		t.Errorf("uninstall left namespace uninstall-app in the mesh: %v", app.Labels)
+	}
+	if _, err := kube.CoreV1().ConfigMaps("uninstall-app").Get(ctx(t), deploy.BundleConfigMapName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("uninstall left the trust bundle ConfigMap namespace add made in uninstall-app (err %v)", err)
 	}
 	// CRDs stay unless asked for, and are refused while other meshes
 	// still use them.

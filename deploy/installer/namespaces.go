@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -65,6 +66,11 @@ func (c *Client) AddNamespaces(ctx context.Context, meshName string, namespaces 
 		return errors.Join(errs...)
 	}
 	for _, ns := range namespaces {
+		// The ConfigMap exists before the namespace is meshed, so the
+		// controller's first update finds it.
+		if err := c.ensureBundleConfigMap(ctx, mesh.Namespace, ns); err != nil {
+			return err
+		}
 		meta := map[string]any{"labels": map[string]any{deploy.LabelMonitoredBy: mesh.Name}}
 		switch inj {
 		case InjectionEnabled:
@@ -75,6 +81,46 @@ func (c *Client) AddNamespaces(ctx context.Context, meshName string, namespaces 
 		if err := c.patchNamespace(ctx, ns, meta); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// ensureBundleConfigMap creates the trust bundle ConfigMap in ns, holding
+// the bundle the control plane in controlPlane publishes (if it has yet).
+// The controller may only update ConfigMaps of that name outside its own
+// namespace, never create them, so this is the one place they are made. An
+// existing one is kept.
+func (c *Client) ensureBundleConfigMap(ctx context.Context, controlPlane, ns string) error {
+	cms := c.kube.CoreV1().ConfigMaps(ns)
+	if _, err := cms.Get(ctx, deploy.BundleConfigMapName, metav1.GetOptions{}); err == nil {
+		return nil
+	} else if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("namespace %q: trust bundle ConfigMap: %w", ns, err)
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: deploy.BundleConfigMapName, Namespace: ns,
+		Labels: map[string]string{deploy.LabelManagedBy: deploy.ManagedByMeshfed}}}
+	if src, err := c.kube.CoreV1().ConfigMaps(controlPlane).Get(ctx, deploy.BundleConfigMapName, metav1.GetOptions{}); err == nil {
+		cm.Data = src.Data
+	}
+	if _, err := cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: FieldManager}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("namespace %q: trust bundle ConfigMap: %w", ns, err)
+	}
+	return nil
+}
+
+// deleteBundleConfigMap deletes the trust bundle ConfigMap `namespace add`
+// made in ns (one without meshfed's managed-by label is the user's: kept).
+func (c *Client) deleteBundleConfigMap(ctx context.Context, ns string) error {
+	cms := c.kube.CoreV1().ConfigMaps(ns)
+	cm, err := cms.Get(ctx, deploy.BundleConfigMapName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || err == nil && cm.Labels[deploy.LabelManagedBy] != deploy.ManagedByMeshfed {
+		return nil
+	}
+	if err == nil {
+		err = cms.Delete(ctx, cm.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cm.UID}})
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("namespace %q: trust bundle ConfigMap: %w", ns, err)
 	}
 	return nil
 }
@@ -120,6 +166,9 @@ func (c *Client) RemoveNamespaces(ctx context.Context, meshName string, namespac
 			"annotations": map[string]any{deploy.AnnotationInjection: nil},
 		}
 		if err := c.patchNamespace(ctx, ns, meta); err != nil {
+			return nil, err
+		}
+		if err := c.deleteBundleConfigMap(ctx, ns); err != nil {
 			return nil, err
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
@@ -88,6 +89,23 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 		}
 		return r
 	}
+	// West holds no root key (cluster join signed its intermediate): the
+	// root it signs with is its intermediate's issuer.
+	signingRoot := func(cluster string) *x509.Certificate {
+		t.Helper()
+		inter, err := ca.LoadIntermediate(ctx, h.Cluster(cluster).Sandbox.Client(), deploy.DefaultNamespace, installer.IntermediateSecretName, td)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := ca.IssuerRoot(inter, inter.Bundle())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if _, err := h.Cluster("west").Sandbox.Client().CoreV1().Secrets(deploy.DefaultNamespace).Get(ctx, installer.RootSecretName, metav1.GetOptions{}); err == nil {
+		t.Fatal("west holds a copy of the root key after cluster join")
+	}
 	oldRoot := rootOf("east")
 	kubeconfigs := "--kubeconfigs=" + h.Cluster("east").Kubeconfig + "," + h.Cluster("west").Kubeconfig
 	rotate := func(args ...string) (string, error) {
@@ -116,7 +134,7 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	newRoot := rootOf("east")
-	if newRoot.Certificate.Equal(oldRoot.Certificate) || !rootOf("west").Certificate.Equal(newRoot.Certificate) {
+	if newRoot.Certificate.Equal(oldRoot.Certificate) || !signingRoot("west").Equal(newRoot.Certificate) || !signingRoot("east").Equal(newRoot.Certificate) {
 		t.Fatal("after reissue east and west should both sign with one new root")
 	}
 

@@ -44,6 +44,7 @@ func startIssuer(t *testing.T, kube kubernetes.Interface, svidTTL time.Duration)
 	}
 	cfg := issuer.DefaultConfig()
 	cfg.SVIDTTL = svidTTL
+	cfg.Namespaces = issuer.MeshNamespaces{Client: kube, MeshName: "meshfed"}
 	srv, err := issuer.NewServer(cfg, ca.NewAuthority(inter), issuer.NewTokenReviewer(kube, trust.DefaultAudience), serving)
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +63,7 @@ func startIssuer(t *testing.T, kube kubernetes.Interface, svidTTL time.Duration)
 func TestAgentObtainsAndRenewsExactlyItsOwnSVID(t *testing.T) {
 	kube := kubetest.StartAPIServer(t)
 	kubetest.CreateServiceAccount(t, kube, "bookbuyer", "bookbuyer")
+	kubetest.MeshNamespace(t, kube, "bookbuyer")
 	addr, bundlePEM := startIssuer(t, kube, time.Minute)
 
 	dir := t.TempDir()
@@ -185,6 +187,7 @@ func TestAgentObtainsAndRenewsExactlyItsOwnSVID(t *testing.T) {
 func TestAgentWithAnotherServiceAccountsTokenGetsThatIdentityOnly(t *testing.T) {
 	kube := kubetest.StartAPIServer(t)
 	kubetest.CreateServiceAccount(t, kube, "bookstore", "bookstore")
+	kubetest.MeshNamespace(t, kube, "bookstore")
 	addr, bundlePEM := startIssuer(t, kube, time.Hour)
 	dir := t.TempDir()
 	bundleFile := filepath.Join(dir, "ca.crt")
@@ -237,6 +240,9 @@ func (r *tokenRecorder) Authenticate(_ context.Context, token string) (issuer.Ca
 	return issuer.Caller{Namespace: "bookthief", ServiceAccount: "bookthief"}, nil
 }
 
+// Meshed lets the posing issuer sign for anyone.
+func (r *tokenRecorder) Meshed(context.Context, string) error { return nil }
+
 func (r *tokenRecorder) received() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -260,7 +266,9 @@ func startPosingIssuer(t *testing.T, id spiffeid.ID) (addr string, bundlePEM []b
 		t.Fatal(err)
 	}
 	rec = &tokenRecorder{}
-	srv, err := issuer.NewServer(issuer.DefaultConfig(), ca.NewAuthority(inter), rec, serving)
+	cfg := issuer.DefaultConfig()
+	cfg.Namespaces = rec
+	srv, err := issuer.NewServer(cfg, ca.NewAuthority(inter), rec, serving)
 	if err != nil {
 		t.Fatal(err)
 	}

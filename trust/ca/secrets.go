@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -161,6 +162,28 @@ func EnsureIntermediate(ctx context.Context, client kubernetes.Interface, namesp
 	return next, writeIntermediate(ctx, client, namespace, name, next, existing)
 }
 
+// SaveIntermediate creates or replaces Secret namespace/name with inter (its
+// chain, key and trust bundle), keeping the Secret's annotations. It is how a
+// cluster that does not hold the root key receives an intermediate signed
+// elsewhere (meshfed cluster join, root rotation).
+func SaveIntermediate(ctx context.Context, client kubernetes.Interface, namespace, name string, inter *Intermediate) error {
+	existing, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		existing = nil
+	case err != nil:
+		return fmt.Errorf("intermediate secret %s/%s: %w", namespace, name, err)
+	}
+	return writeIntermediate(ctx, client, namespace, name, inter, existing)
+}
+
+// NeedsRenewal reports whether inter is past two thirds of its lifetime,
+// when it should be replaced.
+func (ca *Intermediate) NeedsRenewal(now time.Time) bool {
+	c := ca.Certificate()
+	return pastRenewal(c.NotBefore, c.NotAfter, now)
+}
+
 func pastRenewal(notBefore, notAfter, now time.Time) bool {
 	return now.After(notBefore.Add(notAfter.Sub(notBefore) * 2 / 3))
 }
@@ -190,6 +213,28 @@ func writeIntermediate(ctx context.Context, client kubernetes.Interface, namespa
 	}
 	if err != nil {
 		return fmt.Errorf("intermediate secret %s/%s: write: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// UpdateBundle writes bundle into the existing ConfigMap namespace/name under
+// "ca.crt". It never creates one: in a meshed namespace `meshfed namespace
+// add` creates it, and the controller is allowed only to update it. A
+// missing ConfigMap is an error that satisfies apierrors.IsNotFound.
+func UpdateBundle(ctx context.Context, client kubernetes.Interface, namespace, name string, bundle *x509bundle.Bundle) error {
+	data := map[string]string{BundleKey: string(EncodeCertificatesPEM(bundle.X509Authorities()))}
+	cms := client.CoreV1().ConfigMaps(namespace)
+	cm, err := cms.Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		if maps.Equal(cm.Data, data) {
+			return nil
+		}
+		cm = cm.DeepCopy()
+		cm.Data = data
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("bundle configmap %s/%s: %w", namespace, name, err)
 	}
 	return nil
 }

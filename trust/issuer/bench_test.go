@@ -19,6 +19,7 @@ import (
 func BenchmarkIssueLatency(b *testing.B) {
 	kube := kubetest.StartAPIServer(b)
 	kubetest.CreateServiceAccount(b, kube, "bookbuyer", "bookbuyer")
+	kubetest.MeshNamespace(b, kube, "bookbuyer")
 	addr, auth := startIssuer(b, kube)
 	token := kubetest.MustToken(b, kube, "bookbuyer", "bookbuyer", trust.DefaultAudience)
 	csrDER := csr(b)

@@ -2,9 +2,11 @@
 // service over TLS where a workload sends a CSR it made itself, with its
 // projected ServiceAccount token (audience "meshfed") as a bearer token. The
 // server checks the token with TokenReview in its own cluster, takes the
-// namespace and ServiceAccount from the review, and signs an X.509-SVID for
-// exactly spiffe://<td>/ns/<ns>/sa/<sa>. A CSR naming anything else is
-// refused; so is a token that is expired, revoked or for another audience.
+// namespace and ServiceAccount from the review, checks that the namespace is
+// part of the mesh, and signs an X.509-SVID for exactly
+// spiffe://<td>/ns/<ns>/sa/<sa>. A CSR naming anything else is refused; so
+// is a token that is expired, revoked or for another audience, and a caller
+// in a namespace the mesh does not monitor (kube-system, say).
 //
 // The wire format is a hand-written gRPC service ("meshfed.trust.v1.Issuer",
 // method "Sign") whose messages are JSON (content-subtype "json"), because no
@@ -113,8 +115,11 @@ type Config struct {
 	Address string
 	// SVIDTTL is the lifetime of issued SVIDs.
 	SVIDTTL time.Duration
-	// ReviewTimeout bounds one TokenReview call.
+	// ReviewTimeout bounds one TokenReview call (and the namespace check).
 	ReviewTimeout time.Duration
+	// Namespaces decides which namespaces may get SVIDs: those of the mesh
+	// (MeshNamespaces). Required.
+	Namespaces NamespacePolicy
 	// Log receives one line per refused or failed request; nil discards.
 	Log *slog.Logger
 }
@@ -135,6 +140,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReviewTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("review timeout %v: must be positive", c.ReviewTimeout))
+	}
+	if c.Namespaces == nil {
+		errs = append(errs, errors.New("no namespace policy: the issuer signs only for the mesh's namespaces (set Namespaces)"))
 	}
 	return errors.Join(errs...)
 }
@@ -248,6 +256,17 @@ func (s *Server) sign(ctx context.Context, req *SignRequest) (*SignResponse, err
 	id, err := trust.WorkloadID(s.signer.TrustDomain(), caller.Namespace, caller.ServiceAccount)
 	if err != nil {
 		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	nctx, cancel := context.WithTimeout(ctx, s.cfg.ReviewTimeout)
+	err = s.cfg.Namespaces.Meshed(nctx, caller.Namespace)
+	cancel()
+	switch {
+	case errors.Is(err, ErrNotMeshed):
+		s.log.Warn("issuer: refused caller outside the mesh", "caller", id, "pod", caller.Pod, "reason", err)
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	case err != nil:
+		s.log.Warn("issuer: could not check the caller's namespace", "caller", id, "err", err)
+		return nil, status.Errorf(codes.Unavailable, "cannot check namespace %q: %v", caller.Namespace, err)
 	}
 	chain, err := s.signer.SignCSR(req.CSR, id, s.cfg.SVIDTTL)
 	switch {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"net"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshfed/meshfed/trust"
@@ -49,6 +51,7 @@ func startIssuer(t testing.TB, client kubernetes.Interface) (string, *ca.Authori
 	}
 	cfg := issuer.DefaultConfig()
 	cfg.Address = "127.0.0.1:0"
+	cfg.Namespaces = issuer.MeshNamespaces{Client: client, MeshName: "meshfed"}
 	srv, err := issuer.NewServer(cfg, auth, issuer.NewTokenReviewer(client, trust.DefaultAudience), serving)
 	if err != nil {
 		t.Fatal(err)
@@ -91,6 +94,8 @@ func TestIssuerSignsOnlyForTheReviewedServiceAccount(t *testing.T) {
 	kube := kubetest.StartAPIServer(t)
 	kubetest.CreateServiceAccount(t, kube, "bookbuyer", "bookbuyer")
 	kubetest.CreateServiceAccount(t, kube, "bookstore", "bookstore")
+	kubetest.MeshNamespace(t, kube, "bookbuyer")
+	kubetest.MeshNamespace(t, kube, "bookstore")
 	addr, auth := startIssuer(t, kube)
 
 	cc, err := issuer.Dial(addr, auth, td, issuerID)
@@ -169,6 +174,7 @@ func TestIssuerClientRefusesAnIssuerWithAnotherIdentity(t *testing.T) {
 	inter, _ := root.NewIntermediate("east", time.Hour, nil)
 	imposter, _ := inter.IssueSVID(spiffeid.RequireFromString("spiffe://meshfed.local/ns/bookbuyer/sa/bookbuyer"), time.Hour)
 	cfg := issuer.DefaultConfig()
+	cfg.Namespaces = denyAll{}
 	srv, err := issuer.NewServer(cfg, ca.NewAuthority(inter), denyAll{}, imposter)
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +196,65 @@ func TestIssuerClientRefusesAnIssuerWithAnotherIdentity(t *testing.T) {
 // denyAll is an Authenticator that accepts nobody.
 type denyAll struct{}
 
+func (denyAll) Meshed(context.Context, string) error { return issuer.ErrNotMeshed }
+
 func (denyAll) Authenticate(context.Context, string) (issuer.Caller, error) {
 	return issuer.Caller{}, issuer.ErrUnauthenticated
+}
+
+// TestIssuerRefusesUnmeshedNamespace: a Pod in kube-system (or any namespace
+// the mesh does not monitor) holds a perfectly valid ServiceAccount token
+// for audience "meshfed" and asks the issuer for an SVID. The issuer refuses
+// and says which namespace and how to add it; once the namespace is added
+// it signs, and once removed it refuses again.
+func TestIssuerRefusesUnmeshedNamespace(t *testing.T) {
+	kube := kubetest.StartAPIServer(t)
+	kubetest.CreateServiceAccount(t, kube, "kube-system", "coredns")
+	kubetest.CreateServiceAccount(t, kube, "scratch", "default")
+	kubetest.CreateServiceAccount(t, kube, "bookstore", "bookstore")
+	kubetest.MeshNamespace(t, kube, "bookstore")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A namespace of another mesh is outside this one too.
+	if _, err := kube.CoreV1().Namespaces().Patch(ctx, "scratch", types.MergePatchType,
+		[]byte(`{"metadata":{"labels":{"meshfed.io/monitored-by":"another-mesh"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	addr, auth := startIssuer(t, kube)
+	cc, err := issuer.Dial(addr, auth, td, issuerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := issuer.NewClient(cc)
+
+	for _, c := range []struct{ ns, sa string }{{"kube-system", "coredns"}, {"scratch", "default"}} {
+		tok := kubetest.MustToken(t, kube, c.ns, c.sa, trust.DefaultAudience)
+		resp, err := client.Sign(ctx, tok, csr(t))
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%s/%s: got %v (resp %v), want PermissionDenied", c.ns, c.sa, err, resp)
+		}
+		msg := status.Convert(err).Message()
+		if !strings.Contains(msg, `namespace "`+c.ns+`"`) || !strings.Contains(msg, "meshfed namespace add "+c.ns) {
+			t.Errorf("%s/%s: refusal %q does not name the namespace and `meshfed namespace add`", c.ns, c.sa, msg)
+		}
+	}
+	// The meshed namespace still gets its SVID (the refusals are about the
+	// namespace, not a broken issuer).
+	if _, err := client.Sign(ctx, kubetest.MustToken(t, kube, "bookstore", "bookstore", trust.DefaultAudience), csr(t)); err != nil {
+		t.Fatalf("meshed bookstore refused: %v", err)
+	}
+	// Adding kube-system to the mesh is the user's explicit choice.
+	kubetest.MeshNamespace(t, kube, "kube-system")
+	if _, err := client.Sign(ctx, kubetest.MustToken(t, kube, "kube-system", "coredns", trust.DefaultAudience), csr(t)); err != nil {
+		t.Fatalf("kube-system after namespace add: %v", err)
+	}
+	// Removing bookstore stops its SVIDs at once.
+	if _, err := kube.CoreV1().Namespaces().Patch(ctx, "bookstore", types.MergePatchType,
+		[]byte(`{"metadata":{"labels":{"meshfed.io/monitored-by":null}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Sign(ctx, kubetest.MustToken(t, kube, "bookstore", "bookstore", trust.DefaultAudience), csr(t)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("bookstore after namespace remove: got %v, want PermissionDenied", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -40,7 +41,14 @@ func (r *TokenReviewer) Authenticate(ctx context.Context, token string) (Caller,
 	if err != nil {
 		return Caller{}, fmt.Errorf("tokenreview: %w", err)
 	}
-	st := res.Status
+	return callerFromReview(res.Status, r.audiences)
+}
+
+// callerFromReview turns a TokenReview's status into a Caller: the token
+// must be authenticated, for one of audiences, and name a ServiceAccount
+// (system:serviceaccount:<ns>:<sa>) whose namespace and name are valid
+// Kubernetes names. Anything else is refused with ErrUnauthenticated.
+func callerFromReview(st authnv1.TokenReviewStatus, audiences []string) (Caller, error) {
 	if !st.Authenticated {
 		reason := st.Error
 		if reason == "" {
@@ -48,15 +56,18 @@ func (r *TokenReviewer) Authenticate(ctx context.Context, token string) (Caller,
 		}
 		return Caller{}, fmt.Errorf("%w: %s", ErrUnauthenticated, reason)
 	}
-	if !slices.ContainsFunc(st.Audiences, func(a string) bool { return slices.Contains(r.audiences, a) }) {
-		return Caller{}, fmt.Errorf("%w: token audiences %v do not include %v", ErrUnauthenticated, st.Audiences, r.audiences)
+	if !slices.ContainsFunc(st.Audiences, func(a string) bool { return slices.Contains(audiences, a) }) {
+		return Caller{}, fmt.Errorf("%w: token audiences %q do not include %q", ErrUnauthenticated, st.Audiences, audiences)
 	}
 	parts := strings.Split(st.User.Username, ":")
 	if len(parts) != 4 || parts[0] != "system" || parts[1] != "serviceaccount" || parts[2] == "" || parts[3] == "" {
 		return Caller{}, fmt.Errorf("%w: user %q is not a ServiceAccount", ErrUnauthenticated, st.User.Username)
 	}
+	if len(validation.IsDNS1123Label(parts[2])) > 0 || len(validation.IsDNS1123Subdomain(parts[3])) > 0 {
+		return Caller{}, fmt.Errorf("%w: user %q does not name a valid namespace and ServiceAccount", ErrUnauthenticated, st.User.Username)
+	}
 	c := Caller{Namespace: parts[2], ServiceAccount: parts[3]}
-	if pods := st.User.Extra[podNameExtra]; len(pods) == 1 {
+	if pods := st.User.Extra[podNameExtra]; len(pods) == 1 && len(validation.IsDNS1123Subdomain(pods[0])) == 0 {
 		c.Pod = pods[0]
 	}
 	return c, nil

@@ -1,6 +1,7 @@
 package generate
 
 import (
+	"regexp"
 	"sort"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -11,14 +12,16 @@ import (
 )
 
 // PermissivePolicyName names the policy that admits every authenticated
-// peer of the trust domain in permissive mode.
+// peer of a meshed namespace in permissive mode.
 const PermissivePolicyName = "meshfed-permissive"
 
 // accessRules returns the RBAC rules for traffic to the workloads of dest:
 // an ALLOW list with one policy per TrafficTarget naming dest (principals by
 // URI SAN = source identity, permissions from the rule's routes) — so an
 // empty list denies everything — plus, in permissive mode, a policy that
-// admits any peer whose SPIFFE ID is in the trust domain.
+// admits any peer whose SPIFFE ID is in a meshed namespace (never the whole
+// trust domain: a Pod outside the mesh, in kube-system say, is not admitted
+// even if it holds an SVID).
 func accessRules(ix *Index, dest mesh.Identity) *rbacv3.RBAC {
 	policies := map[string]*rbacv3.Policy{}
 	for _, t := range ix.targets[dest] {
@@ -29,13 +32,53 @@ func accessRules(ix *Index, dest mesh.Identity) *rbacv3.RBAC {
 	}
 	if ix.State.Settings.PermissiveTrafficPolicy {
 		policies[PermissivePolicyName] = &rbacv3.Policy{
-			Principals: []*rbacv3.Principal{authenticated(&matcherv3.StringMatcher{
-				MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: mesh.TrustDomainPrefix(ix.State.Settings.TrustDomain)},
-			})},
+			Principals:  meshedPrincipals(&ix.State),
 			Permissions: []*rbacv3.Permission{anyPermission()},
 		}
 	}
 	return &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: policies}
+}
+
+// namespaceName is a Kubernetes namespace name (a DNS-1123 label).
+var namespaceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// meshedPrincipals matches the identities of meshed namespaces:
+// spiffe://<td>/ns/<ns>/sa/ for each local meshed namespace and each
+// namespace another cluster exports services from. With none it matches
+// nobody (RBAC needs at least one principal).
+func meshedPrincipals(s *mesh.State) []*rbacv3.Principal {
+	set := map[string]bool{}
+	add := func(ns string) {
+		// Only namespace names can be identity segments; anything else
+		// (from another cluster's catalog) would widen the prefix.
+		if namespaceName.MatchString(ns) {
+			set[ns] = true
+		}
+	}
+	for _, ns := range s.MeshedNamespaces {
+		add(ns)
+	}
+	for _, cat := range s.Remote {
+		for _, svc := range cat.Services {
+			add(svc.Namespace)
+		}
+	}
+	namespaces := make([]string, 0, len(set))
+	for ns := range set {
+		namespaces = append(namespaces, ns)
+	}
+	sort.Strings(namespaces)
+	prefix := mesh.TrustDomainPrefix(s.Settings.TrustDomain)
+	out := make([]*rbacv3.Principal, 0, len(namespaces))
+	for _, ns := range namespaces {
+		out = append(out, authenticated(&matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: prefix + "ns/" + ns + "/sa/"},
+		}))
+	}
+	if len(out) == 0 {
+		out = append(out, &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}}})
+	}
+	return out
 }
 
 func authenticated(m *matcherv3.StringMatcher) *rbacv3.Principal {

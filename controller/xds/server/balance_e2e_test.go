@@ -66,7 +66,8 @@ func clusterSetMesh(e1, w1, w2 *backend, localFirst, eastReady bool) mesh.State 
 		return e
 	}
 	s := mesh.State{
-		Settings: mesh.Settings{MeshName: "meshfed", ClusterName: "east", TrustDomain: trustDomain, PermissiveTrafficPolicy: true, ClusterSetLocalFirst: localFirst},
+		Settings:         mesh.Settings{MeshName: "meshfed", ClusterName: "east", TrustDomain: trustDomain, PermissiveTrafficPolicy: true, ClusterSetLocalFirst: localFirst},
+		MeshedNamespaces: []string{"bookbuyer", "bookstore"},
 		Services: []mesh.Service{
 			{Namespace: "bookstore", Name: "bookstore", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{east}},
 			{Namespace: "bookstore", Name: "west-pods", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{west(w1), west(w2)}},

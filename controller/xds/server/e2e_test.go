@@ -288,6 +288,7 @@ func TestAccessIsDeniedByDefaultAndFollowsTrafficTargetsAndPermissiveMode(t *tes
 
 	permissive := allowBookbuyerCheck(state)
 	permissive.Settings.PermissiveTrafficPolicy = true
+	permissive.MeshedNamespaces = []string{"bookbuyer", "bookstore", "bookthief"}
 	m.update(t, permissive)
 	t.Run("permissive: both may call anything", func(t *testing.T) {
 		eventually(t, "bookthief Check", func() error { return check(thief) })

@@ -558,7 +558,8 @@ func sameShape(a, b *mesh.State) bool {
 func samePolicy(a, b *mesh.State) bool {
 	return sameList(a.TrafficTargets, b.TrafficTargets) && sameList(a.HTTPRouteGroups, b.HTTPRouteGroups) &&
 		sameList(a.TCPRoutes, b.TCPRoutes) && sameList(a.TrafficSplits, b.TrafficSplits) &&
-		sameList(a.Exports, b.Exports) && sameList(a.Imports, b.Imports)
+		sameList(a.Exports, b.Exports) && sameList(a.Imports, b.Imports) &&
+		slices.Equal(a.MeshedNamespaces, b.MeshedNamespaces)
 }
 
 func sameList[T any](a, b []T) bool {

@@ -13,6 +13,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -70,6 +71,21 @@ func CreateServiceAccount(t testing.TB, client kubernetes.Interface, ns, sa stri
 	_, err = client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
 	if err != nil && !isAlreadyExists(err) {
 		t.Fatalf("serviceaccount %s/%s: %v", ns, sa, err)
+	}
+}
+
+// MeshNamespace makes namespace ns (if needed) part of mesh "meshfed", as
+// `meshfed namespace add` does, so the issuer signs for it.
+func MeshNamespace(t testing.TB, client kubernetes.Interface, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !isAlreadyExists(err) {
+		t.Fatalf("namespace %s: %v", ns, err)
+	}
+	patch := []byte(`{"metadata":{"labels":{"meshfed.io/monitored-by":"meshfed"}}}`)
+	if _, err := client.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("namespace %s: label: %v", ns, err)
 	}
 }
 
