@@ -2,10 +2,6 @@ package federation
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
@@ -43,13 +39,9 @@ const (
 	maxNoteInside = 512
 )
 
-// Errors of verifyRestartNote; each refusal wraps one.
-var (
-	errNoteDecode   = errors.New("restart note does not decode")
-	errNoteSig      = errors.New("restart note signature invalid")
-	errNoteChain    = errors.New("restart note signer does not chain to the trust roots")
-	errNoteIdentity = errors.New("restart note signer does not name the note's cluster")
-)
+// errNoteDecode is wrapped by a note that does not decode; a note whose
+// signer may not speak for its cluster gets catalog.VerifySigner's errors.
+var errNoteDecode = errors.New("restart note does not decode")
 
 func signRestartNote(n restartNote, key crypto.Signer, chain []*x509.Certificate) ([]byte, error) {
 	if len(chain) == 0 {
@@ -60,15 +52,7 @@ func signRestartNote(n restartNote, key crypto.Signer, chain []*x509.Certificate
 		return nil, fmt.Errorf("restart note of %s: %w", n.Cluster, err)
 	}
 	digest := sha256.Sum256(body)
-	var sig []byte
-	switch key.Public().(type) {
-	case ed25519.PublicKey:
-		sig, err = key.Sign(rand.Reader, digest[:], crypto.Hash(0))
-	case *rsa.PublicKey:
-		sig, err = key.Sign(rand.Reader, digest[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
-	default:
-		sig, err = key.Sign(rand.Reader, digest[:], crypto.SHA256)
-	}
+	sig, err := catalog.SignDigest(key, digest[:])
 	if err != nil {
 		return nil, fmt.Errorf("restart note of %s: sign: %w", n.Cluster, err)
 	}
@@ -101,57 +85,18 @@ func decodeRestartNote(b []byte) (signedNote, restartNote, error) {
 	return sn, n, nil
 }
 
-// verifyRestartNote checks a note the way catalog.Verify checks a catalog:
-// signature by the leaf, leaf chained to roots, issued by the named
-// cluster's intermediate (or a root), and naming exactly that cluster.
+// verifyRestartNote checks a note with the check catalog.Verify makes of a
+// catalog (catalog.VerifySigner): signature by the leaf, leaf chained to
+// roots, issued by the named cluster's intermediate (or a root), and
+// naming exactly that cluster.
 func verifyRestartNote(b []byte, roots *x509.CertPool, trustDomain string, now time.Time) (restartNote, error) {
 	sn, n, err := decodeRestartNote(b)
 	if err != nil {
 		return n, err
 	}
-	certs := make([]*x509.Certificate, 0, len(sn.Chain))
-	for _, der := range sn.Chain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return n, fmt.Errorf("restart note of %s: %w: certificate: %v", n.Cluster, errNoteDecode, err)
-		}
-		certs = append(certs, c)
-	}
-	leaf := certs[0]
 	digest := sha256.Sum256(sn.Note)
-	if !verifyDigest(leaf.PublicKey, digest[:], sn.Sig) {
-		return n, fmt.Errorf("restart note of %s: %w", n.Cluster, errNoteSig)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	if err != nil {
-		return n, fmt.Errorf("restart note of %s: %w: %v", n.Cluster, errNoteChain, err)
-	}
-	issued := false
-	for _, ch := range chains {
-		if len(ch) == 2 || (len(ch) > 2 && ch[1].Subject.CommonName == catalog.ClusterCACommonName(n.Cluster)) {
-			issued = true
-		}
-	}
-	want := catalog.ClusterID(trustDomain, n.Cluster)
-	if !issued || len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
-		return n, fmt.Errorf("restart note of %s: %w: want a certificate for %s issued by %q", n.Cluster, errNoteIdentity, want, catalog.ClusterCACommonName(n.Cluster))
+	if err := catalog.VerifySigner(digest[:], sn.Sig, sn.Chain, n.Cluster, roots, trustDomain, now); err != nil {
+		return n, fmt.Errorf("restart note of %s: %w", n.Cluster, err)
 	}
 	return n, nil
-}
-
-func verifyDigest(pub crypto.PublicKey, digest, sig []byte) bool {
-	switch k := pub.(type) {
-	case ed25519.PublicKey:
-		return ed25519.Verify(k, digest, sig)
-	case *rsa.PublicKey:
-		return rsa.VerifyPSS(k, crypto.SHA256, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}) == nil
-	case *ecdsa.PublicKey:
-		return ecdsa.VerifyASN1(k, digest, sig)
-	}
-	return false
 }

@@ -238,6 +238,62 @@ func (o VerifyOptions) limits() Limits {
 	return lim
 }
 
+// SignDigest signs a SHA-256 digest with a cluster's catalog-signing key,
+// as catalogs are signed; VerifySigner checks such a signature.
+func SignDigest(key crypto.Signer, digest []byte) ([]byte, error) { return signDigest(key, digest) }
+
+// VerifySigner checks that sig is a signature of digest by the leaf of
+// chain (DER, leaf first), that the leaf chains to roots at now (zero:
+// time.Now()), was issued by cluster's own intermediate CA (or by a root)
+// and names exactly cluster's catalog identity. It is the one check of who
+// may speak for a cluster, for catalogs and for everything else a cluster
+// signs about itself. Its errors wrap ErrDecode, ErrSignature, ErrChain or
+// ErrIdentity.
+func VerifySigner(digest, sig []byte, chain [][]byte, cluster string, roots *x509.CertPool, trustDomain string, now time.Time) error {
+	if len(chain) == 0 {
+		return fmt.Errorf("%w: no certificate", ErrChain)
+	}
+	certs := make([]*x509.Certificate, 0, len(chain))
+	for _, der := range chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("%w: certificate: %v", ErrDecode, err)
+		}
+		certs = append(certs, c)
+	}
+	leaf := certs[0]
+	if !verifyDigest(leaf.PublicKey, digest, sig) {
+		return ErrSignature
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if now.IsZero() {
+		now = time.Now()
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrChain, err)
+	}
+	if !issuedForCluster(chains, cluster) {
+		return fmt.Errorf("%w: signer's certificate was not issued by %s's intermediate CA (%q) or by a root",
+			ErrIdentity, cluster, ClusterCACommonName(cluster))
+	}
+	want := ClusterID(trustDomain, cluster)
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
+		got := make([]string, 0, len(leaf.URIs))
+		for _, u := range leaf.URIs {
+			got = append(got, u.String())
+		}
+		return fmt.Errorf("%w: signer has URI SANs %v, want exactly %s", ErrIdentity, got, want)
+	}
+	return nil
+}
+
 // Verify checks an envelope: size, signature, chain to opts.Roots, that the
 // leaf names the cluster the catalog claims and was issued by that
 // cluster's intermediate. Only then does it inflate and decode the catalog,
@@ -254,48 +310,9 @@ func Verify(b []byte, opts VerifyOptions) (*Catalog, *Signed, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(h.Chain) == 0 {
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w: no certificate", h.Cluster, h.Version, ErrChain)
-	}
-	certs := make([]*x509.Certificate, 0, len(h.Chain))
-	for _, der := range h.Chain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, nil, fmt.Errorf("catalog %s v%d: %w: certificate: %v", h.Cluster, h.Version, ErrDecode, err)
-		}
-		certs = append(certs, c)
-	}
-	leaf := certs[0]
 	digest := sha256.Sum256(payload)
-	if !verifyDigest(leaf.PublicKey, digest[:], h.Sig) {
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w", h.Cluster, h.Version, ErrSignature)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	now := opts.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots: opts.Roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w: %v", h.Cluster, h.Version, ErrChain, err)
-	}
-	if !issuedForCluster(chains, h.Cluster) {
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w: signer's certificate was not issued by %s's intermediate CA (%q) or by a root",
-			h.Cluster, h.Version, ErrIdentity, h.Cluster, ClusterCACommonName(h.Cluster))
-	}
-	want := ClusterID(opts.TrustDomain, h.Cluster)
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
-		got := make([]string, 0, len(leaf.URIs))
-		for _, u := range leaf.URIs {
-			got = append(got, u.String())
-		}
-		return nil, nil, fmt.Errorf("catalog %s v%d: %w: signer has URI SANs %v, want exactly %s", h.Cluster, h.Version, ErrIdentity, got, want)
+	if err := VerifySigner(digest[:], h.Sig, h.Chain, h.Cluster, opts.Roots, opts.TrustDomain, opts.Now); err != nil {
+		return nil, nil, fmt.Errorf("catalog %s v%d: %w", h.Cluster, h.Version, err)
 	}
 	c, err := decode(payload, opts.limits())
 	if err != nil {
