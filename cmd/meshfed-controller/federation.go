@@ -154,7 +154,11 @@ func (w *federationWiring) run(ctx context.Context) error {
 		w.mu.Lock()
 		w.bridge, w.fed = nil, nil
 		w.mu.Unlock()
-		w.junction.SetRemote(nil)
+		if !restart {
+			// On a restart the junction keeps the remote view until the
+			// new member has caught up (start).
+			w.junction.SetRemote(nil)
+		}
 	}
 	defer stop(false)
 	tick := time.NewTicker(5 * time.Second)
@@ -196,13 +200,17 @@ func (w *federationWiring) run(ctx context.Context) error {
 					}
 				}
 			default:
-				if cur != nil {
+				restarting := cur != nil
+				if restarting {
 					w.log.Info("federation settings changed: rejoining (peers keep this cluster's services meanwhile)")
 					stop(true)
 				}
-				c, d, err := w.start(ctx, fs, newKeys)
+				c, d, err := w.start(ctx, fs, newKeys, restarting)
 				if err != nil {
 					w.log.Error("starting federation", "err", err)
+					if restarting {
+						w.junction.SetRemote(nil)
+					}
 				} else {
 					cancel, done, keys = c, d, newKeys
 					fsCopy := fs
@@ -225,7 +233,12 @@ func (w *federationWiring) run(ctx context.Context) error {
 	}
 }
 
-func (w *federationWiring) start(ctx context.Context, fs federationSettings, keys [][]byte) (context.CancelFunc, chan struct{}, error) {
+// start starts a federation member and its bridge. With restarting, the
+// junction keeps passing on the previous member's remote view until the
+// new one has the catalogs of every cluster it had, or for WithdrawAfter
+// at most, so that a settings change does not drop the routes to other
+// clusters here either.
+func (w *federationWiring) start(ctx context.Context, fs federationSettings, keys [][]byte, restarting bool) (context.CancelFunc, chan struct{}, error) {
 	fcfg := federation.DefaultConfig()
 	fcfg.ClusterName, fcfg.Network, fcfg.TrustDomain = w.cluster, fs.Network, w.trustDomain
 	fcfg.BindAddr, fcfg.BindPort = fs.BindAddress, fs.BindPort
@@ -268,7 +281,11 @@ func (w *federationWiring) start(ctx context.Context, fs federationSettings, key
 	w.fed, w.bridge = fed, bridge
 	w.mu.Unlock()
 	// The junction follows the bridge's remote view from now on.
-	w.junction.SetRemote(bridge)
+	if restarting {
+		w.junction.ReplaceRemote(bridge, fs.WithdrawAfter)
+	} else {
+		w.junction.SetRemote(bridge)
+	}
 	w.log.Info("federation started", "cluster", w.cluster, "bind", fmt.Sprintf("%s:%d", fs.BindAddress, fs.BindPort), "seeds", fs.Peers)
 	return cancel, done, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/mesh"
@@ -40,7 +41,7 @@ type Junction struct {
 	next     kube.Sink
 	log      *slog.Logger
 	updates  chan junctionUpdate
-	sources  chan RemoteSource
+	sources  chan junctionSource
 	done     chan struct{}
 	problems atomic.Pointer[[]mesh.Problem]
 	changed  chan struct{}
@@ -49,6 +50,13 @@ type Junction struct {
 type junctionUpdate struct {
 	state mesh.State
 	reply chan junctionResult
+}
+
+// junctionSource is a new remote source; with hold > 0 the remote view
+// passed on so far is kept until the source has caught up (ReplaceRemote).
+type junctionSource struct {
+	src  RemoteSource
+	hold time.Duration
 }
 
 type junctionResult struct {
@@ -66,7 +74,7 @@ func NewJunction(next kube.Sink, log *slog.Logger) *Junction {
 		next:    next,
 		log:     log,
 		updates: make(chan junctionUpdate),
-		sources: make(chan RemoteSource),
+		sources: make(chan junctionSource),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}, 1),
 	}
@@ -94,9 +102,22 @@ func (j *Junction) Update(s mesh.State) ([]mesh.Problem, error) {
 // SetRemote makes src (nil: none, federation off) the remote view; the
 // last local State is passed on again with it. It waits for Run's
 // goroutine (or returns at once if Run has returned).
-func (j *Junction) SetRemote(src RemoteSource) {
+func (j *Junction) SetRemote(src RemoteSource) { j.setSource(junctionSource{src: src}) }
+
+// ReplaceRemote makes src the remote view in place of the current one,
+// as SetRemote does, except that the remote view passed on so far is kept
+// until src's view holds every cluster that one held, or for hold at
+// most. It is for a federation member that restarts (its settings
+// changed): the new member starts with no catalogs and fetches them from
+// its peers, and until it has them this cluster keeps routing to the
+// other clusters as before.
+func (j *Junction) ReplaceRemote(src RemoteSource, hold time.Duration) {
+	j.setSource(junctionSource{src: src, hold: hold})
+}
+
+func (j *Junction) setSource(s junctionSource) {
 	select {
-	case j.sources <- src:
+	case j.sources <- s:
 	case <-j.done:
 	}
 }
@@ -124,13 +145,33 @@ func (j *Junction) Run(ctx context.Context) error {
 		src   RemoteSource
 		sub   <-chan struct{}
 		unsub = func() {}
+		// last is the remote view last passed on; held, while not nil, is
+		// passed on instead of src's until src catches up or holdEnd.
+		last, held *RemoteState
+		holdEnd    <-chan time.Time
 	)
 	defer func() { unsub() }()
+	view := func() (*RemoteState, bool) {
+		if src == nil {
+			return nil, false
+		}
+		rs := src.Remote()
+		if held != nil && !covers(rs, held) {
+			return held, false
+		}
+		held, holdEnd = nil, nil
+		return rs, true
+	}
+	push := func(s mesh.State) ([]mesh.Problem, error) {
+		rs, own := view()
+		last = rs
+		return j.push(s, rs, src, own)
+	}
 	rejudge := func() {
 		if local == nil {
 			return
 		}
-		if _, err := j.push(*local, src); err != nil {
+		if _, err := push(*local); err != nil {
 			j.log.Error("federate: pushing the remote view", "err", err)
 		}
 		select {
@@ -144,34 +185,55 @@ func (j *Junction) Run(ctx context.Context) error {
 			return nil
 		case u := <-j.updates:
 			local = &u.state
-			problems, err := j.push(u.state, src)
+			problems, err := push(u.state)
 			u.reply <- junctionResult{problems, err}
 		case s := <-j.sources:
 			unsub()
-			src, sub, unsub = s, nil, func() {}
-			if s != nil {
-				sub, unsub = s.Subscribe()
+			src, sub, unsub = s.src, nil, func() {}
+			if src != nil {
+				sub, unsub = src.Subscribe()
+			}
+			held, holdEnd = nil, nil
+			if s.hold > 0 && src != nil && last != nil && len(last.Remote) > 0 {
+				held, holdEnd = last, time.After(s.hold)
 			}
 			rejudge()
 		case <-sub:
+			rejudge()
+		case <-holdEnd:
+			j.log.Info("federate: the restarted federation member has not caught up with every cluster; passing on what it has")
+			held, holdEnd = nil, nil
 			rejudge()
 		}
 	}
 }
 
-// push merges the remote view into s, passes it on and keeps its problems.
-func (j *Junction) push(s mesh.State, src RemoteSource) ([]mesh.Problem, error) {
-	var version uint64
-	if src != nil {
-		if rs := src.Remote(); rs != nil {
-			s.Remote, s.Imports, version = rs.Remote, rs.Imports, rs.Version
-			// A split backend that only other clusters export goes to them.
-			s = mesh.ResolveSplitBackends(s)
+// covers reports whether rs holds a catalog of every cluster old holds.
+func covers(rs, old *RemoteState) bool {
+	if rs == nil {
+		return false
+	}
+	for cluster := range old.Remote {
+		if _, ok := rs.Remote[cluster]; !ok {
+			return false
 		}
+	}
+	return true
+}
+
+// push merges the remote view rs into s, passes it on and keeps its
+// problems. own says rs is src's current view (not one held over from a
+// previous source), so src learns that proxies have it.
+func (j *Junction) push(s mesh.State, rs *RemoteState, src RemoteSource, own bool) ([]mesh.Problem, error) {
+	var version uint64
+	if rs != nil {
+		s.Remote, s.Imports, version = rs.Remote, rs.Imports, rs.Version
+		// A split backend that only other clusters export goes to them.
+		s = mesh.ResolveSplitBackends(s)
 	}
 	problems, err := j.next.Update(s)
 	j.problems.Store(&problems)
-	if err == nil && src != nil {
+	if err == nil && own {
 		src.Pushed(version)
 	}
 	return problems, err
