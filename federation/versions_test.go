@@ -72,9 +72,11 @@ func TestForgedVersionNoticeCannotWithdrawACluster(t *testing.T) {
 		ds.Catalogs = append(ds.Catalogs, notice{Cluster: "west", Version: v}, notice{Cluster: "east", Version: v})
 	}
 	b := encodeMsg(0, ds)[1:]
-	mallory.f.localState.Store(&b)
 	before := rejected(east, "far-future")
 	eventually(t, 30*time.Second, func() (bool, string) {
+		// mallory's own loop rewrites its digest whenever its view
+		// changes: put the forged one back until east has read it.
+		mallory.f.localState.Store(&b)
 		return rejected(east, "far-future") > before, "east has not seen mallory's digest"
 	})
 
