@@ -80,25 +80,12 @@ func (l *lastRemote) count() int {
 	return len(l.clusters)
 }
 
-var _ kube.Sink = (*lastRemote)(nil)
-
 // A federation member that restarts (its settings changed) starts with no
 // catalogs; until it has fetched them the cluster keeps routing to the
 // other clusters, and then follows the new member.
 func TestRestartedMemberKeepsRoutesUntilItCaughtUp(t *testing.T) {
 	sink := &lastRemote{}
-	j := federate.NewJunction(sink, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- j.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-
-	old := &memorySource{}
-	old.set("west", "north")
-	j.SetRemote(old)
-	if _, err := j.Update(mesh.State{}); err != nil {
-		t.Fatal(err)
-	}
+	j := startJunctionFollowing(t, sink, "west", "north")
 	if !sink.has("west") || !sink.has("north") {
 		t.Fatalf("before the restart: remote clusters %v, want west and north", sink.clusters)
 	}
@@ -127,22 +114,29 @@ func TestRestartedMemberKeepsRoutesUntilItCaughtUp(t *testing.T) {
 // the old view for ever.
 func TestRestartedMemberHoldIsBounded(t *testing.T) {
 	sink := &lastRemote{}
-	j := federate.NewJunction(sink, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- j.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-
-	old := &memorySource{}
-	old.set("west", "north")
-	j.SetRemote(old)
-	if _, err := j.Update(mesh.State{}); err != nil {
-		t.Fatal(err)
-	}
+	j := startJunctionFollowing(t, sink, "west", "north")
 	fresh := &memorySource{}
 	fresh.set("west")
 	j.ReplaceRemote(fresh, 200*time.Millisecond)
 	waitFor(t, "the hold to end", func() bool { return sink.count() == 1 && sink.has("west") })
+}
+
+// startJunctionFollowing runs a Junction passing on to sink, following a
+// source that holds clusters, with one local State passed on.
+func startJunctionFollowing(t *testing.T, sink kube.Sink, clusters ...string) *federate.Junction {
+	t.Helper()
+	j := federate.NewJunction(sink, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- j.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	src := &memorySource{}
+	src.set(clusters...)
+	j.SetRemote(src)
+	if _, err := j.Update(mesh.State{}); err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {
