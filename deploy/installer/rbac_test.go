@@ -35,18 +35,8 @@ func controllerUser(ns string) rest.ImpersonationConfig {
 // refused; what the controller does need (updating the trust bundle
 // ConfigMap of a meshed namespace, its own ConfigMaps) still works.
 func TestControllerCannotUpdateForeignConfigMap(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
-	admin := sb.Cluster("east").Client()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	inst, err := installer.New(sb.Cluster("east").RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := opts(deploy.DefaultMeshName, deploy.DefaultNamespace, "east")
-	if _, err := inst.Install(ctx, o); err != nil {
-		t.Fatal(err)
-	}
+	ic := installEast(t)
+	sb, admin, ctx, inst, o := ic.sb, ic.admin, ic.ctx, ic.inst, ic.o
 	for _, ns := range []string{"bookstore", "kube-system"} {
 		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatal(err)
@@ -120,18 +110,8 @@ func TestControllerCannotUpdateForeignConfigMap(t *testing.T) {
 // The controller's ServiceAccount may do what the controller does and no
 // more, as the API server's RBAC authorizer decides (SubjectAccessReview).
 func TestControllerRBACIsLeastPrivilege(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
-	admin := sb.Cluster("east").Client()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	inst, err := installer.New(sb.Cluster("east").RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := opts(deploy.DefaultMeshName, deploy.DefaultNamespace, "east")
-	if _, err := inst.Install(ctx, o); err != nil {
-		t.Fatal(err)
-	}
+	ic := installEast(t)
+	admin, ctx, o := ic.admin, ic.ctx, ic.o
 	user := controllerUser(o.Namespace)
 	cp := o.Namespace
 	type access struct {
@@ -197,4 +177,30 @@ func TestControllerRBACIsLeastPrivilege(t *testing.T) {
 	for _, a := range refused {
 		check(a, false)
 	}
+}
+
+// installedCluster is a sandbox cluster "east" with the mesh installed.
+type installedCluster struct {
+	sb    *sandbox.Sandbox
+	admin kubernetes.Interface
+	ctx   context.Context
+	inst  *installer.Client
+	o     deploy.Options
+}
+
+// installEast starts cluster "east" and installs the default mesh in it.
+func installEast(t *testing.T) installedCluster {
+	t.Helper()
+	sb := sandbox.StartForTest(t, "east")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	inst, err := installer.New(sb.Cluster("east").RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := opts(deploy.DefaultMeshName, deploy.DefaultNamespace, "east")
+	if _, err := inst.Install(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	return installedCluster{sb: sb, admin: sb.Cluster("east").Client(), ctx: ctx, inst: inst, o: o}
 }
