@@ -1,7 +1,6 @@
 package federate_test
 
 import (
-	"crypto/rand"
 	"fmt"
 	"reflect"
 	"slices"
@@ -18,7 +17,6 @@ import (
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/tests/sandbox"
-	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // epoch is the export time a malicious member claims: 1970.
@@ -44,14 +42,7 @@ func backdated(ns, name string) catalog.ExportedService {
 // not overtake the one east saw first.
 func TestBackdatedExportCannotEvictLocalExport(t *testing.T) {
 	sb := sandbox.StartForTest(t, "east")
-	root, err := ca.GenerateRoot(td, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gossipKey := make([]byte, 32)
-	if _, err := rand.Read(gossipKey); err != nil {
-		t.Fatal(err)
-	}
+	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	evil := startBareMember(t, "evil", root, gossipKey, east.fed.Addr())
 	eventually(t, time.Minute, func() (bool, string) {

@@ -1,7 +1,6 @@
 package federate_test
 
 import (
-	"crypto/rand"
 	"fmt"
 	"reflect"
 	"slices"
@@ -28,14 +27,7 @@ import (
 // a child process so that it can be killed.
 func TestBridge(t *testing.T) {
 	sb := sandbox.StartForTest(t, "east", "west")
-	root, err := ca.GenerateRoot(td, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gossipKey := make([]byte, 32)
-	if _, err := rand.Read(gossipKey); err != nil {
-		t.Fatal(err)
-	}
+	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	west := startMember(t, sb.Cluster("west"), root, gossipKey, east.fed.Addr())
 	eventually(t, time.Minute, func() (bool, string) {

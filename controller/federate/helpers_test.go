@@ -3,6 +3,7 @@ package federate_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -544,4 +545,19 @@ func (l *logRecorder) find(want map[string]string) []loggedRecord {
 		}
 	}
 	return out
+}
+
+// newFederationKeys makes what the members of a test federation share: a
+// root CA and a gossip key.
+func newFederationKeys(t *testing.T) (*ca.Root, []byte) {
+	t.Helper()
+	root, err := ca.GenerateRoot(td, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gossipKey := make([]byte, 32)
+	if _, err := rand.Read(gossipKey); err != nil {
+		t.Fatal(err)
+	}
+	return root, gossipKey
 }

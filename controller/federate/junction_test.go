@@ -2,7 +2,6 @@ package federate_test
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"strings"
@@ -21,7 +20,6 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/tests/sandbox"
-	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // judged records what the xDS server was given and the problems it found.
@@ -60,14 +58,7 @@ func (j *judged) served(ns, name string) bool {
 // exports them. Problems are judged on the merged state.
 func TestJunctionJudgesProblemsOnMergedState(t *testing.T) {
 	sb := sandbox.StartForTest(t, "east", "west")
-	root, err := ca.GenerateRoot(td, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gossipKey := make([]byte, 32)
-	if _, err := rand.Read(gossipKey); err != nil {
-		t.Fatal(err)
-	}
+	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	west := startMember(t, sb.Cluster("west"), root, gossipKey, east.fed.Addr())
 	eventually(t, time.Minute, func() (bool, string) {

@@ -2,7 +2,6 @@ package federate_test
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -52,14 +51,7 @@ func exportOf(name string, addrs ...string) catalog.ExportedService {
 // proxyless client over mTLS, and a local change still reaches that client.
 func TestRemoteServiceWithBadNameDoesNotFreezeXDS(t *testing.T) {
 	sb := sandbox.StartForTest(t, "east")
-	root, err := ca.GenerateRoot(td, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gossipKey := make([]byte, 32)
-	if _, err := rand.Read(gossipKey); err != nil {
-		t.Fatal(err)
-	}
+	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	ensureNamespace(t, east, "bookstore")
 	startChildMember(t, "mallory", root, gossipKey, east.fed.Addr(),
