@@ -1,11 +1,6 @@
-// Command meshfed-controller is meshfed's control plane for one cluster: it
-// reads the cluster's services and SMI policy (controller/kube), serves xDS
-// to proxies and proxyless gRPC workloads (controller/xds/server), issues
-// workload certificates (trust/issuer) under the cluster's intermediate CA
-// (trust/ca), and serves metrics and /readyz.
-//
-// This package is wiring only: flags become config structs, and Run starts
-// the parts and stops them when the process gets SIGTERM or SIGINT.
+// Command meshfed-controller is meshfed's control plane for one cluster
+// (controller/daemon). This package is wiring only: flags become a
+// daemon.Config, and daemon.Run runs until SIGTERM or SIGINT.
 package main
 
 import (
@@ -18,12 +13,14 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/meshfed/meshfed/controller/daemon"
 )
 
 func main() {
-	cfg := defaultConfig()
+	cfg := daemon.DefaultConfig()
 	fs := pflag.NewFlagSet("meshfed-controller", pflag.ContinueOnError)
-	cfg.register(fs)
+	cfg.RegisterFlags(fs)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == pflag.ErrHelp {
 			return
@@ -38,7 +35,7 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if err := daemon.Run(ctx, cfg, log); err != nil {
 		log.Error("meshfed-controller stopped", "err", err)
 		os.Exit(1)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 // Federation wiring: MeshConfig spec.federation → a federation member
 // (federation) and its Kubernetes bridge (controller/federate); the

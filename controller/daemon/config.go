@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -10,8 +10,8 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 )
 
-// config is everything the flags say.
-type config struct {
+// Config is everything meshfed-controller's flags say.
+type Config struct {
 	// Kubeconfig is the kubeconfig file; empty means in-cluster.
 	Kubeconfig string
 	// MeshName, Namespace and MeshConfig name the mesh, the control
@@ -48,8 +48,8 @@ type config struct {
 	MemoryLimit string
 }
 
-func defaultConfig() config {
-	return config{
+func DefaultConfig() Config {
+	return Config{
 		MeshName:        deploy.DefaultMeshName,
 		Namespace:       deploy.DefaultNamespace,
 		MeshConfig:      deploy.MeshConfigName,
@@ -67,7 +67,7 @@ func defaultConfig() config {
 	}
 }
 
-func (c *config) register(fs *pflag.FlagSet) {
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
 	fs.StringVar(&c.MeshName, "mesh-name", c.MeshName, "name of the mesh; namespaces labelled meshfed.io/monitored-by=<mesh-name> are meshed")
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "the control plane's namespace (MeshConfig, CA Secrets, bundle ConfigMap)")
@@ -88,8 +88,8 @@ func (c *config) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, `Go soft memory limit ("250Mi"), "off", or "auto": GOMEMLIMIT if set, else 90% of the container's cgroup memory limit if any, else none`)
 }
 
-// validate reports every problem at once.
-func (c config) validate() error {
+// Validate reports every problem at once.
+func (c Config) Validate() error {
 	var errs []error
 	for flag, addr := range map[string]string{"--xds-address": c.XDSAddress, "--issuer-address": c.IssuerAddress, "--metrics-address": c.MetricsAddress} {
 		if err := checkListenAddress(addr); err != nil {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -47,8 +47,8 @@ type meshSettings struct {
 	SVIDTTL                        time.Duration
 }
 
-func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	if err := cfg.validate(); err != nil {
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	limit, err := applyMemoryLimit(cfg.MemoryLimit)
@@ -246,7 +246,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 
 // readMeshConfig reads the MeshConfig, waiting for it to exist (install
 // applies it before the controller's Deployment).
-func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg config, log *slog.Logger) (meshSettings, error) {
+func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg Config, log *slog.Logger) (meshSettings, error) {
 	ms := meshSettings{ClusterName: cfg.ClusterName, TrustDomain: cfg.TrustDomain, RootSecret: "meshfed-root-ca",
 		IntermediateSecret: "meshfed-intermediate-ca", SVIDTTL: 24 * time.Hour}
 	var u *unstructured.Unstructured
