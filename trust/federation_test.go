@@ -22,7 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/agent"
 	"github.com/meshfed/meshfed/trust/ca"
@@ -130,7 +130,7 @@ func TestTwoSandboxClustersSharingARootTalkMTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two Kubernetes control planes")
 	}
-	sb := sandbox.StartForTest(t, "east", "west")
+	sb := sandboxtest.Start(t, "east", "west")
 	east, west := sb.Cluster("east").Client(), sb.Cluster("west").Client()
 	ctx := context.Background()
 	_, _ = east.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}, metav1.CreateOptions{})

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/deploy"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
 )
 
 func run(t *testing.T, args ...string) (string, error) {

@@ -27,7 +27,7 @@ import (
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -71,7 +71,7 @@ func eventuallyCLI(t *testing.T, timeout time.Duration, cond func() (bool, strin
 // controllers gossip on 127.0.0.1, `cluster list` shows both, an export in
 // east becomes a ServiceImport in west, and `cluster leave` takes west out.
 func TestClusterJoinListLeave(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east", "west")
+	sb := sandboxtest.Start(t, "east", "west")
 	kc := func(name string) string { return sb.Cluster(name).KubeconfigPath }
 	for _, name := range []string{"east", "west"} {
 		if out, err := run(t, "--kubeconfig", kc(name), "install", "--cluster-name", name); err != nil {
@@ -205,7 +205,7 @@ func TestClusterJoinListLeave(t *testing.T) {
 // signs with an intermediate that chains to east's root, and joining again
 // keeps that intermediate.
 func TestJoinDoesNotCopyRootKey(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east", "west")
+	sb := sandboxtest.Start(t, "east", "west")
 	kc := func(name string) string { return sb.Cluster(name).KubeconfigPath }
 	ctx := context.Background()
 	td := spiffeid.RequireTrustDomainFromString(deploy.DefaultTrustDomain)

@@ -13,7 +13,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/deploy"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 // TestClusterListEscapesHostileNames stores in a real MeshConfig's status
@@ -23,7 +23,7 @@ import (
 // cluster list`: the output carries no control byte but its own line ends,
 // and every hostile name is printed escaped.
 func TestClusterListEscapesHostileNames(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	kc := sb.Cluster("east").KubeconfigPath
 	if out, err := run(t, "--kubeconfig", kc, "install", "--cluster-name", "east"); err != nil {
 		t.Fatalf("install: %v\n%s", err, out)

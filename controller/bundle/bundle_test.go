@@ -14,14 +14,14 @@ import (
 
 	"github.com/meshfed/meshfed/controller/bundle"
 	"github.com/meshfed/meshfed/deploy"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // Every namespace of the mesh gets the trust bundle, and the new one after
 // a rotation; other namespaces get nothing.
 func TestBundleReachesEveryMeshNamespace(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	client := sb.Cluster("east").Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -16,7 +16,7 @@ import (
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 // epoch is the export time a malicious member claims: 1970.
@@ -41,7 +41,7 @@ func backdated(ns, name string) catalog.ExportedService {
 // export out. Between two remote exporters, the backdated newcomer does
 // not overtake the one east saw first.
 func TestBackdatedExportCannotEvictLocalExport(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	evil := startBareMember(t, "evil", root, gossipKey, east.fed.Addr())

@@ -18,7 +18,7 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -26,7 +26,7 @@ import (
 // member and a bridge each, gossiping on 127.0.0.1; a third member runs in
 // a child process so that it can be killed.
 func TestBridge(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east", "west")
+	sb := sandboxtest.Start(t, "east", "west")
 	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	west := startMember(t, sb.Cluster("west"), root, gossipKey, east.fed.Addr())

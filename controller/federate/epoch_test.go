@@ -14,7 +14,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/federation"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -23,7 +23,7 @@ import (
 // controller restart), never repeats under concurrent writers, and a lost
 // or garbled ConfigMap starts over (the member then recovers from peers).
 func TestEpochStoreKeepsTheCatalogEpochInAConfigMap(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	kube := sb.Cluster("east").Client()
 	ctx := testContext(t)
 	const ns = "meshfed-system"

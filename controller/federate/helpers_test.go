@@ -35,7 +35,7 @@ import (
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 

@@ -19,7 +19,7 @@ import (
 	"github.com/meshfed/meshfed/controller/xds/server"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 // judged records what the xDS server was given and the problems it found.
@@ -57,7 +57,7 @@ func (j *judged) served(ns, name string) bool {
 // name backends that west exports, or that exist nowhere until west
 // exports them. Problems are judged on the merged state.
 func TestJunctionJudgesProblemsOnMergedState(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east", "west")
+	sb := sandboxtest.Start(t, "east", "west")
 	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	west := startMember(t, sb.Cluster("west"), root, gossipKey, east.fed.Addr())

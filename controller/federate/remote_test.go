@@ -28,7 +28,7 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -50,7 +50,7 @@ func exportOf(name string, addrs ...string) catalog.ExportedService {
 // one; a real xDS server fed with east's state serves it to a real
 // proxyless client over mTLS, and a local change still reaches that client.
 func TestRemoteServiceWithBadNameDoesNotFreezeXDS(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	root, gossipKey := newFederationKeys(t)
 	east := startMember(t, sb.Cluster("east"), root, gossipKey)
 	ensureNamespace(t, east, "bookstore")

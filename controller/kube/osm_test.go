@@ -26,7 +26,8 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/mesh"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite testdata/osm/*.golden.yaml")
@@ -42,7 +43,7 @@ type meshedCluster struct {
 
 func startMeshedCluster(t *testing.T, ctx context.Context, namespaces ...string) *meshedCluster {
 	t.Helper()
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	c := sb.Cluster("east")
 	inst, err := installer.New(c.RESTConfig())
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/mesh"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 // states records every State a Watcher sends.
@@ -98,7 +98,7 @@ func slice(name string, addrs ...string) *discoveryv1.EndpointSlice {
 // the previous State's, so the xDS server compares them in O(1). A burst
 // of changes is coalesced.
 func TestWatcherBuildsIsolatedChangeAtOnceReusingUnchangedServices(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	c := sb.Cluster("east")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

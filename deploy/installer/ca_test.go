@@ -11,7 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -21,7 +21,7 @@ import (
 // intermediate keeps the root key out of a third install, and bad inputs
 // are refused before anything is written.
 func TestInstallSharesTheFederationRoot(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east", "west")
+	sb := sandboxtest.Start(t, "east", "west")
 	east, err := installer.New(sb.Cluster("east").RESTConfig())
 	if err != nil {
 		t.Fatal(err)

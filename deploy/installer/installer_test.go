@@ -16,7 +16,7 @@ import (
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 var (
@@ -29,7 +29,7 @@ var (
 // One API server serves every test in this file; each test uses its own
 // mesh names and namespaces.
 func TestInstaller(t *testing.T) {
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	cfg := sb.Cluster("east").RESTConfig()
 	c, err := installer.New(cfg)
 	if err != nil {

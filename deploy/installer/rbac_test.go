@@ -16,7 +16,8 @@ import (
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -191,7 +192,7 @@ type installedCluster struct {
 // installEast starts cluster "east" and installs the default mesh in it.
 func installEast(t *testing.T) installedCluster {
 	t.Helper()
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	inst, err := installer.New(sb.Cluster("east").RESTConfig())

@@ -5,7 +5,7 @@
 // which cluster. With Check it runs the same scenario unattended and
 // reports every expectation it misses.
 //
-// It owns the orchestration only: clusters come from tests/sandbox,
+// It owns the orchestration only: clusters come from sandbox,
 // workload processes from tests/workloads, everything else from the
 // meshfed and meshfed-controller binaries a user would run.
 package demo

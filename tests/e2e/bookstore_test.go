@@ -1,5 +1,5 @@
 // Package e2e holds meshfed's end-to-end suites: real local clusters
-// (tests/sandbox), the real meshfed-controller binary as a process, and the
+// (sandbox), the real meshfed-controller binary as a process, and the
 // bookstore demo's grpc-go workloads as processes with SVIDs from
 // `meshfed agent`.
 //
@@ -33,7 +33,8 @@ import (
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/tests/workloads"
 )
 
@@ -85,7 +86,7 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 		OnOutput: results.add,
 		Log:      wlLog,
 	})
-	sb := sandbox.StartForTestWith(t, sandbox.Config{Clusters: []string{"east"}, Hooks: runner.Hooks(), PodCIDR: map[string]string{"east": cidr}})
+	sb := sandboxtest.StartWith(t, sandbox.Config{Clusters: []string{"east"}, Hooks: runner.Hooks(), PodCIDR: map[string]string{"east": cidr}})
 	t.Cleanup(func() {
 		runner.StopAll()
 		if t.Failed() {

@@ -12,7 +12,7 @@
 // A Harness lets a test lose parts of a cluster and bring them back: its
 // controller (StopController, StartController), its workloads
 // (StopWorkloads, RestartWorkloads). It owns the orchestration only:
-// clusters come from tests/sandbox, workload processes from
+// clusters come from sandbox, workload processes from
 // tests/workloads, everything else from the meshfed and meshfed-controller
 // binaries a user would run.
 package federated

@@ -20,7 +20,7 @@ import (
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
 	"github.com/meshfed/meshfed/tests/workloads"
 	"github.com/meshfed/meshfed/trust/ca"
 )

@@ -1,5 +1,5 @@
 // Package scale is the scale harness from the API server to the clients:
-// a sandbox kube-apiserver (tests/sandbox) holding 1,000 or 10,000 meshed
+// a sandbox kube-apiserver (sandbox) holding 1,000 or 10,000 meshed
 // Services with EndpointSlices written by the harness, the real
 // meshfed-controller binary watching it, and 100 xDS clients in a child
 // process, each with its own mTLS client certificate from the cluster's

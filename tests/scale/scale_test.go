@@ -28,11 +28,11 @@ import (
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
-const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see tests/sandbox), about 1 GiB of memory and 3-5 minutes for both sizes on 2 cores:
+const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see sandbox), about 1 GiB of memory and 3-5 minutes for both sizes on 2 cores:
     MESHFED_SCALE=1 go test ./tests/scale -run TestScaleFromAPIServer -v -timeout 60m
 MESHFED_SCALE_SERVICES=1000,10000 (the default) chooses the mesh sizes; MESHFED_SCALE_DEBOUNCE=10ms passes --debounce to the controller (default: the controller's own, 100ms); MESHFED_SCALE_MEMORY_LIMIT=250Mi passes --memory-limit`
 
@@ -129,7 +129,7 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 	if res.debounce == "" {
 		res.debounce = "100ms (default)"
 	}
-	sb := sandbox.StartForTest(t, "east")
+	sb := sandboxtest.Start(t, "east")
 	cl := sb.Cluster("east")
 	inst, err := installer.New(cl.RESTConfig())
 	if err != nil {

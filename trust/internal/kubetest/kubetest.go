@@ -17,7 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox"
 )
 
 // assetsDir finds kube-apiserver and etcd: $KUBEBUILDER_ASSETS, else the

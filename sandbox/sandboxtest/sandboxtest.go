@@ -1,25 +1,29 @@
-package sandbox
+// Package sandboxtest starts local clusters (package sandbox) for a test
+// and stops them when it ends; it is the only part of the local clusters
+// that links the testing package.
+package sandboxtest
 
 import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/meshfed/meshfed/sandbox"
 )
 
-// StartForTest starts the named clusters for a test and stops them when the
+// Start starts the named clusters for a test and stops them when the
 // test ends. The control planes' output goes to a log file whose tail is
 // printed if the test fails; a first build of the binaries reports its
 // progress on standard error. It fails the test if the clusters cannot start.
-func StartForTest(t testing.TB, clusters ...string) *Sandbox {
+func Start(t testing.TB, clusters ...string) *sandbox.Sandbox {
 	t.Helper()
-	return StartForTestWith(t, Config{Clusters: clusters})
+	return StartWith(t, sandbox.Config{Clusters: clusters})
 }
 
-// StartForTestWith is StartForTest with a full Config. Dir and Log are set
+// StartWith is Start with a full Config. Dir and Log are set
 // by the test if empty.
-func StartForTestWith(t testing.TB, cfg Config) *Sandbox {
+func StartWith(t testing.TB, cfg sandbox.Config) *sandbox.Sandbox {
 	t.Helper()
 	if cfg.Dir == "" {
 		cfg.Dir = t.TempDir()
@@ -35,10 +39,10 @@ func StartForTestWith(t testing.TB, cfg Config) *Sandbox {
 	if cfg.Assets.Progress == nil {
 		cfg.Assets.Progress = os.Stderr
 	}
-	sb, err := Start(context.Background(), cfg)
+	sb, err := sandbox.Start(context.Background(), cfg)
 	if err != nil {
 		logFile.Close()
-		t.Fatalf("sandbox: %v\n%s", err, tail(logPath, 30))
+		t.Fatalf("sandbox: %v\n%s", err, sandbox.LogTail(logPath, 30))
 	}
 	t.Cleanup(func() {
 		if err := sb.Stop(); err != nil {
@@ -46,20 +50,8 @@ func StartForTestWith(t testing.TB, cfg Config) *Sandbox {
 		}
 		logFile.Close()
 		if t.Failed() {
-			t.Logf("sandbox log %s (last lines):\n%s", logPath, tail(logPath, 40))
+			t.Logf("sandbox log %s (last lines):\n%s", logPath, sandbox.LogTail(logPath, 40))
 		}
 	})
 	return sb
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -126,7 +127,7 @@ func Up(ctx context.Context, dir string, serveCmd []string, progress io.Writer) 
 			// Whatever the supervisor had started dies with it.
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			copyNew(logPath(dir), shown, progress)
-			return nil, fmt.Errorf("sandbox: supervisor exited before the clusters were ready (%v); last lines of %s:\n%s", err, logPath(dir), tail(logPath(dir), 5))
+			return nil, fmt.Errorf("sandbox: supervisor exited before the clusters were ready (%v); last lines of %s:\n%s", err, logPath(dir), LogTail(logPath(dir), 5))
 		case <-ctx.Done():
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 			return nil, ctx.Err()
@@ -264,4 +265,18 @@ func processAlive(pid int) bool {
 
 func groupAlive(pgid int) bool {
 	return pgid > 0 && syscall.Kill(-pgid, 0) == nil
+}
+
+// LogTail returns the last n lines of the file at path, or "" if it cannot
+// be read: what a failed start prints of the control planes' log.
+func LogTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -17,11 +17,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshfed/meshfed/tests/sandbox"
+	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 )
 
 func TestClustersRunDeploymentsAndPublishEndpointSlices(t *testing.T) {
-	sb := sandbox.StartForTest(t, "a", "b")
+	sb := sandboxtest.Start(t, "a", "b")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

@@ -10,7 +10,7 @@
 // that are terminating. Everything else — ReplicaSets, EndpointSlices,
 // namespace deletion, ServiceAccounts — is done by the real controllers.
 //
-// Tests start clusters in-process with Start or StartForTest; the meshfed CLI
+// Tests start clusters in-process with Start (or sandboxtest.Start); the meshfed CLI
 // keeps them running in the background with Up, Down and ReadStatus.
 //
 // The package does not start meshfed itself and does not run workloads; a
