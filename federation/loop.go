@@ -274,6 +274,12 @@ func (s *loopState) message(b []byte) {
 		if err == nil && n.Cluster != s.self {
 			if c, ok := s.clusters[n.Cluster]; ok && !c.leaving {
 				c.leaving = true
+				if c.mstate == StateDead {
+					// Its leave message was lost and it was judged failed:
+					// the notice says it departed.
+					c.mstate, c.since, s.dirty = StateLeft, time.Now(), true
+					s.f.log.Info("member state changed", "member", c.name, "from", StateDead, "to", StateLeft, "addr", c.node.Address())
+				}
 				s.f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker + n.Cluster}, msg: slices.Clone(b)})
 			}
 		}

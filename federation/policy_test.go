@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 
 	"github.com/meshfed/meshfed/federation/catalog"
 )
@@ -120,4 +123,48 @@ func bigCatalog(n int) []catalog.ExportedService {
 		out = append(out, s)
 	}
 	return out
+}
+
+// lossyTransport drops every packet (UDP) it is asked to send once lost is
+// set; streams (TCP) still work. It stands in for a loaded network that
+// loses memberlist's best-effort broadcasts.
+type lossyTransport struct {
+	memberlist.NodeAwareTransport
+	lost *atomic.Bool
+}
+
+func (t lossyTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if t.lost.Load() {
+		return time.Now(), nil
+	}
+	return t.NodeAwareTransport.WriteTo(b, addr)
+}
+
+func (t lossyTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if t.lost.Load() {
+		return time.Now(), nil
+	}
+	return t.NodeAwareTransport.WriteToAddress(b, a)
+}
+
+func TestGracefulLeaveIsReportedAsLeftWhenGossipIsLost(t *testing.T) {
+	tf := newTestFederation(t)
+	east := start(t, tf.config("east"))
+	var lost atomic.Bool
+	cfg := tf.config("west", east)
+	cfg.Tune = func(c *memberlist.Config) {
+		fastGossip(c)
+		c.Transport = lossyTransport{NodeAwareTransport: c.Transport.(memberlist.NodeAwareTransport), lost: &lost}
+	}
+	west := start(t, cfg)
+	publish(t, west, svc("bookstore", "bookstore-v2", "10.244.2.5"))
+	eventually(t, 20*time.Second, func() (bool, string) { return memberState(east, "west") == StateAlive, "west alive" })
+	lost.Store(true) // west's leave broadcast and leave notice by gossip never arrive
+	if err := west.stop(t); err != nil {
+		t.Fatalf("west's Run after leave: %v", err)
+	}
+	eventually(t, 20*time.Second, func() (bool, string) {
+		st := memberState(east, "west")
+		return st == StateLeft, "west is " + string(st)
+	})
 }

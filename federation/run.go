@@ -77,11 +77,7 @@ func (f *Federation) Run(ctx context.Context) error {
 		f.sendRestartNote(ml, st, &wg)
 	}
 	if runErr == nil && !f.abrupt.Load() {
-		// Tell the others this is a departure, not a failure, then leave.
-		f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker}, msg: encodeMsg(kindLeave, notice{Cluster: f.cfg.ClusterName})})
-		if err := ml.Leave(f.cfg.LeaveTimeout); err != nil {
-			f.log.Warn("federation leave incomplete", "err", err)
-		}
+		f.leave(ml, &wg)
 	}
 	if err := ml.Shutdown(); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("federation %s: shutdown: %w", f.cfg.ClusterName, err))
@@ -107,16 +103,69 @@ func (f *Federation) sendRestartNote(ml *memberlist.Memberlist, st *loopState, o
 		f.log.Error("cannot sign the restart note; peers will withdraw this cluster's services after their withdrawAfter", "err", err)
 		return
 	}
-	msg := append([]byte{kindRestart}, note...)
+	f.sendToAll(ml, others(ml, f.cfg.ClusterName), append([]byte{kindRestart}, note...), "restart note", outer)
+	f.log.Info("restart note sent", "catalog", FormatVersion(st.localSigned.Version))
+}
+
+// leave departs gracefully, so that the others report this cluster as
+// left rather than failed. memberlist's own leave message is a best-effort
+// broadcast that a loaded network can lose; so the departure is also told
+// to every live member by stream (the leave notice, before leaving) and,
+// after memberlist's Leave, by a push-pull state exchange with each, which
+// carries this node's left state. Each step is bounded by LeaveTimeout.
+// What is guaranteed: every member reachable by stream during the leave
+// records it as left; one that is not reachable sees it fail and later,
+// when any notice reaches it, as left (docs/federation.md).
+func (f *Federation) leave(ml *memberlist.Memberlist, outer *sync.WaitGroup) {
+	peers := others(ml, f.cfg.ClusterName)
+	msg := encodeMsg(kindLeave, notice{Cluster: f.cfg.ClusterName})
+	f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker}, msg: msg})
+	f.sendToAll(ml, peers, msg, "leave notice", outer)
+	if err := ml.Leave(f.cfg.LeaveTimeout); err != nil {
+		f.log.Warn("federation leave incomplete", "err", err)
+	}
+	addrs := make([]string, 0, len(peers))
+	for _, m := range peers {
+		addrs = append(addrs, m.Name+"/"+m.Address())
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	outer.Go(func() {
+		defer close(done)
+		if n, err := ml.Join(addrs); err != nil {
+			f.log.Warn("confirming the leave by push-pull", "reached", n, "of", len(addrs), "err", err)
+		}
+	})
+	select {
+	case <-done:
+	case <-time.After(f.cfg.LeaveTimeout):
+		f.log.Warn("leave not confirmed to every member in time")
+	}
+}
+
+// others returns the live members other than self.
+func others(ml *memberlist.Memberlist, self string) []*memberlist.Node {
+	var out []*memberlist.Node
+	for _, m := range ml.Members() {
+		if m.Name != self {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// sendToAll sends msg to each of to by stream, in parallel, and waits at
+// most LeaveTimeout; senders still running then are waited for through
+// outer, after shutdown. what names the message in logs.
+func (f *Federation) sendToAll(ml *memberlist.Memberlist, to []*memberlist.Node, msg []byte, what string, outer *sync.WaitGroup) {
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	for _, m := range ml.Members() {
-		if m.Name == f.cfg.ClusterName {
-			continue
-		}
+	for _, m := range to {
 		wg.Go(func() {
 			if err := ml.SendReliable(m, msg); err != nil {
-				f.log.Warn("sending the restart note", "to", m.Name, "err", err)
+				f.log.Warn("sending the "+what, "to", m.Name, "err", err)
 			}
 		})
 	}
@@ -124,9 +173,8 @@ func (f *Federation) sendRestartNote(ml *memberlist.Memberlist, st *loopState, o
 	select {
 	case <-done:
 	case <-time.After(f.cfg.LeaveTimeout):
-		f.log.Warn("restart note not delivered to every member in time")
+		f.log.Warn(what + " not delivered to every member in time")
 	}
-	f.log.Info("restart note sent", "catalog", FormatVersion(st.localSigned.Version))
 }
 
 // leaveMarker names the leave broadcast in the queue; it is not a cluster name.
