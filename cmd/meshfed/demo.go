@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshfed/meshfed/tests/demo"
+	"github.com/meshfed/meshfed/demo"
 )
 
 func newDemoCommand() *cobra.Command {

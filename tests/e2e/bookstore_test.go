@@ -33,9 +33,9 @@ import (
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/sandbox"
 	"github.com/meshfed/meshfed/sandbox/sandboxtest"
-	"github.com/meshfed/meshfed/tests/workloads"
 )
 
 const (

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/meshfed/meshfed/deploy"
-	"github.com/meshfed/meshfed/tests/workloads"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 )
 
 // repoRoot is the module root (tests/e2e is two levels down).

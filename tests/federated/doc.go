@@ -1,18 +1,6 @@
-// Package federated runs federations of local clusters of real parts for
-// `meshfed demo` and the federation end-to-end suite: sandbox clusters
-// (etcd, kube-apiserver, kube-controller-manager each) named by the caller,
-// meshfed installed in each (the first cluster's root shared by all),
-// federated with `meshfed cluster join`, a real meshfed-controller process
-// per cluster gossiping on 127.0.0.1, the bookstore from
-// docs/example/manifests placed in the clusters the caller says, and every
-// demo Pod run as a real grpc-go process with mTLS in a rootless network
-// namespace (tests/workloads.UserNetwork). Clients' results are collected
-// into Stats.
-//
-// A Harness lets a test lose parts of a cluster and bring them back: its
-// controller (StopController, StartController), its workloads
-// (StopWorkloads, RestartWorkloads). It owns the orchestration only:
-// clusters come from sandbox, workload processes from
-// tests/workloads, everything else from the meshfed and meshfed-controller
-// binaries a user would run.
+// Package federated is the federation end-to-end suite: three local
+// clusters of real parts started by localmesh, each with a real
+// meshfed-controller process, federated over gossip, the bookstore placed
+// across them; the tests lose and restore members, controllers and
+// workloads, rotate the root, and check what clients see.
 package federated

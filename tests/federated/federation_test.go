@@ -17,8 +17,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshfed/meshfed/tests/federated"
-	"github.com/meshfed/meshfed/tests/workloads"
+	"github.com/meshfed/meshfed/localmesh"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 )
 
 // withdrawAfter is every cluster's spec.federation.withdrawAfter in the
@@ -33,7 +33,7 @@ const withdrawAfter = 20 * time.Second
 // (of any cluster, by namespace sameness) buy and no one else. north: no
 // bookstore at all, the clients, and a split sending all of bookstore to
 // west's export. north is configured fail-static; east and west withdraw.
-var placement = []federated.Step{
+var placement = []localmesh.Step{
 	{Cluster: "east", Manifest: "apps/bookstore.yaml"}, {Cluster: "east", Manifest: "apps/bookstore-v1.yaml"},
 	{Cluster: "east", Manifest: "apps/bookbuyer.yaml"}, {Cluster: "east", Manifest: "apps/bookthief.yaml"},
 	{Cluster: "east", Manifest: "access"},
@@ -45,12 +45,12 @@ var placement = []federated.Step{
 }
 
 var (
-	buyerEast  = federated.SourceLabel("bookbuyer", "east")
-	thiefEast  = federated.SourceLabel("bookthief", "east")
-	buyerNorth = federated.SourceLabel("bookbuyer", "north")
-	thiefNorth = federated.SourceLabel("bookthief", "north")
-	v1East     = federated.Outcome{OK: true, Version: "v1", Cluster: "east"}
-	v2West     = federated.Outcome{OK: true, Version: "v2", Cluster: "west"}
+	buyerEast  = localmesh.SourceLabel("bookbuyer", "east")
+	thiefEast  = localmesh.SourceLabel("bookthief", "east")
+	buyerNorth = localmesh.SourceLabel("bookbuyer", "north")
+	thiefNorth = localmesh.SourceLabel("bookthief", "north")
+	v1East     = localmesh.Outcome{OK: true, Version: "v1", Cluster: "east"}
+	v2West     = localmesh.Outcome{OK: true, Version: "v2", Cluster: "west"}
 )
 
 // TestThreeClusterFederation is issue 5's end-to-end suite: three sandbox
@@ -67,7 +67,7 @@ func TestThreeClusterFederation(t *testing.T) {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	h, err := federated.Start(ctx, federated.Config{
+	h, err := localmesh.Start(ctx, localmesh.Config{
 		Clusters: []string{"east", "west", "north"}, Dir: dir,
 		Logf: t.Logf, Interval: 25 * time.Millisecond,
 		WithdrawAfter: withdrawAfter, FailStatic: []string{"north"},
@@ -90,7 +90,7 @@ func TestThreeClusterFederation(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := h.Stats()
-	if err := federated.WaitUntil(ctx, 3*time.Minute, "every client reaches its bookstores", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 3*time.Minute, "every client reaches its bookstores", func(now time.Time) (bool, string) {
 		e, n := st.Recent(now, 2*time.Second, buyerEast, "BuyBook"), st.Recent(now, 2*time.Second, buyerNorth, "BuyBook")
 		return e.By[v1East] > 0 && e.By[v2West] > 0 && n.By[v2West] > 0, fmt.Sprintf("east %v, north %v", e.By, n.By)
 	}); err != nil {
@@ -99,7 +99,7 @@ func TestThreeClusterFederation(t *testing.T) {
 
 	steps := []struct {
 		name string
-		run  func(*testing.T, context.Context, *federated.Harness)
+		run  func(*testing.T, context.Context, *localmesh.Harness)
 	}{
 		{"SplitInEastSendsHalfToWestAndMovesWithoutFailures", testSplitAcrossClusters},
 		{"TrafficTargetInWestDeniesThiefOfAThirdCluster", testTrafficTargetAcrossClusters},
@@ -119,10 +119,10 @@ func TestThreeClusterFederation(t *testing.T) {
 // bookstore-v2 (only in west, exported) sends half of east's bookbuyer's
 // RPCs to west; moving it to 0/100 in east's API server moves them with
 // no failed RPC, and back.
-func testSplitAcrossClusters(t *testing.T, ctx context.Context, h *federated.Harness) {
+func testSplitAcrossClusters(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	st := h.Stats()
 	from := time.Now()
-	federated.Sleep(ctx, 10*time.Second)
+	localmesh.Sleep(ctx, 10*time.Second)
 	tl := st.Tally(buyerEast, "BuyBook", from, time.Now())
 	msg, err := tl.CheckShare("bookbuyer (east) BuyBook answered by bookstore-v2 in west under the 50/50 split", v2West, 0.5)
 	if err != nil {
@@ -136,23 +136,23 @@ func testSplitAcrossClusters(t *testing.T, ctx context.Context, h *federated.Har
 
 	for _, step := range []struct {
 		manifest string
-		want     func(federated.Tally) bool
+		want     func(localmesh.Tally) bool
 		what     string
 	}{
-		{"split/bookstore-0-100.yaml", func(t federated.Tally) bool { return t.Total > 5 && t.By[v2West] == t.Total }, "0/100: every answer from west"},
-		{"split/bookstore-50-50.yaml", func(t federated.Tally) bool { return t.By[v1East] > 0 && t.By[v2West] > 0 }, "50/50 again: answers from both"},
+		{"split/bookstore-0-100.yaml", func(t localmesh.Tally) bool { return t.Total > 5 && t.By[v2West] == t.Total }, "0/100: every answer from west"},
+		{"split/bookstore-50-50.yaml", func(t localmesh.Tally) bool { return t.By[v1East] > 0 && t.By[v2West] > 0 }, "50/50 again: answers from both"},
 	} {
 		changed := time.Now()
 		if err := h.Apply(ctx, "east", step.manifest); err != nil {
 			t.Fatal(err)
 		}
-		if err := federated.WaitUntil(ctx, 30*time.Second, step.what, func(now time.Time) (bool, string) {
+		if err := localmesh.WaitUntil(ctx, 30*time.Second, step.what, func(now time.Time) (bool, string) {
 			r := st.Recent(now, time.Second, buyerEast, "BuyBook")
 			return step.want(r), fmt.Sprint(r.By)
 		}); err != nil {
 			t.Fatal(err)
 		}
-		federated.Sleep(ctx, time.Second)
+		localmesh.Sleep(ctx, time.Second)
 		moved := st.Tally(buyerEast, "BuyBook", changed, time.Now())
 		if moved.Failed > 0 {
 			t.Errorf("applying %s in east: %d of %d RPCs failed while traffic moved: %v", step.manifest, moved.Failed, moved.Total, moved.By)
@@ -166,10 +166,10 @@ func testSplitAcrossClusters(t *testing.T, ctx context.Context, h *federated.Har
 // in north (a third cluster, reaching west through north's split onto the
 // export) is denied, bookbuyer in north is answered by west, and east's
 // bookthief is denied too.
-func testTrafficTargetAcrossClusters(t *testing.T, ctx context.Context, h *federated.Harness) {
+func testTrafficTargetAcrossClusters(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	st := h.Stats()
 	from := time.Now()
-	federated.Sleep(ctx, 5*time.Second)
+	localmesh.Sleep(ctx, 5*time.Second)
 	to := time.Now()
 	thief := st.Tally(thiefNorth, "BuyBook", from, to)
 	if thief.Total < 20 || thief.Denied != thief.Total {
@@ -200,7 +200,7 @@ func testTrafficTargetAcrossClusters(t *testing.T, ctx context.Context, h *feder
 // clock starts when west's API server holds the new Pod Ready (a watch
 // sees it) and stops when bookbuyer in east is first answered by that
 // Pod. East's split is 0/100 meanwhile, so every BuyBook goes to west.
-func testEndpointChangeLatency(t *testing.T, ctx context.Context, h *federated.Harness) {
+func testEndpointChangeLatency(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	runs := 7
 	if testing.Short() {
 		runs = 3
@@ -215,7 +215,7 @@ func testEndpointChangeLatency(t *testing.T, ctx context.Context, h *federated.H
 			t.Error(err)
 		}
 	}()
-	if err := federated.WaitUntil(ctx, 30*time.Second, "0/100", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 30*time.Second, "0/100", func(now time.Time) (bool, string) {
 		r := st.Recent(now, time.Second, buyerEast, "BuyBook")
 		return r.Total > 5 && r.By[v2West] == r.Total, fmt.Sprint(r.By)
 	}); err != nil {
@@ -269,7 +269,7 @@ type endpointChange struct {
 // oneEndpointChange scales bookstore-v2 in west from 2 to 3, times the
 // new Pod from Ready to its EndpointSlice entry and to its first answer to
 // east, and scales back to 2.
-func oneEndpointChange(ctx context.Context, h *federated.Harness, west kubernetes.Interface, st *federated.Stats) (endpointChange, error) {
+func oneEndpointChange(ctx context.Context, h *localmesh.Harness, west kubernetes.Interface, st *localmesh.Stats) (endpointChange, error) {
 	var ch endpointChange
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -332,7 +332,7 @@ func oneEndpointChange(ctx context.Context, h *federated.Harness, west kubernete
 			return ch, fmt.Errorf("no new bookstore-v2 Pod became Ready: %w", ctx.Err())
 		}
 	}
-	err = federated.WaitUntil(ctx, time.Minute, "bookbuyer in east answered by "+ch.pod, func(time.Time) (bool, string) {
+	err = localmesh.WaitUntil(ctx, time.Minute, "bookbuyer in east answered by "+ch.pod, func(time.Time) (bool, string) {
 		at, ok := st.FirstAnswer(buyerEast, ch.pod, ch.ready.Add(-time.Second))
 		ch.answered = at
 		return ok, "not yet"
@@ -349,11 +349,11 @@ func oneEndpointChange(ctx context.Context, h *federated.Harness, west kubernete
 
 // scaleBookstoreV2 scales bookstore-v2 in west and waits until it has n
 // Pods, and a little more for east's clients to forget any that went.
-func scaleBookstoreV2(ctx context.Context, h *federated.Harness, west kubernetes.Interface, n int) error {
+func scaleBookstoreV2(ctx context.Context, h *localmesh.Harness, west kubernetes.Interface, n int) error {
 	if err := h.Kubectl(ctx, "west", "scale", "deployment", "bookstore-v2", "-n", "bookstore", fmt.Sprintf("--replicas=%d", n)); err != nil {
 		return err
 	}
-	err := federated.WaitUntil(ctx, time.Minute, fmt.Sprintf("%d bookstore-v2 Pods ready", n), func(time.Time) (bool, string) {
+	err := localmesh.WaitUntil(ctx, time.Minute, fmt.Sprintf("%d bookstore-v2 Pods ready", n), func(time.Time) (bool, string) {
 		l, err := west.CoreV1().Pods("bookstore").List(ctx, metav1.ListOptions{LabelSelector: "app=bookstore,version=v2"})
 		if err != nil {
 			return false, err.Error()
@@ -366,7 +366,7 @@ func scaleBookstoreV2(ctx context.Context, h *federated.Harness, west kubernetes
 		}
 		return len(l.Items) == n && ready == n, fmt.Sprintf("%d Pods, %d ready", len(l.Items), ready)
 	})
-	federated.Sleep(ctx, 2*time.Second)
+	localmesh.Sleep(ctx, 2*time.Second)
 	return err
 }
 
@@ -380,7 +380,7 @@ func podReady(p *corev1.Pod) bool {
 }
 
 // clusterList is `meshfed cluster list` in a cluster, for the log.
-func clusterList(ctx context.Context, h *federated.Harness, cluster string) string {
+func clusterList(ctx context.Context, h *localmesh.Harness, cluster string) string {
 	out, err := h.Meshfed(ctx, cluster, "cluster", "list")
 	if err != nil {
 		return err.Error()
@@ -390,9 +390,9 @@ func clusterList(ctx context.Context, h *federated.Harness, cluster string) stri
 
 // waitForWestState polls a cluster's `meshfed cluster list` until west's
 // row shows state.
-func waitForWestState(ctx context.Context, h *federated.Harness, cluster, state string) (string, error) {
+func waitForWestState(ctx context.Context, h *localmesh.Harness, cluster, state string) (string, error) {
 	var out string
-	err := federated.WaitUntil(ctx, 90*time.Second, cluster+" sees west "+state, func(time.Time) (bool, string) {
+	err := localmesh.WaitUntil(ctx, 90*time.Second, cluster+" sees west "+state, func(time.Time) (bool, string) {
 		out = clusterList(ctx, h, cluster)
 		for _, line := range strings.Split(out, "\n") {
 			f := strings.Fields(line)
@@ -412,7 +412,7 @@ func waitForWestState(ctx context.Context, h *federated.Harness, cluster, state 
 // the control plane stays away longer, east (withdraw policy) moves its
 // share home — still with no failed RPC — while north (fail-static) keeps
 // sending to west. West's controller back: east's traffic returns.
-func testControlPlaneLoss(t *testing.T, ctx context.Context, h *federated.Harness) {
+func testControlPlaneLoss(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	st := h.Stats()
 	killed := time.Now()
 	h.StopController("west")
@@ -425,7 +425,7 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *federated.Harnes
 	t.Logf("east, %s after the kill:\n%s", time.Since(killed).Round(time.Second), out)
 	// Within withdrawAfter of the kill (west was declared dead later than
 	// the kill, so withdrawal is later still): everything as before.
-	federated.Sleep(ctx, time.Until(killed.Add(withdrawAfter-time.Second)))
+	localmesh.Sleep(ctx, time.Until(killed.Add(withdrawAfter-time.Second)))
 	now := time.Now()
 	for _, src := range []string{buyerEast, buyerNorth} {
 		all := st.Tally(src, "BuyBook", killed, now)
@@ -438,13 +438,13 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *federated.Harnes
 	}
 
 	// Past withdrawAfter: east withdraws west's services, north keeps them.
-	if err := federated.WaitUntil(ctx, 2*time.Minute, "east withdraws west: bookbuyer (east) answered by east only", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 2*time.Minute, "east withdraws west: bookbuyer (east) answered by east only", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, buyerEast, "BuyBook")
 		return r.Total > 5 && r.By[v1East] == r.Total, fmt.Sprint(r.By)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	federated.Sleep(ctx, 3*time.Second)
+	localmesh.Sleep(ctx, 3*time.Second)
 	now = time.Now()
 	t.Logf("north (fail-static), %s after the kill:\n%s", now.Sub(killed).Round(time.Second), clusterList(ctx, h, "north"))
 	east, north := st.Tally(buyerEast, "BuyBook", killed, now), st.Tally(buyerNorth, "BuyBook", killed, now)
@@ -461,7 +461,7 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *federated.Harnes
 	if err := h.StartController(ctx, "west"); err != nil {
 		t.Fatal(err)
 	}
-	if err := federated.WaitUntil(ctx, 2*time.Minute, "west's controller back: bookbuyer (east) answered by west again", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 2*time.Minute, "west's controller back: bookbuyer (east) answered by west again", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, buyerEast, "BuyBook")
 		return r.By[v1East] > 0 && r.By[v2West] > 0, fmt.Sprint(r.By)
 	}); err != nil {
@@ -483,13 +483,13 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *federated.Harnes
 // endpoints, and its RPCs to them fail until west returns (the price of
 // fail-static when a cluster's data plane is gone too). West restarted
 // (controller, then its Pods recreated): traffic returns everywhere.
-func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
+func testLostCluster(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	st := h.Stats()
 	lost := time.Now()
 	h.StopController("west")
 	h.StopWorkloads("west")
 	t.Log("west lost: its controller and workloads killed")
-	if err := federated.WaitUntil(ctx, 2*time.Minute, "west withdrawn in east: bookbuyer (east) answered by east only", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 2*time.Minute, "west withdrawn in east: bookbuyer (east) answered by east only", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, buyerEast, "BuyBook")
 		return r.Total > 5 && r.By[v1East] == r.Total, fmt.Sprint(r.By)
 	}); err != nil {
@@ -497,12 +497,12 @@ func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
 	}
 	withdrawn := time.Now().Add(-2 * time.Second)
 	during := st.Tally(buyerEast, "BuyBook", lost, withdrawn)
-	lastFail, _ := st.Last(buyerEast, "BuyBook", lost, func(o federated.Outcome) bool { return !o.OK && o.Code != "PermissionDenied" })
+	lastFail, _ := st.Last(buyerEast, "BuyBook", lost, func(o localmesh.Outcome) bool { return !o.OK && o.Code != "PermissionDenied" })
 	t.Logf("until east withdrew west (%s after the loss; withdrawAfter %s): %d of %d BuyBook RPCs failed, the last %s after the loss; west's share was 50%%",
 		withdrawn.Sub(lost).Round(time.Second), withdrawAfter, during.Failed, during.Total, lastFail.Sub(lost).Round(100*time.Millisecond))
 	t.Logf("east:\n%s", clusterList(ctx, h, "east"))
 
-	federated.Sleep(ctx, 5*time.Second)
+	localmesh.Sleep(ctx, 5*time.Second)
 	now := time.Now()
 	after := st.Tally(buyerEast, "BuyBook", withdrawn, now)
 	if after.AnsweredIn("west") > 0 || after.Failed > 0 || after.Total < 20 {
@@ -523,7 +523,7 @@ func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
 	// Every client reconnects on its own schedule (grpc-go backs off while
 	// a backend is unreachable): wait until bookthief, too, reaches west
 	// again — and is denied there — before the window below.
-	if err := federated.WaitUntil(ctx, 3*time.Minute, "west back: bookbuyer in east and north answered by west again, bookthief (north) denied by west again", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 3*time.Minute, "west back: bookbuyer in east and north answered by west again, bookthief (north) denied by west again", func(now time.Time) (bool, string) {
 		e, n := st.Recent(now, 2*time.Second, buyerEast, "BuyBook"), st.Recent(now, 2*time.Second, buyerNorth, "BuyBook")
 		th := st.Recent(now, 2*time.Second, thiefNorth, "BuyBook")
 		return e.By[v1East] > 0 && e.By[v2West] > 0 && n.Total > 5 && n.By[v2West] == n.Total && th.Total > 5 && th.Denied == th.Total,
@@ -533,7 +533,7 @@ func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
 	}
 	t.Logf("west restarted: traffic back in west %s after its controller started", time.Since(back).Round(100*time.Millisecond))
 	from := time.Now()
-	federated.Sleep(ctx, 5*time.Second)
+	localmesh.Sleep(ctx, 5*time.Second)
 	for _, src := range []string{buyerEast, buyerNorth} {
 		if r := st.Tally(src, "BuyBook", from, time.Now()); r.Failed > 0 || r.By[v2West] == 0 {
 			t.Errorf("%s after west returned: %v", src, r.By)
@@ -547,7 +547,7 @@ func testLostCluster(t *testing.T, ctx context.Context, h *federated.Harness) {
 // bookstore exported by east (v1) and west (v2): a client in east that
 // dials bookstore.bookstore.svc.clusterset.local is answered by both
 // clusters, each in proportion to its ready endpoints (one each: 50/50).
-func testClusterSetName(t *testing.T, ctx context.Context, h *federated.Harness) {
+func testClusterSetName(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	st := h.Stats()
 	for _, c := range []string{"east", "west"} {
 		if err := h.Apply(ctx, c, "export/bookstore.yaml"); err != nil {
@@ -557,15 +557,15 @@ func testClusterSetName(t *testing.T, ctx context.Context, h *federated.Harness)
 	if err := h.Apply(ctx, "east", "apps/bookbuyer-clusterset.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	src := federated.SourceLabel("bookbuyer-clusterset", "east")
-	if err := federated.WaitUntil(ctx, 2*time.Minute, "the clusterset name is answered by east and west", func(now time.Time) (bool, string) {
+	src := localmesh.SourceLabel("bookbuyer-clusterset", "east")
+	if err := localmesh.WaitUntil(ctx, 2*time.Minute, "the clusterset name is answered by east and west", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, src, "BuyBook")
 		return r.By[v1East] > 0 && r.By[v2West] > 0, fmt.Sprint(r.By)
 	}); err != nil {
 		t.Fatal(err)
 	}
 	from := time.Now()
-	federated.Sleep(ctx, 10*time.Second)
+	localmesh.Sleep(ctx, 10*time.Second)
 	r := st.Tally(src, "BuyBook", from, time.Now())
 	msg, err := r.CheckShare("bookbuyer (east) via bookstore.bookstore.svc.clusterset.local answered by west", v2West, 0.5)
 	if err != nil {

@@ -17,8 +17,8 @@ import (
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
-	"github.com/meshfed/meshfed/tests/federated"
-	"github.com/meshfed/meshfed/tests/workloads"
+	"github.com/meshfed/meshfed/localmesh"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -46,7 +46,7 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	h, err := federated.Start(ctx, federated.Config{
+	h, err := localmesh.Start(ctx, localmesh.Config{
 		Clusters: []string{"east", "west"}, Dir: dir, Logf: t.Logf, Interval: 25 * time.Millisecond,
 		Namespaces: []string{"bookstore", "bookbuyer", "bookthief"}, SVIDTTL: rotationSVIDTTL, Keep: 30 * time.Minute,
 	})
@@ -63,7 +63,7 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 			t.Logf("logs: %s and the controllers' logs beside it (set MESHFED_TEST_DIR to keep them)", h.LogPath())
 		}
 	}()
-	if err := h.ApplyAll(ctx, []federated.Step{
+	if err := h.ApplyAll(ctx, []localmesh.Step{
 		{Cluster: "east", Manifest: "apps/bookstore.yaml"}, {Cluster: "east", Manifest: "apps/bookstore-v1.yaml"},
 		{Cluster: "east", Manifest: "apps/bookbuyer.yaml"}, {Cluster: "east", Manifest: "access"},
 		{Cluster: "west", Manifest: "apps/bookstore.yaml"}, {Cluster: "west", Manifest: "apps/bookstore-v2.yaml"},
@@ -73,7 +73,7 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := h.Stats()
-	if err := federated.WaitUntil(ctx, 3*time.Minute, "bookbuyer in east is answered by both clusters", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 3*time.Minute, "bookbuyer in east is answered by both clusters", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, buyerEast, "BuyBook")
 		return r.By[v1East] > 0 && r.By[v2West] > 0, fmt.Sprint(r.By)
 	}); err != nil {
@@ -148,7 +148,7 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 	if err := h.Kubectl(ctx, "east", "delete", "pods", "--all", "-n", "bookbuyer", "--wait=false"); err != nil {
 		t.Fatal(err)
 	}
-	if err := federated.WaitUntil(ctx, 2*time.Minute, "the restarted bookbuyer is answered by both clusters", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 2*time.Minute, "the restarted bookbuyer is answered by both clusters", func(now time.Time) (bool, string) {
 		r := st.Tally(buyerEast, "BuyBook", restarted.Add(5*time.Second), now)
 		return r.By[v1East] > 0 && r.By[v2West] > 0, fmt.Sprint(r.By)
 	}); err != nil {
@@ -166,13 +166,13 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 	// the bundle holds the new root alone (at the agents' next renewal).
 	newOnly := x509bundle.FromX509Authorities(td, []*x509.Certificate{newRoot.Certificate})
 	oldOnly := oldRoot.Bundle()
-	if err := federated.WaitUntil(ctx, 2*time.Minute, "every workload's certificate chains to the new root only", func(time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, 2*time.Minute, "every workload's certificate chains to the new root only", func(time.Time) (bool, string) {
 		n, bad := checkCertDirs(h.PodsDir(), newOnly, oldOnly)
 		return n > 0 && bad == "", fmt.Sprintf("%d workloads; %s", n, bad)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := federated.WaitUntil(ctx, time.Minute, "traffic after the rotation", func(now time.Time) (bool, string) {
+	if err := localmesh.WaitUntil(ctx, time.Minute, "traffic after the rotation", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, buyerEast, "BuyBook")
 		return r.By[v1East] > 0 && r.By[v2West] > 0, fmt.Sprint(r.By)
 	}); err != nil {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/meshfed/meshfed/tests/federated"
+	"github.com/meshfed/meshfed/localmesh"
 )
 
 // window is what the live table summarises.
@@ -34,7 +34,7 @@ Press Ctrl-C to stop everything.
 		var buf bytes.Buffer
 		buf.WriteString("\x1b[H\x1b[2J")
 		fmt.Fprintf(&buf, "meshfed demo — clusters east and west, federated; the bookstore split across them (%s)\n\n", time.Now().Format("15:04:05"))
-		federated.Render(&buf, e.h.Stats().Rows(time.Now(), window), window)
+		localmesh.Render(&buf, e.h.Stats().Rows(time.Now(), window), window)
 		buf.WriteString("\n" + help)
 		if _, err := e.cfg.Out.Write(buf.Bytes()); err != nil {
 			return err

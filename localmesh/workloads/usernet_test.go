@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshfed/meshfed/tests/workloads"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 )
 
 // Two pod addresses of two clusters' CIDRs reach each other inside one

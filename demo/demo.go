@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/meshfed/meshfed/tests/federated"
+	"github.com/meshfed/meshfed/localmesh"
 )
 
 // Config is what `meshfed demo` takes.
@@ -30,7 +30,7 @@ type Config struct {
 // placement is where the demo puts the bookstore: clients and bookstore-v1
 // in east, bookstore-v2 in west and exported, the TrafficTargets in both,
 // and the split in east.
-var placement = []federated.Step{
+var placement = []localmesh.Step{
 	{Cluster: "east", Manifest: "apps/bookstore.yaml"}, {Cluster: "east", Manifest: "apps/bookstore-v1.yaml"},
 	{Cluster: "east", Manifest: "apps/bookbuyer.yaml"}, {Cluster: "east", Manifest: "apps/bookthief.yaml"},
 	{Cluster: "east", Manifest: "apps/bookwarehouse.yaml"}, {Cluster: "east", Manifest: "access"},
@@ -42,7 +42,7 @@ var placement = []federated.Step{
 // env is a running demo.
 type env struct {
 	cfg Config
-	h   *federated.Harness
+	h   *localmesh.Harness
 }
 
 // Run starts the demo and runs it until ctx ends (or, with Check, until
@@ -63,7 +63,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		cfg.Dir = filepath.Join(base, "meshfed", "demo")
 	}
 	e := &env{cfg: cfg}
-	e.h, err = federated.Start(ctx, federated.Config{
+	e.h, err = localmesh.Start(ctx, localmesh.Config{
 		Clusters: []string{"east", "west"}, Dir: cfg.Dir, Logf: e.say, Progress: cfg.Out,
 		Interval: cfg.Interval, WithdrawAfter: 5 * time.Second, Keep: 2 * time.Minute,
 	})

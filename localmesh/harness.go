@@ -1,4 +1,4 @@
-package federated
+package localmesh
 
 import (
 	"context"
@@ -20,8 +20,8 @@ import (
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/sandbox"
-	"github.com/meshfed/meshfed/tests/workloads"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 

@@ -6,6 +6,6 @@
 // reports every expectation it misses.
 //
 // It owns the orchestration only: clusters come from sandbox,
-// workload processes from tests/workloads, everything else from the
+// workload processes from localmesh/workloads, everything else from the
 // meshfed and meshfed-controller binaries a user would run.
 package demo

@@ -8,20 +8,20 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshfed/meshfed/tests/federated"
+	"github.com/meshfed/meshfed/localmesh"
 )
 
 // The sources and outcomes the checks look at.
 var (
-	bookbuyer = federated.SourceLabel("bookbuyer", "east")
-	bookthief = federated.SourceLabel("bookthief", "east")
-	v1East    = federated.Outcome{OK: true, Version: "v1", Cluster: "east"}
-	v2West    = federated.Outcome{OK: true, Version: "v2", Cluster: "west"}
+	bookbuyer = localmesh.SourceLabel("bookbuyer", "east")
+	bookthief = localmesh.SourceLabel("bookthief", "east")
+	v1East    = localmesh.Outcome{OK: true, Version: "v1", Cluster: "east"}
+	v2West    = localmesh.Outcome{OK: true, Version: "v2", Cluster: "west"}
 )
 
 // waitUntil polls cond until it holds or limit passes, and says so.
 func (e *env) waitUntil(ctx context.Context, limit time.Duration, what string, cond func(now time.Time) (bool, string)) error {
-	if err := federated.WaitUntil(ctx, limit, what, cond); err != nil {
+	if err := localmesh.WaitUntil(ctx, limit, what, cond); err != nil {
 		return err
 	}
 	e.say("ok: %s", what)
@@ -42,7 +42,7 @@ func (e *env) check(ctx context.Context) error {
 		}
 	}
 	stats := e.h.Stats()
-	recent := func(now time.Time, src, method string) federated.Tally {
+	recent := func(now time.Time, src, method string) localmesh.Tally {
 		return stats.Recent(now, 2*time.Second, src, method)
 	}
 
@@ -56,7 +56,7 @@ func (e *env) check(ctx context.Context) error {
 
 	// 2. 50/50 split over a 10 s sample.
 	from := time.Now()
-	federated.Sleep(ctx, 10*time.Second)
+	localmesh.Sleep(ctx, 10*time.Second)
 	t := stats.Tally(bookbuyer, "BuyBook", from, time.Now())
 	if msg, err := t.CheckShare("bookbuyer BuyBook to bookstore-v2 in west under the 50/50 split", v2West, 0.5); err != nil {
 		fail(err)

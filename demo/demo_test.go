@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshfed/meshfed/tests/demo"
-	"github.com/meshfed/meshfed/tests/workloads"
+	"github.com/meshfed/meshfed/demo"
+	"github.com/meshfed/meshfed/localmesh/workloads"
 )
 
 // `meshfed demo --check`: the whole demo, unattended — two federated
