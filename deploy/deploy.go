@@ -16,6 +16,7 @@ import (
 	"sort"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
@@ -46,7 +47,16 @@ const (
 	DefaultTrustDomain   = "meshfed.local"
 	DefaultImageRepo     = "meshfed/meshfed-controller"
 	MeshConfigAPIVersion = "config.meshfed.io/v1alpha1"
+
+	// RootSecretName and IntermediateSecretName are the Secrets, in the
+	// control plane's namespace, that the controller reads its CA from
+	// (MeshConfig spec.certificate defaults).
+	RootSecretName         = "meshfed-root-ca"
+	IntermediateSecretName = "meshfed-intermediate-ca"
 )
+
+// MeshConfigGVR is the MeshConfig custom resource.
+var MeshConfigGVR = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
 
 // Ports the controller serves on.
 const (

@@ -120,7 +120,7 @@ func newCACluster(mc *meshCluster, fallback string) (*caCluster, error) {
 		return v
 	}
 	c := &caCluster{meshCluster: mc, name: str("clusterName"), namespace: mc.mesh.Namespace, bundleConfigMap: bundleConfigMap,
-		rootSecret: "meshfed-root-ca", interSecret: "meshfed-intermediate-ca", svidTTL: 24 * time.Hour}
+		rootSecret: deploy.RootSecretName, interSecret: deploy.IntermediateSecretName, svidTTL: 24 * time.Hour}
 	if c.name == "" {
 		c.name = fallback
 	}

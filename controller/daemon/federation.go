@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/kube"
+	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/trust/ca"
 )
@@ -47,7 +48,7 @@ type federationSettings struct {
 }
 
 func readFederationSettings(u *unstructured.Unstructured) (federationSettings, error) {
-	fs := federationSettings{Network: "default", BindAddress: "0.0.0.0", BindPort: 7946, GossipKeySecret: federate.DefaultGossipKeySecret, WithdrawAfter: 30 * time.Second}
+	fs := federationSettings{Network: "default", BindAddress: "0.0.0.0", BindPort: deploy.PortGossip, GossipKeySecret: federate.DefaultGossipKeySecret, WithdrawAfter: 30 * time.Second}
 	str := func(f string) string {
 		v, _, _ := unstructured.NestedString(u.Object, "spec", "federation", f)
 		return v

@@ -247,8 +247,8 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // readMeshConfig reads the MeshConfig, waiting for it to exist (install
 // applies it before the controller's Deployment).
 func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg Config, log *slog.Logger) (meshSettings, error) {
-	ms := meshSettings{ClusterName: cfg.ClusterName, TrustDomain: cfg.TrustDomain, RootSecret: "meshfed-root-ca",
-		IntermediateSecret: "meshfed-intermediate-ca", SVIDTTL: 24 * time.Hour}
+	ms := meshSettings{ClusterName: cfg.ClusterName, TrustDomain: cfg.TrustDomain, RootSecret: deploy.RootSecretName,
+		IntermediateSecret: deploy.IntermediateSecretName, SVIDTTL: 24 * time.Hour}
 	var u *unstructured.Unstructured
 	for {
 		var err error

@@ -25,6 +25,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/meshfed/meshfed/controller/kube"
+	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
@@ -34,7 +35,7 @@ import (
 var (
 	ServiceExportGVR = schema.GroupVersionResource{Group: mcsv1beta1.GroupName, Version: "v1beta1", Resource: "serviceexports"}
 	ServiceImportGVR = schema.GroupVersionResource{Group: mcsv1beta1.GroupName, Version: "v1beta1", Resource: "serviceimports"}
-	MeshConfigGVR    = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
+	MeshConfigGVR    = deploy.MeshConfigGVR
 )
 
 // Labels on the ServiceImports the bridge writes. It deletes only

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
 )
 
@@ -24,7 +25,7 @@ var (
 	TCPRouteGVR       = schema.GroupVersionResource{Group: "specs.smi-spec.io", Version: "v1alpha4", Resource: "tcproutes"}
 	TrafficSplitGVR   = schema.GroupVersionResource{Group: "split.smi-spec.io", Version: "v1alpha2", Resource: "trafficsplits"}
 	ServiceExportGVR  = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1beta1", Resource: "serviceexports"}
-	MeshConfigGVR     = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
+	MeshConfigGVR     = deploy.MeshConfigGVR
 )
 
 // ErrConversion is wrapped by every error about an object that cannot be

@@ -19,8 +19,8 @@ import (
 // Secret names the controller reads its CA from (MeshConfig
 // spec.certificate defaults).
 const (
-	RootSecretName         = "meshfed-root-ca"
-	IntermediateSecretName = "meshfed-intermediate-ca"
+	RootSecretName         = deploy.RootSecretName
+	IntermediateSecretName = deploy.IntermediateSecretName
 )
 
 // Errors InstallCA reports when a cluster cannot take another's root.

@@ -34,7 +34,7 @@ const FieldManager = "meshfed-install"
 var MeshConfigGVR = meshConfigGVR
 
 var (
-	meshConfigGVR = schema.GroupVersionResource{Group: "config.meshfed.io", Version: "v1alpha1", Resource: "meshconfigs"}
+	meshConfigGVR = deploy.MeshConfigGVR
 	crdGVR        = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 )
 
