@@ -128,5 +128,4 @@ func Encode(w io.Writer, objs []*unstructured.Unstructured) error {
 	return nil
 }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 var trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]+$`)

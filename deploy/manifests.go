@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // Options are the choices `meshfed install` offers.
@@ -52,13 +54,13 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.ClusterName == "" {
 		errs = append(errs, errors.New("--cluster-name is required: every cluster in a federation needs a unique name"))
-	} else if !dnsLabel.MatchString(o.ClusterName) {
+	} else if !mesh.IsDNS1123Label(o.ClusterName) {
 		errs = append(errs, fmt.Errorf("cluster name %q is not a DNS label (lower-case letters, digits, '-')", o.ClusterName))
 	}
-	if !dnsLabel.MatchString(o.MeshName) {
+	if !mesh.IsDNS1123Label(o.MeshName) {
 		errs = append(errs, fmt.Errorf("mesh name %q is not a DNS label", o.MeshName))
 	}
-	if !dnsLabel.MatchString(o.Namespace) {
+	if !mesh.IsDNS1123Label(o.Namespace) {
 		errs = append(errs, fmt.Errorf("namespace %q is not a DNS label", o.Namespace))
 	}
 	if !trustDomainRE.MatchString(o.TrustDomain) {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +23,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // Config describes the clusters to start.
@@ -49,8 +50,6 @@ type Config struct {
 	PodCIDR map[string]string
 }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
@@ -62,7 +61,7 @@ func (c Config) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, n := range c.Clusters {
-		if !dnsLabel.MatchString(n) {
+		if !mesh.IsDNS1123Label(n) {
 			errs = append(errs, fmt.Errorf("cluster name %q is not a DNS label", n))
 		}
 		if seen[n] {

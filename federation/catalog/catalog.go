@@ -23,8 +23,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
+
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // FormatVersion is the version of the catalog wire format. A receiver
@@ -92,11 +93,9 @@ type Endpoint struct {
 // Key is "namespace/name".
 func (s ExportedService) Key() string { return s.Namespace + "/" + s.Name }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // ValidClusterName reports whether name is usable as a cluster name: a DNS
 // label (RFC 1123), at most 63 characters.
-func ValidClusterName(name string) bool { return dnsLabel.MatchString(name) }
+func ValidClusterName(name string) bool { return mesh.IsDNS1123Label(name) }
 
 // maxProblems bounds the problems Validate lists; the rest are counted.
 const maxProblems = 10

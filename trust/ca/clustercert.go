@@ -9,8 +9,9 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"net/url"
-	"regexp"
 	"time"
+
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // ClusterIDPath is the path prefix of a cluster's own SPIFFE ID,
@@ -18,8 +19,6 @@ import (
 // cluster signs its federation catalog with (see federation/catalog.ClusterID);
 // workload identities (/ns/<ns>/sa/<sa>) can never take this form.
 const ClusterIDPath = "/meshfed/cluster/"
-
-var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // ClusterID returns spiffe://<trust-domain>/meshfed/cluster/<cluster>.
 func (ca *Intermediate) ClusterID(cluster string) *url.URL {
@@ -35,7 +34,7 @@ func (ca *Intermediate) ClusterID(cluster string) *url.URL {
 // (leaf first, then the CA chain, root excluded). The certificate is good for
 // digital signatures only (no TLS usage) and never outlives the intermediate.
 func (ca *Intermediate) IssueClusterCertificate(cluster string, ttl time.Duration) (crypto.Signer, []*x509.Certificate, error) {
-	if !clusterNameRE.MatchString(cluster) {
+	if !mesh.IsDNS1123Label(cluster) {
 		return nil, nil, fmt.Errorf("cluster certificate %q: cluster name is not a DNS label", cluster)
 	}
 	if ttl <= 0 {

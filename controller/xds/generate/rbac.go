@@ -1,7 +1,6 @@
 package generate
 
 import (
-	"regexp"
 	"sort"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -39,9 +38,6 @@ func accessRules(ix *Index, dest mesh.Identity) *rbacv3.RBAC {
 	return &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: policies}
 }
 
-// namespaceName is a Kubernetes namespace name (a DNS-1123 label).
-var namespaceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // meshedPrincipals matches the identities of meshed namespaces:
 // spiffe://<td>/ns/<ns>/sa/ for each local meshed namespace and each
 // namespace another cluster exports services from. With none it matches
@@ -51,7 +47,7 @@ func meshedPrincipals(s *mesh.State) []*rbacv3.Principal {
 	add := func(ns string) {
 		// Only namespace names can be identity segments; anything else
 		// (from another cluster's catalog) would widen the prefix.
-		if namespaceName.MatchString(ns) {
+		if mesh.IsDNS1123Label(ns) {
 			set[ns] = true
 		}
 	}
