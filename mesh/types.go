@@ -264,7 +264,8 @@ type Settings struct {
 	MeshName string
 	// ClusterName is the local cluster's name in the federation.
 	ClusterName string
-	// Network is the local cluster's network name.
+	// Network is the local cluster's network name (DefaultNetwork unless
+	// MeshConfig spec.federation.network says otherwise).
 	Network string
 	// TrustDomain is the SPIFFE trust domain of all identities.
 	TrustDomain string
@@ -359,3 +360,7 @@ func (p Problem) Error() string {
 
 // Unwrap returns the underlying error.
 func (p Problem) Unwrap() error { return p.Err }
+
+// DefaultNetwork is the network of a cluster whose MeshConfig names none:
+// clusters on the same network reach each other's pod addresses directly.
+const DefaultNetwork = "default"

@@ -30,6 +30,7 @@ import (
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -48,7 +49,7 @@ type federationSettings struct {
 }
 
 func readFederationSettings(u *unstructured.Unstructured) (federationSettings, error) {
-	fs := federationSettings{Network: "default", BindAddress: "0.0.0.0", BindPort: deploy.PortGossip, GossipKeySecret: federate.DefaultGossipKeySecret, WithdrawAfter: 30 * time.Second}
+	fs := federationSettings{Network: mesh.DefaultNetwork, BindAddress: "0.0.0.0", BindPort: deploy.PortGossip, GossipKeySecret: federate.DefaultGossipKeySecret, WithdrawAfter: 30 * time.Second}
 	str := func(f string) string {
 		v, _, _ := unstructured.NestedString(u.Object, "spec", "federation", f)
 		return v

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // Federation is what the bridge needs of a federation member;
@@ -76,7 +77,7 @@ type Config struct {
 // Dynamic, Federation, ClusterName and TrustDomain must still be set.
 func DefaultConfig() Config {
 	return Config{
-		Network:        "default",
+		Network:        mesh.DefaultNetwork,
 		Namespace:      "meshfed-system",
 		MeshConfigName: "meshfed-mesh-config",
 		StatusInterval: 10 * time.Second,

@@ -478,7 +478,7 @@ func (w *Watcher) build(ch changes) (mesh.State, []mesh.Problem) {
 	problem := func(kind mesh.ObjectKind, ns, name string, err error) {
 		problems = append(problems, mesh.Problem{Kind: kind, Namespace: ns, Name: name, Err: err})
 	}
-	settings := mesh.Settings{MeshName: w.cfg.MeshName, ClusterName: w.cfg.ClusterName, TrustDomain: w.cfg.TrustDomain, Network: "default"}
+	settings := mesh.Settings{MeshName: w.cfg.MeshName, ClusterName: w.cfg.ClusterName, TrustDomain: w.cfg.TrustDomain, Network: mesh.DefaultNetwork}
 	if obj, err := w.dyn[MeshConfigGVR].ByNamespace(w.cfg.Namespace).Get(w.cfg.MeshConfigName); err == nil {
 		if s, err := settingsFrom(settings, obj.(*unstructured.Unstructured)); err != nil {
 			problem(mesh.ObjectSettings, w.cfg.Namespace, w.cfg.MeshConfigName, err)
