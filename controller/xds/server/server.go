@@ -68,13 +68,18 @@ type Config struct {
 	SecretCheckInterval time.Duration
 	// Limits bound every field of a proxy's requests (limits.go).
 	Limits RequestLimits
+	// DrainDelay is how long a cluster that an update removed is still
+	// sent to proxies, unused, so that the routes that stop using it reach
+	// them first (drain.go); 0 removes it at once.
+	DrainDelay time.Duration
 }
 
-// DefaultConfig returns a Config listening on :15128 with 30 s keepalives;
+// DefaultConfig returns a Config listening on :15128 with 30 s keepalives
+// and removed clusters drained for 5 s;
 // TLS and Authenticator must still be set.
 func DefaultConfig() Config {
 	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second, SecretCheckInterval: 30 * time.Second,
-		Limits: DefaultRequestLimits()}
+		Limits: DefaultRequestLimits(), DrainDelay: 5 * time.Second}
 }
 
 // Validate reports every problem with c.
@@ -103,6 +108,9 @@ func (c Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.DrainDelay < 0 {
+		errs = append(errs, errors.New("xds server: DrainDelay must not be negative"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -119,6 +127,9 @@ type Server struct {
 	mu      sync.Mutex
 	builder *builder
 	keys    map[proxyKey]*keyState
+	// drainTimer, when set, runs drain at drainAt (drain.go).
+	drainTimer *time.Timer
+	drainAt    time.Time
 
 	// streams tracks sent responses for NACK/ACK accounting.
 	streamsMu sync.Mutex
@@ -290,6 +301,22 @@ func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 		s.cfg.Logger.Error("xds: generated configuration is invalid; proxies keep their last configuration", "err", err)
 		return ix.Problems, err
 	}
+	if s.builder.newlyRetired {
+		s.builder.newlyRetired = false
+		if s.cfg.DrainDelay == 0 {
+			s.builder.drainRetired(0)
+		} else {
+			s.scheduleDrain(time.Now().Add(s.cfg.DrainDelay))
+		}
+	}
+	err = s.publishAll()
+	s.metrics.generation.Observe(time.Since(start).Seconds())
+	return ix.Problems, err
+}
+
+// publishAll publishes every connected proxy's configuration where it
+// changed. Called under s.mu.
+func (s *Server) publishAll() error {
 	var errs []error
 	for key, ks := range s.keys {
 		set, err := s.builder.publish(context.Background(), s.cache, key, ks)
@@ -301,12 +328,11 @@ func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 			s.metrics.snapshotsSet.Inc()
 		}
 	}
-	s.metrics.generation.Observe(time.Since(start).Seconds())
 	if err := errors.Join(errs...); err != nil {
 		s.cfg.Logger.Error("xds: some proxies keep their last configuration", "err", err)
-		return ix.Problems, err
+		return err
 	}
-	return ix.Problems, nil
+	return nil
 }
 
 // EndpointsVersion returns the version of the shared load assignments
@@ -378,6 +404,13 @@ func (s *Server) Run(ctx context.Context) error {
 	)
 	srvCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer func() {
+		s.mu.Lock()
+		if s.drainTimer != nil {
+			s.drainTimer.Stop()
+		}
+		s.mu.Unlock()
+	}()
 	xs := xdsserver.NewServer(srvCtx, s.cache, s.callbacks())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, sotwADS{xs: xs})
 

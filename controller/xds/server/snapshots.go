@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -91,6 +92,9 @@ type sharedKind struct {
 	// secretRefs are the SDS names the shared resources use, one Refs per
 	// distinct name; each proxy's own secrets must resolve them.
 	secretRefs []generate.Refs
+	// retired are clusters an update removed, still published with the
+	// live ones until drained (drain.go).
+	retired map[string]retiredCluster
 }
 
 // upstreamEDS caches the load assignments of one service so that an
@@ -261,11 +265,15 @@ type builder struct {
 	// names last may have changed (endpoint-only updates keep the names,
 	// so references need no new check).
 	edsNamesAt string
+	// now is the clock retirements are stamped with (drain.go);
+	// newlyRetired is set when an update retires a cluster.
+	now          func() time.Time
+	newlyRetired bool
 }
 
 func newBuilder() *builder {
 	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{},
-		clusterSets: map[mesh.NamespacedName]*clusterSetEDS{}, idChangedAt: map[mesh.Identity]uint64{}}
+		clusterSets: map[mesh.NamespacedName]*clusterSetEDS{}, idChangedAt: map[mesh.Identity]uint64{}, now: time.Now}
 }
 
 func (b *builder) nextVersion() string {
@@ -336,8 +344,12 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 				b.kinds[kind] = sk
 			}
 			for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
+				old := sk.types[t].res.Items
 				if b.setVersioned(&sk.types[t], set.items[t], set.hash[t]) {
 					sk.types[t].refs = set.refs[t]
+					if t == types.Cluster {
+						b.retire(sk, old)
+					}
 				}
 			}
 		}

@@ -300,8 +300,11 @@ func primedBuilder(t *testing.T, base mesh.State, keys []proxyKey) (*builder, ma
 
 // checkMatchesFullRebuild reports each resource in the keys' snapshots from
 // inc that differs from, or is missing in, a new builder's for state.
+// Clusters kept for make before break are drained first
+// (TestRemovedClusterIsServedUntilDrained covers them).
 func checkMatchesFullRebuild(t *testing.T, step string, inc *builder, state mesh.State, keys []proxyKey, states map[proxyKey]*keyState) {
 	t.Helper()
+	inc.drainRetired(0)
 	full := newBuilder()
 	if _, err := full.update(state); err != nil {
 		t.Fatal(err)

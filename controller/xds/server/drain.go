@@ -1,0 +1,131 @@
+package server
+
+import (
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+)
+
+// Make before break. A proxy is sent each type of an update on its own,
+// and the types of one update reach it in no fixed order. A cluster the
+// update removes (a remote cluster withdrawn from a split, a deleted
+// backend) could reach a proxy before the routes that stop using it; the
+// calls the old routes still send there would fail (grpc-go: Unavailable,
+// "resource … has been removed"; Envoy: 503). Envoy's xDS protocol says to
+// remove clusters only once nothing refers to them. So a cluster removed
+// by an update stays in every proxy's cluster list, unused, for
+// Config.DrainDelay; then drainRetired takes it out and the proxies are
+// sent their clusters again.
+//
+// Load assignments need no such care: a state-of-the-world EDS response
+// that lacks a name does not delete it (only listeners and clusters are
+// removed by absence).
+
+// retiredCluster is a removed cluster still published, and when it was
+// removed.
+type retiredCluster struct {
+	res types.ResourceWithTTL
+	at  time.Time
+}
+
+// retire records, after kind's shared clusters were replaced (old is the
+// map published before), the clusters that are no longer there, and
+// publishes them along with the live ones.
+func (b *builder) retire(sk *sharedKind, old map[string]types.ResourceWithTTL) {
+	v := &sk.types[types.Cluster]
+	live := v.res.Items
+	now := b.now()
+	for n, r := range old {
+		if _, ok := live[n]; ok {
+			continue
+		}
+		if _, ok := sk.retired[n]; ok {
+			continue
+		}
+		if sk.retired == nil {
+			sk.retired = map[string]retiredCluster{}
+		}
+		sk.retired[n] = retiredCluster{res: r, at: now}
+		b.newlyRetired = true
+	}
+	for n := range sk.retired {
+		if _, ok := live[n]; ok {
+			delete(sk.retired, n)
+		}
+	}
+	if len(sk.retired) > 0 {
+		sk.publishClusters(v.version)
+	}
+}
+
+// publishClusters publishes the live clusters and the retired ones under
+// version.
+func (sk *sharedKind) publishClusters(version string) {
+	v := &sk.types[types.Cluster]
+	if len(sk.retired) == 0 {
+		v.res = cachev3.NewResources(version, v.items)
+		return
+	}
+	items := make(map[string]types.ResourceWithTTL, len(v.items)+len(sk.retired))
+	for _, r := range v.items {
+		items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+	}
+	for n, r := range sk.retired {
+		items[n] = r.res
+	}
+	v.res = cachev3.Resources{Version: version, Items: items}
+}
+
+// drainRetired takes out the clusters retired at least delay ago, under a
+// new version so that proxies are sent the list without them. It reports
+// whether it took any out, and when the next retired cluster is due (zero
+// if none is left).
+func (b *builder) drainRetired(delay time.Duration) (drained bool, next time.Time) {
+	now := b.now()
+	for _, sk := range b.kinds {
+		took := false
+		for n, r := range sk.retired {
+			if due := r.at.Add(delay); !due.After(now) {
+				delete(sk.retired, n)
+				took = true
+			} else if next.IsZero() || due.Before(next) {
+				next = due
+			}
+		}
+		if took {
+			sk.types[types.Cluster].version = b.nextVersion()
+			sk.publishClusters(sk.types[types.Cluster].version)
+			drained = true
+		}
+	}
+	return drained, next
+}
+
+// scheduleDrain makes drain run at when, unless a drain is already due
+// earlier. Called under s.mu.
+func (s *Server) scheduleDrain(when time.Time) {
+	if s.drainTimer != nil && !s.drainAt.After(when) {
+		return
+	}
+	if s.drainTimer != nil {
+		s.drainTimer.Stop()
+	}
+	s.drainAt = when
+	s.drainTimer = time.AfterFunc(time.Until(when), s.drain)
+}
+
+// drain takes out the clusters that are due and republishes every proxy's
+// configuration. It runs on its timer's goroutine.
+func (s *Server) drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drainTimer = nil
+	drained, next := s.builder.drainRetired(s.cfg.DrainDelay)
+	if !next.IsZero() {
+		s.scheduleDrain(next)
+	}
+	if drained {
+		s.publishAll()
+	}
+}

@@ -1,0 +1,116 @@
+package server_test
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// tallyAny makes n calls and counts the answering backends, and failures
+// as "error".
+func tallyAny(c healthpb.HealthClient, n int) map[string]int {
+	counts := map[string]int{}
+	for i := 0; i < n; i++ {
+		b, err := callBackend(c)
+		if err != nil {
+			b = "error"
+		}
+		counts[b]++
+	}
+	return counts
+}
+
+// remoteSplitMesh is bookstore split between the local bookstore-v1 (e1)
+// and west's export of bookstore-v2 (w1), or, when west is withdrawn, all
+// to bookstore-v1. West's pod keeps running either way (it also backs a
+// local stand-in service, so this one xDS server gives it its server
+// listener, as west's own controller would).
+func remoteSplitMesh(e1, w1 *backend, withWest bool) mesh.State {
+	port := []mesh.Port{{Name: "grpc", Port: 14001, Protocol: mesh.ProtocolGRPC}}
+	west := endpoint(w1)
+	west.Cluster, west.Locality = "west", mesh.Locality{Zone: "w1"}
+	s := mesh.State{
+		Settings:         mesh.Settings{MeshName: "meshfed", ClusterName: "east", TrustDomain: trustDomain, PermissiveTrafficPolicy: true},
+		MeshedNamespaces: []string{"bookbuyer", "bookstore"},
+		Services: []mesh.Service{
+			{Namespace: "bookstore", Name: "bookstore", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{endpoint(e1)}},
+			{Namespace: "bookstore", Name: "bookstore-v1", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{endpoint(e1)}},
+			{Namespace: "bookstore", Name: "west-pods", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{west}},
+		},
+		TrafficSplits: []mesh.TrafficSplit{{Namespace: "bookstore", Name: "bookstore-split", Service: "bookstore",
+			Backends: []mesh.SplitBackend{{Service: "bookstore-v1", Weight: 100}}}},
+	}
+	if withWest {
+		s.TrafficSplits[0].Backends = []mesh.SplitBackend{{Service: "bookstore-v1", Weight: 50}, {Service: "bookstore-v2", Cluster: "west", Weight: 50}}
+		s.Remote = map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Version: 1, Services: []mesh.Service{
+			{Namespace: "bookstore", Name: "bookstore-v2", Cluster: "west", Ports: port, Endpoints: []mesh.Endpoint{west}},
+		}}}
+	}
+	return s
+}
+
+// A withdrawn cluster's split share moves home without a failed RPC: the
+// routes that stop using west's cluster reach the client before the
+// cluster is removed (make before break), whatever order the client's
+// ADS stream delivers the types in.
+func TestWithdrawingARemoteBackendFailsNoRPC(t *testing.T) {
+	m := startMesh(t)
+	e1, e1Serving := startBackendAt(t, m, bookstoreID, "east-1", "127.0.0.2")
+	w1, w1Serving := startBackendAt(t, m, bookstoreID, "west-1", "127.0.0.3")
+	m.update(t, remoteSplitMesh(e1, w1, true))
+	<-e1Serving
+	<-w1Serving
+	buyer := client(t, m, bookbuyerID)
+
+	// Each round adds west back, waits until it answers, then withdraws
+	// it while four callers run. The window in which a client holds the
+	// old routes without the cluster is short, so the rounds are many.
+	const rounds = 15
+	var failed, total atomic.Int64
+	for r := 0; r < rounds; r++ {
+		m.update(t, remoteSplitMesh(e1, w1, true))
+		eventually(t, "west answers", func() error {
+			c := tallyAny(buyer, 40)
+			if c["west-1"] == 0 {
+				return fmt.Errorf("answers: %v", c)
+			}
+			return nil
+		})
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					_, err := callBackend(buyer)
+					total.Add(1)
+					if err != nil {
+						failed.Add(1)
+						t.Errorf("round %d: RPC while west is withdrawn: %v", r, err)
+					}
+				}
+			}()
+		}
+		time.Sleep(50 * time.Millisecond)
+		m.update(t, remoteSplitMesh(e1, w1, false))
+		time.Sleep(300 * time.Millisecond)
+		close(stop)
+		wg.Wait()
+		if c := tallyAny(buyer, 40); c["west-1"] != 0 {
+			t.Fatalf("round %d: west still answers after it was withdrawn: %v", r, c)
+		}
+	}
+	t.Logf("%d withdrawals, %d RPCs, %d failed", rounds, total.Load(), failed.Load())
+}
