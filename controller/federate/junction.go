@@ -208,6 +208,22 @@ func (j *Junction) Run(ctx context.Context) error {
 	}
 }
 
+// Merge returns the State proxies are served from: the cluster's own State
+// with the federation's remote view rs (nil: federation off, local is
+// returned as it is). The remote catalogs and imports replace local's, and
+// every TrafficSplit backend that names no local service is pointed at the
+// clusters that export it (mesh.ResolveSplitBackends: divided evenly among
+// several, left as it is when no cluster has it, so that validation
+// reports it). It is pure: local and rs are not changed, and the result
+// shares their parts.
+func Merge(local mesh.State, rs *RemoteState) mesh.State {
+	if rs == nil {
+		return local
+	}
+	local.Remote, local.Imports = rs.Remote, rs.Imports
+	return mesh.ResolveSplitBackends(local)
+}
+
 // covers reports whether rs holds a catalog of every cluster old holds.
 func covers(rs, old *RemoteState) bool {
 	if rs == nil {
@@ -227,11 +243,9 @@ func covers(rs, old *RemoteState) bool {
 func (j *Junction) push(s mesh.State, rs *RemoteState, src RemoteSource, own bool) ([]mesh.Problem, error) {
 	var version uint64
 	if rs != nil {
-		s.Remote, s.Imports, version = rs.Remote, rs.Imports, rs.Version
-		// A split backend that only other clusters export goes to them.
-		s = mesh.ResolveSplitBackends(s)
+		version = rs.Version
 	}
-	problems, err := j.next.Update(s)
+	problems, err := j.next.Update(Merge(s, rs))
 	j.problems.Store(&problems)
 	if err == nil && own {
 		src.Pushed(version)
