@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshfed/meshfed/controller/bundle"
+	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/controller/xds/server"
 	"github.com/meshfed/meshfed/deploy"
@@ -115,9 +116,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	kcfg.ClusterName, kcfg.TrustDomain = ms.ClusterName, ms.TrustDomain
 	kcfg.LeadingDelay, kcfg.Debounce, kcfg.MaxDelay, kcfg.Resync = cfg.LeadingDelay, cfg.Debounce, cfg.MaxDelay, cfg.Resync
 	kcfg.MissingReferenceGrace = cfg.MissingReferenceGrace
-	// Federation (federation.go) merges the remote view into every state.
-	fedWiring := newFederationWiring(client, dyn, cfg.Namespace, cfg.MeshConfig, ms.ClusterName, ms.TrustDomain, authority, reg, log)
-	kcfg.Sink = fedWiring.sink(kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) }))
+	// The junction merges the federation's remote view into every state;
+	// the lifecycle runs the federation member as MeshConfig says.
+	fedLog := log.With("component", "federation")
+	junction := federate.NewJunction(kube.SinkFunc(func(s mesh.State) ([]mesh.Problem, error) { return xds.Update(s) }), fedLog)
+	kcfg.Sink = junction
+	lcfg := federate.LifecycleConfig{Client: client, Dynamic: dyn, Namespace: cfg.Namespace, MeshConfigName: cfg.MeshConfig,
+		ClusterName: ms.ClusterName, TrustDomain: ms.TrustDomain,
+		Signer: &clusterSigner{authority: authority, cluster: ms.ClusterName}, Bundle: authorityBundle{authority},
+		Registerer: reg, Logger: fedLog, Retry: 5 * time.Second}
+	lifecycle, err := federate.NewLifecycle(lcfg, junction)
+	if err != nil {
+		return err
+	}
 	kcfg.Registerer, kcfg.Logger = reg, log
 	watcher, err := kube.New(kcfg)
 	if err != nil {
@@ -171,8 +182,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	start("xds server", xds.Run)
 	start("issuer", func(ctx context.Context) error { return iss.Serve(ctx, issuerLis) })
 	start("kubernetes watcher", watcher.Run)
-	start("federation junction", fedWiring.runJunction)
-	start("federation", fedWiring.run)
+	start("federation junction", junction.Run)
+	start("federation", lifecycle.Run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
 	bcfg := bundle.DefaultConfig()
 	bcfg.Client, bcfg.MeshName, bcfg.ConfigMapName, bcfg.Log = client, cfg.MeshName, cfg.BundleConfigMap, log
