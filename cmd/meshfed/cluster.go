@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshfed/meshfed/controller/federate"
+	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/federation"
@@ -34,8 +35,9 @@ type meshCluster struct {
 	kube kubernetes.Interface
 	dyn  dynamic.Interface
 	mesh *installer.Mesh
-	// meshConfig is the MeshConfig object as read.
+	// meshConfig is the MeshConfig object as read, spec its spec.
 	meshConfig *unstructured.Unstructured
+	spec       meshconfig.Spec
 }
 
 func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*meshCluster, error) {
@@ -59,51 +61,25 @@ func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*mesh
 	if err != nil {
 		return nil, fmt.Errorf("MeshConfig %s/%s: %w", m.Namespace, deploy.MeshConfigName, err)
 	}
-	return &meshCluster{inst: inst, kube: inst.Kube(), dyn: dyn, mesh: m, meshConfig: mc}, nil
-}
-
-func (c *meshCluster) federationString(field, def string) string {
-	v, _, _ := unstructured.NestedString(c.meshConfig.Object, "spec", "federation", field)
-	if v == "" {
-		return def
+	spec, err := meshconfig.Parse(mc)
+	if err != nil {
+		return nil, fmt.Errorf("MeshConfig %s/%s: %w (fix it with kubectl edit meshconfig -n %s %s)", m.Namespace, deploy.MeshConfigName, err, m.Namespace, deploy.MeshConfigName)
 	}
-	return v
-}
-
-func (c *meshCluster) federationInt(field string) int64 {
-	v, _, _ := unstructured.NestedInt64(c.meshConfig.Object, "spec", "federation", field)
-	return v
-}
-
-func (c *meshCluster) peers() []string {
-	v, _, _ := unstructured.NestedStringSlice(c.meshConfig.Object, "spec", "federation", "peers")
-	return v
-}
-
-func (c *meshCluster) gossipKeySecret() string {
-	return c.federationString("gossipKeySecretName", federate.DefaultGossipKeySecret)
+	return &meshCluster{inst: inst, kube: inst.Kube(), dyn: dyn, mesh: m, meshConfig: mc, spec: spec}, nil
 }
 
 // gossipAddress is where other clusters reach this one's gossip port:
 // spec.federation.advertiseAddress (else bindAddress unless it is
-// 0.0.0.0) with advertisePort (else bindPort, else 7946), or else the
-// address the running controller reported in status.federation.
+// 0.0.0.0) with advertisePort (else bindPort), or else the address the
+// running controller reported in status.federation.
 func (c *meshCluster) gossipAddress() (string, error) {
-	port := c.federationInt("advertisePort")
-	if port == 0 {
-		port = c.federationInt("bindPort")
-	}
-	if port == 0 {
-		port = deploy.PortGossip
-	}
-	host := c.federationString("advertiseAddress", "")
-	if host == "" {
-		if b := c.federationString("bindAddress", ""); b != "" && b != "0.0.0.0" && b != "::" {
-			host = b
-		}
+	f := c.spec.Federation
+	host := f.AdvertiseAddress
+	if host == "" && f.BindAddress != "0.0.0.0" && f.BindAddress != "::" {
+		host = f.BindAddress
 	}
 	if host != "" {
-		return net.JoinHostPort(host, strconv.FormatInt(port, 10)), nil
+		return net.JoinHostPort(host, strconv.Itoa(f.AdvertisedPort())), nil
 	}
 	if st, ok := c.status(); ok {
 		for _, m := range st.Members {
@@ -263,20 +239,20 @@ func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []s
 	fmt.Fprintf(out, "trust: %s\n", msg)
 
 	// 2. The gossip keyring, from the peer (made there if it has none).
-	keys, created, err := federate.EnsureGossipKeys(ctx, peer.kube, pm.Namespace, peer.gossipKeySecret())
+	keys, created, err := federate.EnsureGossipKeys(ctx, peer.kube, pm.Namespace, peer.spec.Federation.GossipKeySecretName)
 	if err != nil {
 		return fmt.Errorf("peer %s: %w", pm.ClusterName, err)
 	}
 	if created {
-		fmt.Fprintf(out, "gossip key: created Secret %s/%s in %s\n", pm.Namespace, peer.gossipKeySecret(), pm.ClusterName)
+		fmt.Fprintf(out, "gossip key: created Secret %s/%s in %s\n", pm.Namespace, peer.spec.Federation.GossipKeySecretName, pm.ClusterName)
 	}
-	if err := federate.SaveGossipKeys(ctx, local.kube, lm.Namespace, local.gossipKeySecret(), keys, true); err != nil {
+	if err := federate.SaveGossipKeys(ctx, local.kube, lm.Namespace, local.spec.Federation.GossipKeySecretName, keys, true); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "gossip key: %d key(s) copied into Secret %s/%s\n", len(keys), lm.Namespace, local.gossipKeySecret())
+	fmt.Fprintf(out, "gossip key: %d key(s) copied into Secret %s/%s\n", len(keys), lm.Namespace, local.spec.Federation.GossipKeySecretName)
 
 	// 3. Both MeshConfigs: federation on, the peer as this cluster's seed.
-	peers := local.peers()
+	peers := slices.Clone(local.spec.Federation.Peers)
 	if !slices.Contains(peers, peerAddress) {
 		peers = append(peers, peerAddress)
 	}
@@ -321,10 +297,9 @@ func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			enabled, _, _ := unstructured.NestedBool(c.meshConfig.Object, "spec", "federation", "enabled")
 			st, ok := c.status()
 			if !ok {
-				if !enabled {
+				if !c.spec.Federation.Enabled {
 					return fmt.Errorf("cluster %s is not federated (spec.federation.enabled is false); see `meshfed cluster join`", c.mesh.ClusterName)
 				}
 				return fmt.Errorf("cluster %s: its controller has not reported federation status yet (MeshConfig %s/%s status.federation)", c.mesh.ClusterName, c.mesh.Namespace, deploy.MeshConfigName)
@@ -334,7 +309,7 @@ func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			printMembers(cmd.OutOrStdout(), st, enabled, time.Now())
+			printMembers(cmd.OutOrStdout(), st, c.spec.Federation.Enabled, time.Now())
 			return nil
 		},
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/meshfed/meshfed/controller/bundle"
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/kube"
+	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/controller/xds/server"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
@@ -258,8 +259,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // readMeshConfig reads the MeshConfig, waiting for it to exist (install
 // applies it before the controller's Deployment).
 func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg Config, log *slog.Logger) (meshSettings, error) {
-	ms := meshSettings{ClusterName: cfg.ClusterName, TrustDomain: cfg.TrustDomain, RootSecret: deploy.RootSecretName,
-		IntermediateSecret: deploy.IntermediateSecretName, SVIDTTL: 24 * time.Hour}
+	ms := meshSettings{ClusterName: cfg.ClusterName, TrustDomain: cfg.TrustDomain}
 	var u *unstructured.Unstructured
 	for {
 		var err error
@@ -276,29 +276,18 @@ func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg Config, log 
 		case <-time.After(2 * time.Second):
 		}
 	}
-	str := func(path ...string) string { v, _, _ := unstructured.NestedString(u.Object, path...); return v }
+	// A wrong field is reported (the watcher also records it as an Event
+	// on the MeshConfig) and its default used: the controller still runs.
+	spec, err := meshconfig.Parse(u)
+	if err != nil {
+		log.Error("MeshConfig has wrong fields; using their defaults", "namespace", cfg.Namespace, "name", cfg.MeshConfig, "err", err)
+	}
 	if ms.ClusterName == "" {
-		ms.ClusterName = str("spec", "clusterName")
+		ms.ClusterName = spec.ClusterName
 	}
-	if ms.TrustDomain == "" {
-		ms.TrustDomain = str("spec", "trustDomain")
-	}
-	if ms.TrustDomain == "" {
-		ms.TrustDomain = trust.DefaultTrustDomain
-	}
-	if v := str("spec", "certificate", "rootSecretName"); v != "" {
-		ms.RootSecret = v
-	}
-	if v := str("spec", "certificate", "intermediateSecretName"); v != "" {
-		ms.IntermediateSecret = v
-	}
-	if v := str("spec", "certificate", "serviceCertValidityDuration"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return ms, fmt.Errorf("MeshConfig %s/%s: serviceCertValidityDuration %q: %w", cfg.Namespace, cfg.MeshConfig, v, err)
-		}
-		ms.SVIDTTL = d
-	}
+	ms.TrustDomain = spec.TrustDomainOr(ms.TrustDomain)
+	ms.RootSecret, ms.IntermediateSecret = spec.Certificate.RootSecretName, spec.Certificate.IntermediateSecretName
+	ms.SVIDTTL = spec.Certificate.ServiceCertValidityDuration
 	if ms.ClusterName == "" {
 		return ms, fmt.Errorf("MeshConfig %s/%s has no spec.clusterName and --cluster-name is not set", cfg.Namespace, cfg.MeshConfig)
 	}

@@ -12,6 +12,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshfed/meshfed/controller/meshconfig"
 )
 
 // GossipKeyringKey is the data key of the gossip keyring Secret (named by
@@ -24,7 +26,7 @@ import (
 const GossipKeyringKey = "keyring"
 
 // DefaultGossipKeySecret is the default name of the gossip keyring Secret.
-const DefaultGossipKeySecret = "meshfed-gossip-key"
+const DefaultGossipKeySecret = meshconfig.DefaultGossipKeySecret
 
 // ParseGossipKeyring reads a keyring Secret's data.
 func ParseGossipKeyring(data []byte) ([][]byte, error) {

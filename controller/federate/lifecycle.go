@@ -26,61 +26,10 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation"
-	"github.com/meshfed/meshfed/mesh"
 )
-
-// Settings are MeshConfig spec.federation.
-type Settings struct {
-	Enabled          bool
-	Network          string
-	BindAddress      string
-	BindPort         int
-	AdvertiseAddress string
-	AdvertisePort    int
-	Peers            []string
-	GossipKeySecret  string
-	WithdrawAfter    time.Duration
-	FailStatic       bool
-}
-
-// ReadSettings reads spec.federation of a MeshConfig, with its defaults.
-func ReadSettings(u *unstructured.Unstructured) (Settings, error) {
-	fs := Settings{Network: mesh.DefaultNetwork, BindAddress: "0.0.0.0", BindPort: deploy.PortGossip, GossipKeySecret: DefaultGossipKeySecret, WithdrawAfter: 30 * time.Second}
-	str := func(f string) string {
-		v, _, _ := unstructured.NestedString(u.Object, "spec", "federation", f)
-		return v
-	}
-	num := func(f string) int {
-		v, _, _ := unstructured.NestedInt64(u.Object, "spec", "federation", f)
-		return int(v)
-	}
-	fs.Enabled, _, _ = unstructured.NestedBool(u.Object, "spec", "federation", "enabled")
-	fs.FailStatic, _, _ = unstructured.NestedBool(u.Object, "spec", "federation", "failStatic")
-	fs.Peers, _, _ = unstructured.NestedStringSlice(u.Object, "spec", "federation", "peers")
-	if v := str("network"); v != "" {
-		fs.Network = v
-	}
-	if v := str("bindAddress"); v != "" {
-		fs.BindAddress = v
-	}
-	if v := num("bindPort"); v != 0 {
-		fs.BindPort = v
-	}
-	fs.AdvertiseAddress, fs.AdvertisePort = str("advertiseAddress"), num("advertisePort")
-	if v := str("gossipKeySecretName"); v != "" {
-		fs.GossipKeySecret = v
-	}
-	if v := str("withdrawAfter"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fs, fmt.Errorf("spec.federation.withdrawAfter %q: %w", v, err)
-		}
-		fs.WithdrawAfter = d
-	}
-	return fs, nil
-}
 
 // LifecycleConfig configures a Lifecycle.
 type LifecycleConfig struct {
@@ -156,7 +105,7 @@ func NewLifecycle(cfg LifecycleConfig, junction *Junction) (*Lifecycle, error) {
 
 // running is a started member and bridge.
 type running struct {
-	settings Settings
+	settings meshconfig.Federation
 	keys     [][]byte
 	fed      *federation.Federation
 	cancel   context.CancelFunc
@@ -247,10 +196,11 @@ func (l *Lifecycle) step(ctx context.Context, cur *running, mcs cache.GenericLis
 	if !ok {
 		return cur, fmt.Errorf("MeshConfig %s/%s: unexpected %T", l.cfg.Namespace, l.cfg.MeshConfigName, obj)
 	}
-	fs, err := ReadSettings(u)
+	spec, err := meshconfig.Parse(u)
 	if err != nil {
 		return cur, fmt.Errorf("MeshConfig %s/%s: %w", l.cfg.Namespace, l.cfg.MeshConfigName, err)
 	}
+	fs := spec.Federation
 	if !fs.Enabled {
 		if cur != nil {
 			l.log.Info("federation disabled: leaving")
@@ -261,7 +211,7 @@ func (l *Lifecycle) step(ctx context.Context, cur *running, mcs cache.GenericLis
 		}
 		return nil, nil
 	}
-	keys, err := l.keys(secrets, fs.GossipKeySecret)
+	keys, err := l.keys(secrets, fs.GossipKeySecretName)
 	if err != nil {
 		return cur, fmt.Errorf("federation enabled but the gossip keyring is unusable: %w", err)
 	}
@@ -328,7 +278,7 @@ func (l *Lifecycle) stop(cur *running, restart bool) {
 // start starts a member and its bridge. With restarting, the Junction
 // keeps passing on the previous member's remote view until the new one has
 // the catalogs of every cluster it had, or for WithdrawAfter at most.
-func (l *Lifecycle) start(ctx context.Context, fs Settings, keys [][]byte, restarting bool) (*running, error) {
+func (l *Lifecycle) start(ctx context.Context, fs meshconfig.Federation, keys [][]byte, restarting bool) (*running, error) {
 	reg := l.registerer()
 	fcfg := federation.DefaultConfig()
 	fcfg.ClusterName, fcfg.Network, fcfg.TrustDomain = l.cfg.ClusterName, fs.Network, l.cfg.TrustDomain

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
 )
@@ -32,7 +33,7 @@ var (
 // read into the mesh model.
 var ErrConversion = errors.New("cannot read object")
 
-// Small typed mirrors of the SMI and MeshConfig specs: only the fields
+// Small typed mirrors of the SMI specs: only the fields
 // meshfed reads. smi-sdk-go's types would do, but its clientsets do not fit
 // client-go v0.37 (DESIGN.md), and these few structs are all we need.
 
@@ -80,19 +81,6 @@ type trafficSplitSpec struct {
 	} `json:"backends"`
 	// Matches is read only to refuse it: meshfed splits all traffic.
 	Matches []any `json:"matches"`
-}
-
-type meshConfigSpec struct {
-	ClusterName string `json:"clusterName"`
-	MeshName    string `json:"meshName"`
-	TrustDomain string `json:"trustDomain"`
-	Traffic     struct {
-		EnablePermissiveTrafficPolicyMode bool `json:"enablePermissiveTrafficPolicyMode"`
-	} `json:"traffic"`
-	Federation struct {
-		Network              string `json:"network"`
-		ClusterSetLocalFirst bool   `json:"clusterSetLocalFirst"`
-	} `json:"federation"`
 }
 
 func specOf(u *unstructured.Unstructured, into any) error {
@@ -333,11 +321,15 @@ func serviceName(ref, ns string) (string, error) {
 		ErrConversion, ref, name, name+"."+ns+".svc.cluster.local")
 }
 
-// settingsFrom reads a MeshConfig over the defaults in base.
+// settingsFrom reads a MeshConfig (meshconfig.Parse) over base: the
+// cluster name, trust domain and network it names win over base's. A
+// field that is wrong is reported in the error; the settings read from the
+// rest are returned with it (a bad withdrawAfter does not turn permissive
+// mode off).
 func settingsFrom(base mesh.Settings, u *unstructured.Unstructured) (mesh.Settings, error) {
-	var spec meshConfigSpec
-	if err := specOf(u, &spec); err != nil {
-		return base, err
+	spec, err := meshconfig.Parse(u)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrConversion, err)
 	}
 	s := base
 	if spec.ClusterName != "" {
@@ -346,12 +338,10 @@ func settingsFrom(base mesh.Settings, u *unstructured.Unstructured) (mesh.Settin
 	if spec.TrustDomain != "" {
 		s.TrustDomain = spec.TrustDomain
 	}
-	if spec.Federation.Network != "" {
-		s.Network = spec.Federation.Network
-	}
+	s.Network = spec.Federation.Network
 	s.PermissiveTrafficPolicy = spec.Traffic.EnablePermissiveTrafficPolicyMode
 	s.ClusterSetLocalFirst = spec.Federation.ClusterSetLocalFirst
-	return s, nil
+	return s, err
 }
 
 // protocolOf reads a service port's application protocol as OSM did: the

@@ -480,11 +480,11 @@ func (w *Watcher) build(ch changes) (mesh.State, []mesh.Problem) {
 	}
 	settings := mesh.Settings{MeshName: w.cfg.MeshName, ClusterName: w.cfg.ClusterName, TrustDomain: w.cfg.TrustDomain, Network: mesh.DefaultNetwork}
 	if obj, err := w.dyn[MeshConfigGVR].ByNamespace(w.cfg.Namespace).Get(w.cfg.MeshConfigName); err == nil {
-		if s, err := settingsFrom(settings, obj.(*unstructured.Unstructured)); err != nil {
+		s, err := settingsFrom(settings, obj.(*unstructured.Unstructured))
+		if err != nil {
 			problem(mesh.ObjectSettings, w.cfg.Namespace, w.cfg.MeshConfigName, err)
-		} else {
-			settings = s
 		}
+		settings = s
 	}
 	st := mesh.State{Settings: settings}
 

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
+	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 )
 
@@ -220,16 +221,17 @@ func (c *Client) ListMeshes(ctx context.Context) ([]Mesh, error) {
 	}
 	var out []Mesh
 	for _, mc := range list.Items {
-		name, _, _ := unstructured.NestedString(mc.Object, "spec", "meshName")
-		cluster, _, _ := unstructured.NestedString(mc.Object, "spec", "clusterName")
-		td, _, _ := unstructured.NestedString(mc.Object, "spec", "trustDomain")
-		perm, _, _ := unstructured.NestedBool(mc.Object, "spec", "traffic", "enablePermissiveTrafficPolicyMode")
-		if name == "" {
-			name = mc.GetLabels()[deploy.LabelMeshName]
+		// A wrong field does not hide the mesh: what could be read is listed.
+		spec, _ := meshconfig.Parse(&mc)
+		name := spec.MeshName
+		if _, set, _ := unstructured.NestedString(mc.Object, "spec", "meshName"); !set {
+			if l := mc.GetLabels()[deploy.LabelMeshName]; l != "" {
+				name = l
+			}
 		}
 		out = append(out, Mesh{
-			Name: name, Namespace: mc.GetNamespace(), ClusterName: cluster, TrustDomain: td,
-			Version: mc.GetLabels()[deploy.LabelVersion], Permissive: perm,
+			Name: name, Namespace: mc.GetNamespace(), ClusterName: spec.ClusterName, TrustDomain: spec.TrustDomain,
+			Version: mc.GetLabels()[deploy.LabelVersion], Permissive: spec.Traffic.EnablePermissiveTrafficPolicyMode,
 		})
 	}
 	return out, nil
