@@ -151,10 +151,15 @@ func (p *Publisher) next(ctx context.Context) bool {
 	err := ca.UpdateBundle(ctx, p.cfg.Client, ns, p.cfg.ConfigMapName, p.cfg.Bundle())
 	if apierrors.IsNotFound(err) {
 		// The controller may not create ConfigMaps outside its namespace
-		// (its RBAC names this one for get and update only).
-		p.cfg.Log.Warn("trust bundle ConfigMap missing: run `meshfed namespace add "+ns+"` to create it",
-			"namespace", ns, "configmap", p.cfg.ConfigMapName)
-		p.queue.Forget(ns)
+		// (its RBAC names this one for get and update only), nor watch
+		// them: it tries again with growing delays (the namespace may
+		// have been labelled just before its ConfigMap was created), and
+		// says so once.
+		if p.queue.NumRequeues(ns) == 0 {
+			p.cfg.Log.Warn("trust bundle ConfigMap missing: run `meshfed namespace add "+ns+"` to create it; retrying",
+				"namespace", ns, "configmap", p.cfg.ConfigMapName)
+		}
+		p.queue.AddRateLimited(ns)
 		return true
 	}
 	if err != nil {

@@ -121,4 +121,12 @@ func TestBundleReachesEveryMeshNamespace(t *testing.T) {
 	if _, err := client.CoreV1().ConfigMaps("unprepared").Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the publisher created a ConfigMap in namespace unprepared (err %v)", err)
 	}
+
+	// Its ConfigMap created after the namespace joined the mesh (as a
+	// user who labels first would): the publisher's retry fills it.
+	if _, err := client.CoreV1().ConfigMaps("unprepared").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "meshfed-ca-bundle", Namespace: "unprepared"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitBundle("unprepared")
 }
