@@ -1,12 +1,16 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -78,4 +82,80 @@ func applyMemoryLimit(flag string) (string, error) {
 	}
 	debug.SetMemoryLimit(n)
 	return fmt.Sprintf("%d MiB from %s", n>>20, from), nil
+}
+
+// Returning memory after churn. Under a burst of changes the heap grows to
+// its GC goal (up to twice the live heap without a limit); once the burst
+// is over the collected pages stay mapped, and Go's background scavenger
+// returns them only down to about that goal, so the controller's resident
+// memory stays at the burst's level through quiet times
+// (docs/benchmarks.md, scale (f)). releaseWhenQuiet returns them once the
+// controller is quiet: every interval it reads how much the program
+// allocated since the last look and how much heap is free but still
+// mapped; after a quiet interval (less than quietAlloc allocated) with
+// more than minFree of it, it runs debug.FreeOSMemory (one collection,
+// tens of milliseconds at 10,000 services) — at most once per quiet
+// spell.
+
+// memorySample is what releaseWhenQuiet reads from runtime/metrics.
+type memorySample struct {
+	allocated uint64 // cumulative bytes allocated on the heap
+	free      uint64 // heap bytes free and not returned to the system
+}
+
+// releaser decides, look after look, when memory is given back: after a
+// look that found less than quietAlloc allocated since the previous one
+// and at least minFree free, once until the next activity.
+type releaser struct {
+	quietAlloc, minFree uint64
+	prev                memorySample
+	released            bool
+}
+
+// look takes a new sample and reports whether to return memory now.
+func (r *releaser) look(cur memorySample) bool {
+	quiet := cur.allocated-r.prev.allocated < r.quietAlloc
+	r.prev = cur
+	if !quiet {
+		r.released = false
+		return false
+	}
+	if r.released || cur.free < r.minFree {
+		return false
+	}
+	r.released = true
+	return true
+}
+
+func readMemorySample() memorySample {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(s)
+	var m memorySample
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		m.allocated = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == metrics.KindUint64 {
+		m.free = s[1].Value.Uint64()
+	}
+	return m
+}
+
+// releaseWhenQuiet runs until ctx ends (see above), looking every
+// interval.
+func releaseWhenQuiet(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	r := &releaser{quietAlloc: 16 << 20, minFree: 32 << 20, prev: readMemorySample()}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if cur := readMemorySample(); r.look(cur) {
+			debug.FreeOSMemory()
+			log.Debug("returned free heap memory to the system after a quiet period", "freeMiB", cur.free>>20)
+			r.prev = readMemorySample()
+		}
+	}
 }

@@ -111,7 +111,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The watcher feeds the xDS server; the server's ACKs feed the
 	// watcher's change-to-ACK metric.
 	var xds *server.Server
+	// One set of informers for the watcher and the federation bridge.
+	shared, err := kube.NewInformers(client, dyn, cfg.Namespace, cfg.Resync)
+	if err != nil {
+		return err
+	}
 	kcfg := kube.DefaultConfig()
+	kcfg.Informers = shared
 	kcfg.Client, kcfg.Dynamic = client, dyn
 	kcfg.MeshName, kcfg.Namespace, kcfg.MeshConfigName = cfg.MeshName, cfg.Namespace, cfg.MeshConfig
 	kcfg.ClusterName, kcfg.TrustDomain = ms.ClusterName, ms.TrustDomain
@@ -125,7 +131,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	lcfg := federate.LifecycleConfig{Client: client, Dynamic: dyn, Namespace: cfg.Namespace, MeshConfigName: cfg.MeshConfig,
 		ClusterName: ms.ClusterName, TrustDomain: ms.TrustDomain,
 		Signer: &clusterSigner{authority: authority, cluster: ms.ClusterName}, Bundle: authorityBundle{authority},
-		Registerer: reg, Logger: fedLog, Retry: 5 * time.Second}
+		Registerer: reg, Logger: fedLog, Retry: 5 * time.Second, Informers: shared}
 	lifecycle, err := federate.NewLifecycle(lcfg, junction)
 	if err != nil {
 		return err
@@ -180,6 +186,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 		}()
 	}
+	start("informers", func(ctx context.Context) error {
+		shared.Start(ctx)
+		<-ctx.Done()
+		shared.Shutdown()
+		return nil
+	})
 	start("xds server", xds.Run)
 	start("issuer", func(ctx context.Context) error { return iss.Serve(ctx, issuerLis) })
 	start("kubernetes watcher", watcher.Run)
@@ -211,6 +223,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return nil
 		}}
 	start("CA rotation", reloader.Run)
+	start("memory release", func(ctx context.Context) error {
+		releaseWhenQuiet(ctx, 10*time.Second, log)
+		return nil
+	})
 	start("serving certificate", func(ctx context.Context) error {
 		renewServing(ctx, authority, serving, controllerID, names, log)
 		return nil

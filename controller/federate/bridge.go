@@ -16,9 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
@@ -33,8 +30,8 @@ import (
 
 // GVRs of the MCS objects the bridge reads and writes.
 var (
-	ServiceExportGVR = schema.GroupVersionResource{Group: mcsv1beta1.GroupName, Version: "v1beta1", Resource: "serviceexports"}
-	ServiceImportGVR = schema.GroupVersionResource{Group: mcsv1beta1.GroupName, Version: "v1beta1", Resource: "serviceimports"}
+	ServiceExportGVR = kube.ServiceExportGVR
+	ServiceImportGVR = kube.ServiceImportGVR
 	MeshConfigGVR    = deploy.MeshConfigGVR
 )
 
@@ -53,14 +50,17 @@ type Bridge struct {
 	metrics *metrics
 	events  *events
 
-	factory    informers.SharedInformerFactory
-	dynFactory dynamicinformer.DynamicSharedInformerFactory
-	services   corelisters.ServiceLister
-	pods       corelisters.PodLister
-	slices     discoverylisters.EndpointSliceLister
-	exports    cache.GenericLister
-	imports    cache.GenericLister
-	synced     []cache.InformerSynced
+	// informers are the caches read; own says the bridge runs them, regs
+	// are its handlers on them.
+	informers *kube.Informers
+	own       bool
+	regs      []registration
+	services  corelisters.ServiceLister
+	pods      corelisters.PodLister
+	slices    discoverylisters.EndpointSliceLister
+	exports   cache.GenericLister
+	imports   cache.GenericLister
+	synced    []cache.InformerSynced
 
 	changed chan struct{}
 
@@ -116,35 +116,52 @@ func New(cfg Config) (*Bridge, error) {
 		subs:        map[chan struct{}]struct{}{},
 	}
 	b.current.Store(&RemoteState{Remote: map[string]mesh.ClusterCatalog{}})
-	b.factory = informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
-	b.dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync)
+	b.informers, b.own = cfg.Informers, cfg.Informers == nil
+	if b.own {
+		if b.informers, err = kube.NewInformers(cfg.Client, cfg.Dynamic, cfg.Namespace, cfg.Resync); err != nil {
+			return nil, err
+		}
+	}
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { b.signal() },
 		UpdateFunc: func(any, any) { b.signal() },
 		DeleteFunc: func(any) { b.signal() },
 	}
-	add := func(inf cache.SharedIndexInformer) error {
-		if _, err := inf.AddEventHandler(handler); err != nil {
-			return err
-		}
-		b.synced = append(b.synced, inf.HasSynced)
-		return nil
-	}
-	core := b.factory.Core().V1()
-	b.services, b.pods = core.Services().Lister(), core.Pods().Lister()
-	b.slices = b.factory.Discovery().V1().EndpointSlices().Lister()
-	se, si := b.dynFactory.ForResource(ServiceExportGVR), b.dynFactory.ForResource(ServiceImportGVR)
+	core := b.informers.Core().Core().V1()
+	slices := b.informers.Core().Discovery().V1().EndpointSlices()
+	b.services, b.pods, b.slices = core.Services().Lister(), core.Pods().Lister(), slices.Lister()
+	se, si := b.informers.Resource(ServiceExportGVR), b.informers.Resource(ServiceImportGVR)
 	b.exports, b.imports = se.Lister(), si.Lister()
 	for _, inf := range []cache.SharedIndexInformer{
-		core.Services().Informer(), core.Pods().Informer(), b.factory.Discovery().V1().EndpointSlices().Informer(),
-		se.Informer(), si.Informer(),
+		core.Services().Informer(), core.Pods().Informer(), slices.Informer(), se.Informer(), si.Informer(),
 	} {
-		if err := add(inf); err != nil {
+		reg, err := inf.AddEventHandler(handler)
+		if err != nil {
+			b.removeHandlers()
 			return nil, err
 		}
+		b.regs = append(b.regs, registration{inf, reg})
+		b.synced = append(b.synced, reg.HasSynced)
 	}
 	b.events = newEvents(cfg, log)
 	return b, nil
+}
+
+// registration is one of the bridge's handlers on a shared informer.
+type registration struct {
+	inf cache.SharedIndexInformer
+	reg cache.ResourceEventHandlerRegistration
+}
+
+// removeHandlers takes the bridge's handlers off the informers (shared
+// ones outlive a bridge that a federation restart replaces).
+func (b *Bridge) removeHandlers() {
+	for _, r := range b.regs {
+		if err := r.inf.RemoveEventHandler(r.reg); err != nil {
+			b.log.Warn("federate: removing an informer handler", "err", err)
+		}
+	}
+	b.regs = nil
 }
 
 func (b *Bridge) signal() {
@@ -193,10 +210,11 @@ func (b *Bridge) Pushed(version uint64) {
 func (b *Bridge) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	b.factory.Start(ctx.Done())
-	b.dynFactory.Start(ctx.Done())
-	defer b.factory.Shutdown()
-	defer b.dynFactory.Shutdown()
+	if b.own {
+		b.informers.Start(ctx)
+		defer b.informers.Shutdown()
+	}
+	defer b.removeHandlers()
 	defer b.events.shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), b.synced...) {
 		return ctx.Err()

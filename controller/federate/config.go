@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
@@ -71,6 +72,11 @@ type Config struct {
 	// Component is the source of the Events the bridge records.
 	// Default "meshfed-controller".
 	Component string
+	// Informers, if set, are the controller's shared informers
+	// (kube.NewInformers), started by their owner: the bridge adds its
+	// handlers and removes them when Run returns. If nil, the bridge makes
+	// and runs its own.
+	Informers *kube.Informers
 }
 
 // DefaultConfig returns a Config with every default filled in; Client,

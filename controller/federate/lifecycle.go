@@ -26,6 +26,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/federation"
@@ -50,6 +51,9 @@ type LifecycleConfig struct {
 	// Retry is how soon a start that failed (unusable keyring, member or
 	// bridge error) is tried again.
 	Retry time.Duration
+	// Informers are the controller's shared informers, given to each
+	// bridge (nil: each bridge runs its own).
+	Informers *kube.Informers
 	// Member and Bridge, if set, adjust the member's and bridge's
 	// configuration before each start (tests tune gossip timings).
 	Member func(*federation.Config)
@@ -302,6 +306,7 @@ func (l *Lifecycle) start(ctx context.Context, fs meshconfig.Federation, keys []
 	bcfg.ClusterName, bcfg.Network, bcfg.TrustDomain = l.cfg.ClusterName, fs.Network, l.cfg.TrustDomain
 	bcfg.Namespace, bcfg.MeshConfigName = l.cfg.Namespace, l.cfg.MeshConfigName
 	bcfg.Registerer, bcfg.Logger = reg, l.log
+	bcfg.Informers = l.cfg.Informers
 	if l.cfg.Bridge != nil {
 		l.cfg.Bridge(&bcfg)
 	}

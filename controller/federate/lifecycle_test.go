@@ -120,11 +120,17 @@ func TestLifecycleFollowsMeshConfig(t *testing.T) {
 		rec.record(s)
 		return nil, nil
 	}), nil)
+	// The informers are shared and outlive each bridge, as in the
+	// controller: a restarted bridge only adds its handlers again.
+	shared, err := kube.NewInformers(east.Client(), eastDyn, o.Namespace, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	member := fedConfig(t, "east", root, gossipKey)
 	logs := &logRecorder{}
 	lcfg := federate.LifecycleConfig{Client: east.Client(), Dynamic: eastDyn, Namespace: o.Namespace, MeshConfigName: deploy.MeshConfigName,
 		ClusterName: "east", TrustDomain: trustDomain, Signer: member.Signer, Bundle: member.Bundle,
-		Registerer: prometheus.NewRegistry(), Logger: slog.New(logs), Retry: time.Second,
+		Registerer: prometheus.NewRegistry(), Logger: slog.New(logs), Retry: time.Second, Informers: shared,
 		Member: func(c *federation.Config) {
 			c.BindAddr, c.BindPort, c.AdvertiseAddr = "127.0.0.1", 0, "127.0.0.1"
 			c.Tune, c.JoinRetryInterval, c.FetchTimeout, c.StaleAfter = member.Tune, member.JoinRetryInterval, member.FetchTimeout, member.StaleAfter
@@ -136,6 +142,8 @@ func TestLifecycleFollowsMeshConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
+	shared.Start(runCtx)
+	t.Cleanup(shared.Shutdown)
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{junction.Run, lifecycle.Run} {
 		wg.Add(1)

@@ -78,6 +78,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Component is the source of the Events the watcher records.
 	Component string
+	// Informers, if set, are the controller's shared informers
+	// (NewInformers), started by their owner; the watcher only adds its
+	// handlers. If nil, the watcher makes and runs its own.
+	Informers *Informers
 	// MissingReferenceGrace is how long a problem that is only a missing
 	// reference (a TrafficSplit backend or root service, or a
 	// TrafficTarget's route, that exists nowhere in the federation) lasts

@@ -17,8 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -37,9 +35,9 @@ type Watcher struct {
 	metrics *metrics
 	events  *eventReporter
 
-	factory    informers.SharedInformerFactory
-	dynFactory dynamicinformer.DynamicSharedInformerFactory
-	mcFactory  dynamicinformer.DynamicSharedInformerFactory
+	// informers are the caches read; own says the watcher runs them.
+	informers *Informers
+	own       bool
 
 	namespaces corelisters.NamespaceLister
 	services   corelisters.ServiceLister
@@ -99,36 +97,31 @@ func New(cfg Config) (*Watcher, error) {
 	}
 	w.metrics = m
 	w.acks.metrics = m
-	w.factory = informers.NewSharedInformerFactory(cfg.Client, cfg.Resync)
-	w.dynFactory = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync)
-	w.mcFactory = dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Dynamic, cfg.Resync, cfg.Namespace, nil)
+	w.informers, w.own = cfg.Informers, cfg.Informers == nil
+	if w.own {
+		if w.informers, err = NewInformers(cfg.Client, cfg.Dynamic, cfg.Namespace, cfg.Resync); err != nil {
+			return nil, err
+		}
+	}
 
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { w.signalOther() },
 		UpdateFunc: func(oldObj, newObj any) { w.signalUpdate(oldObj, newObj) },
 		DeleteFunc: func(any) { w.signalOther() },
 	}
-	addWith := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler, transform cache.TransformFunc) error {
-		if err := inf.SetTransform(transform); err != nil {
+	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
 			return err
 		}
-		if _, err := inf.AddEventHandler(h); err != nil {
-			return err
-		}
-		w.synced = append(w.synced, inf.HasSynced)
+		w.synced = append(w.synced, reg.HasSynced)
 		return nil
 	}
-	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
-		return addWith(inf, h, dropManagedFields)
-	}
-	core := w.factory.Core().V1()
+	core := w.informers.Core().Core().V1()
 	w.namespaces = core.Namespaces().Lister()
 	w.services = core.Services().Lister()
 	w.pods = core.Pods().Lister()
-	sliceInf := w.factory.Discovery().V1().EndpointSlices().Informer()
-	if err := sliceInf.AddIndexers(cache.Indexers{indexByService: sliceServiceKey}); err != nil {
-		return nil, err
-	}
+	sliceInf := w.informers.Core().Discovery().V1().EndpointSlices().Informer()
 	w.slices = sliceInf.GetIndexer()
 	serviceHandler := keyedHandler(w, func(obj any) []string {
 		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
@@ -152,7 +145,7 @@ func New(cfg Config) (*Watcher, error) {
 		UpdateFunc: func(oldObj, newObj any) { w.podUpdated(oldObj, newObj) },
 		DeleteFunc: func(obj any) { w.podChanged(obj) },
 	}
-	if err := addWith(core.Pods().Informer(), podHandler, slimPod); err != nil {
+	if err := add(core.Pods().Informer(), podHandler); err != nil {
 		return nil, err
 	}
 	if err := add(core.Services().Informer(), serviceHandler); err != nil {
@@ -167,13 +160,13 @@ func New(cfg Config) (*Watcher, error) {
 		}
 	}
 	for _, gvr := range []schema.GroupVersionResource{TrafficTargetGVR, HTTPRouteGroupGVR, TCPRouteGVR, TrafficSplitGVR, ServiceExportGVR} {
-		gi := w.dynFactory.ForResource(gvr)
+		gi := w.informers.Resource(gvr)
 		w.dyn[gvr] = gi.Lister()
 		if err := add(gi.Informer(), handler); err != nil {
 			return nil, err
 		}
 	}
-	mc := w.mcFactory.ForResource(MeshConfigGVR)
+	mc := w.informers.Resource(MeshConfigGVR)
 	w.dyn[MeshConfigGVR] = mc.Lister()
 	if err := add(mc.Informer(), handler); err != nil {
 		return nil, err
@@ -349,14 +342,14 @@ func (w *Watcher) OnAck(proxy, typeURL, version string) { w.acks.onAck(proxy, ty
 // returns after its goroutines have stopped.
 func (w *Watcher) Run(ctx context.Context) error {
 	defer w.events.shutdown()
-	w.factory.Start(ctx.Done())
-	w.dynFactory.Start(ctx.Done())
-	w.mcFactory.Start(ctx.Done())
-	defer func() {
-		w.factory.Shutdown()
-		w.dynFactory.Shutdown()
-		w.mcFactory.Shutdown()
-	}()
+	if w.own {
+		ictx, stop := context.WithCancel(ctx)
+		w.informers.Start(ictx)
+		defer func() {
+			stop()
+			w.informers.Shutdown()
+		}()
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), w.synced...) {
 		if ctx.Err() != nil {
 			return nil

@@ -48,6 +48,9 @@ const (
 	// marker is the address prefix of the endpoints added in (a); pods of
 	// the Services are 10.244.1-41.x. Nothing is ever dialled at either.
 	marker = "10.244.250."
+	// churnChanges and churnServices are (f)'s endpoint changes and new
+	// Services.
+	churnChanges, churnServices = 40, 20
 )
 
 // TestScaleFromAPIServer measures, for each mesh size N (Services, each
@@ -64,7 +67,9 @@ const (
 //	    each holds its full config for its 10 services;
 //	(d) the controller process's VmRSS and VmHWM with the 100 clients;
 //	(e) bytes the controller pushed (meshfed_xds_pushed_bytes_total, by
-//	    type) for one endpoint change and for the 100 first configs of (c).
+//	    type) for one endpoint change and for the 100 first configs of (c);
+//	(f) VmRSS and Go heap after churn (40 endpoint changes and 20 new
+//	    Services) and after a quiet minute that follows it.
 //
 // See howToRun for the command; results are in docs/benchmarks.md.
 func TestScaleFromAPIServer(t *testing.T) {
@@ -117,8 +122,9 @@ type result struct {
 	connect       []time.Duration
 	connectBytes  map[string]float64
 	connectPushes map[string]float64
-	// (d), KiB
-	rssIdle, rss, hwm int
+	// (d) and (f), KiB
+	rssIdle, rss, hwm, rssChurn, rssQuiet int
+	heapChurn, heapQuiet                  float64
 	// the controller's Go runtime at the same time (its metrics), bytes
 	heapInuse, nextGC, goSys float64
 }
@@ -284,6 +290,35 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 	time.Sleep(time.Second)
 	m1 = scrape(t, metricsURL)
 	res.freshBytes = m1.byType(m0, "meshfed_xds_pushed_bytes_total")
+
+	// (f) churn: 40 endpoint changes (one address added to each of
+	// svc-1…svc-40) and 20 new Services, 300 ms apart, with the clients
+	// connected; then a quiet minute. Memory right after and after the
+	// quiet minute.
+	for i := 1; i <= churnChanges; i++ {
+		name := fmt.Sprintf("svc-%d", i)
+		sl, err := kc.DiscoveryV1().EndpointSlices(nsName(i)).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.244.252.%d", i)}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+		if _, err := kc.DiscoveryV1().EndpointSlices(nsName(i)).Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("churn: update EndpointSlice %s: %v", name, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if i <= churnServices {
+			createService(t, kc, nsName(i), fmt.Sprintf("churn-%d", i), fmt.Sprintf("10.244.253.%d", i))
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	res.rssChurn, _ = procStatus(t, pid)
+	mem = scrape(t, metricsURL)
+	res.heapChurn = mem["go_memstats_heap_inuse_bytes"]
+	time.Sleep(time.Minute)
+	res.rssQuiet, _ = procStatus(t, pid)
+	mem = scrape(t, metricsURL)
+	res.heapQuiet = mem["go_memstats_heap_inuse_bytes"]
+	t.Logf("(f) churn: VmRSS %d MiB before, %d MiB right after, %d MiB after a quiet minute", res.rss>>10, res.rssChurn>>10, res.rssQuiet>>10)
 	fresh.stop()
 	watchers.stop()
 	if errs := rec.errors(); len(errs) > 0 {
@@ -650,16 +685,18 @@ func (r result) print(w *os.File) {
 	fmt.Fprintf(w, "(c) %d clients at once: full config p50 %s p99 %s last %s\n", r.clients, ms(pct(r.connect, .5)), ms(pct(r.connect, .99)), ms(pct(r.connect, 1)))
 	fmt.Fprintf(w, "(d) controller VmRSS %d MiB with %d clients (VmHWM %d MiB); Go heap in use %.0f MiB, next GC at %.0f MiB, Go sys %.0f MiB\n",
 		r.rss>>10, r.clients, r.hwm>>10, r.heapInuse/(1<<20), r.nextGC/(1<<20), r.goSys/(1<<20))
+	fmt.Fprintf(w, "(f) after %d endpoint changes and %d new Services: VmRSS %d MiB (Go heap in use %.0f MiB); after a quiet minute: VmRSS %d MiB (heap in use %.0f MiB)\n",
+		churnChanges, churnServices, r.rssChurn>>10, r.heapChurn/(1<<20), r.rssQuiet>>10, r.heapQuiet/(1<<20))
 	fmt.Fprintf(w, "(e) per endpoint change: %s pushed (%s) in %s responses; 100 first configs: %s (%s) in %s responses; during (b): %s\n",
 		kib(sum(r.changeBytes)), typesString(r.changeBytes, kib), typesString(r.changePushes, count),
 		kib(sum(r.connectBytes)), typesString(r.connectBytes, kib), typesString(r.connectPushes, count), typesString(r.freshBytes, kib))
 }
 
 func printTable(w *os.File, rs []result) {
-	fmt.Fprintln(w, "| services | (a) change → last of 100 clients p50 / p99 | (b) new Service → new client's full config | (c) 100 clients at once: last full config | (d) VmRSS / VmHWM | (e) bytes per endpoint change (all clients) / 100 first configs |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| services | (a) change → last of 100 clients p50 / p99 | (b) new Service → new client's full config | (c) 100 clients at once: last full config | (d) VmRSS / VmHWM | (e) bytes per endpoint change (all clients) / 100 first configs | (f) VmRSS after churn / after a quiet minute |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range rs {
-		fmt.Fprintf(w, "| %d | %s / %s | %s | %s | %d / %d MiB | %s / %s |\n", r.services, ms(pct(r.last, .5)), ms(pct(r.last, .99)), ms(r.freshConfig),
-			ms(pct(r.connect, 1)), r.rss>>10, r.hwm>>10, kib(sum(r.changeBytes)), kib(sum(r.connectBytes)))
+		fmt.Fprintf(w, "| %d | %s / %s | %s | %s | %d / %d MiB | %s / %s | %d / %d MiB |\n", r.services, ms(pct(r.last, .5)), ms(pct(r.last, .99)), ms(r.freshConfig),
+			ms(pct(r.connect, 1)), r.rss>>10, r.hwm>>10, kib(sum(r.changeBytes)), kib(sum(r.connectBytes)), r.rssChurn>>10, r.rssQuiet>>10)
 	}
 }
