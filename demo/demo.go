@@ -25,6 +25,10 @@ type Config struct {
 	Interval time.Duration
 	// Refresh is how often the table is redrawn. Default 1 s.
 	Refresh time.Duration
+	// Self is a meshfed binary that plays every role (localmesh.Config.Self):
+	// `meshfed demo` passes its own, so it needs no checkout. Empty: the
+	// programs are built from the checkout the process runs in.
+	Self string
 }
 
 // placement is where the demo puts the bookstore: clients and bookstore-v1
@@ -65,7 +69,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	e := &env{cfg: cfg}
 	e.h, err = localmesh.Start(ctx, localmesh.Config{
 		Clusters: []string{"east", "west"}, Dir: cfg.Dir, Logf: e.say, Progress: cfg.Out,
-		Interval: cfg.Interval, WithdrawAfter: 5 * time.Second, Keep: 2 * time.Minute,
+		Interval: cfg.Interval, WithdrawAfter: 5 * time.Second, Keep: 2 * time.Minute, Self: cfg.Self,
 	})
 	if err != nil {
 		return err

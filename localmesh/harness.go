@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	example "github.com/meshfed/meshfed/docs/example"
 	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/sandbox"
 	"github.com/meshfed/meshfed/trust/ca"
@@ -52,6 +54,12 @@ type Config struct {
 	Namespaces []string
 	// Keep is how long Stats keeps results. Default 10 minutes.
 	Keep time.Duration
+	// Self, when set, is a meshfed binary that plays every role: the CLI,
+	// the controller (`meshfed controller`) and the bookstore workload
+	// (`meshfed bookapp`), so that a released binary runs the federation
+	// with no checkout. Empty: they are built from the meshfed checkout the
+	// process runs in (the test suites).
+	Self string
 	// SVIDTTL, when set, is every cluster's
 	// spec.certificate.serviceCertValidityDuration (at least 1 minute), so
 	// that workloads renew within a test. Default: the MeshConfig's (24 h).
@@ -88,7 +96,6 @@ type Cluster struct {
 type Harness struct {
 	cfg      Config
 	dir      string
-	repo     string
 	bins     binaries
 	net      *workloads.UserNetwork
 	runner   *workloads.Runner
@@ -98,7 +105,11 @@ type Harness struct {
 	log      *os.File
 }
 
-type binaries struct{ controller, meshfed, bookapp, kubectl string }
+// binaries are the programs the harness runs.
+type binaries struct {
+	controller, bookapp workloads.Program
+	meshfed, kubectl    string
+}
 
 // Start starts the federation: clusters, meshfed installed and joined,
 // controllers running. Apply the workloads next. On error it stops
@@ -156,21 +167,27 @@ func (h *Harness) KubectlPath() string { return h.bins.kubectl }
 // LogPath is the file that holds the workloads' and clusters' logs.
 func (h *Harness) LogPath() string { return h.log.Name() }
 
-// Manifest is the path of a file or directory under docs/example/manifests.
+// Manifest is the path of a file or directory of the demo's manifests
+// (docs/example/manifests, written into the harness's directory from the
+// copy embedded in the binary).
 func (h *Harness) Manifest(rel string) string {
-	return filepath.Join(h.repo, "docs", "example", "manifests", rel)
+	return filepath.Join(h.dir, "manifests", rel)
 }
 
 func (h *Harness) start(ctx context.Context) error {
 	var err error
-	if h.repo, err = repoRoot(); err != nil {
-		return err
-	}
 	if err := os.RemoveAll(h.dir); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(h.dir, 0o755); err != nil {
 		return err
+	}
+	manifests, err := fs.Sub(example.Manifests, "manifests")
+	if err != nil {
+		return err
+	}
+	if err := os.CopyFS(filepath.Join(h.dir, "manifests"), manifests); err != nil {
+		return fmt.Errorf("write the demo's manifests: %w", err)
 	}
 	if h.log, err = os.Create(filepath.Join(h.dir, "federation.log")); err != nil {
 		return err
@@ -182,9 +199,15 @@ func (h *Harness) start(ctx context.Context) error {
 		return err
 	}
 	h.bins.kubectl = filepath.Join(bin, sandbox.BinKubectl)
-	h.cfg.Logf("building meshfed, meshfed-controller and the bookstore app")
-	if err := h.build(ctx); err != nil {
-		return err
+	if h.cfg.Self != "" {
+		h.bins.meshfed = h.cfg.Self
+		h.bins.controller = workloads.Program{Path: h.cfg.Self, Args: []string{"controller"}}
+		h.bins.bookapp = workloads.Program{Path: h.cfg.Self, Args: []string{"bookapp"}}
+	} else {
+		h.cfg.Logf("building meshfed, meshfed-controller and the bookstore app")
+		if err := h.build(ctx); err != nil {
+			return err
+		}
 	}
 
 	// One flat pod network for every cluster, made without root: only
@@ -199,7 +222,7 @@ func (h *Harness) start(ctx context.Context) error {
 		return err
 	}
 	h.runner = workloads.New(workloads.Config{
-		Images:  map[string]string{"meshfed/bookapp": h.bins.bookapp},
+		Images:  map[string]workloads.Program{"meshfed/bookapp": h.bins.bookapp},
 		Meshfed: h.bins.meshfed,
 		Dir:     filepath.Join(h.dir, "pods"),
 		Env:     []string{fmt.Sprintf("BOOKAPP_INTERVAL=%s", h.cfg.Interval)},
@@ -251,16 +274,21 @@ func (h *Harness) start(ctx context.Context) error {
 	return nil
 }
 
+// build builds the programs from the checkout the process runs in.
 func (h *Harness) build(ctx context.Context) error {
+	repo, err := repoRoot()
+	if err != nil {
+		return err
+	}
 	out := filepath.Join(h.dir, "bin")
-	h.bins.controller = filepath.Join(out, "meshfed-controller")
+	h.bins.controller = workloads.Program{Path: filepath.Join(out, "meshfed-controller")}
 	h.bins.meshfed = filepath.Join(out, "meshfed")
-	h.bins.bookapp = filepath.Join(out, "bookapp")
+	h.bins.bookapp = workloads.Program{Path: filepath.Join(out, "bookapp")}
 	for _, b := range []struct{ out, pkg string }{
-		{h.bins.controller, "./cmd/meshfed-controller"}, {h.bins.meshfed, "./cmd/meshfed"}, {h.bins.bookapp, "./docs/example/app"},
+		{h.bins.controller.Path, "./cmd/meshfed-controller"}, {h.bins.meshfed, "./cmd/meshfed"}, {h.bins.bookapp.Path, "./docs/example/app"},
 	} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
-		cmd.Dir = h.repo
+		cmd.Dir = repo
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", b.pkg, err, msg)
 		}
@@ -356,14 +384,14 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 	}
 	_ = os.Remove(c.xdsSock)
 	_ = os.Remove(c.issuerSock)
-	cmd := exec.Command(h.bins.controller,
+	cmd := exec.Command(h.bins.controller.Path, append(slices.Clone(h.bins.controller.Args),
 		"--kubeconfig", c.Kubeconfig,
 		"--xds-address", "unix://"+c.xdsSock,
 		"--issuer-address", "unix://"+c.issuerSock,
 		"--metrics-address", c.metrics,
 		"--serving-name", "localhost",
 		"--log-level", "info",
-	)
+	)...)
 	cmd.Stdout, cmd.Stderr = c.ctrlLog, c.ctrlLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -33,7 +33,8 @@ const kubeVersionLDFlags = "-s -w -X k8s.io/component-base/version.gitVersion=v1
 type AssetsOptions struct {
 	// ToolsDir is the repository's tools/ directory holding the kube and
 	// etcd modules. Empty: found from MESHFED_TOOLS_DIR or by walking up
-	// from the working directory.
+	// from the working directory and the executable; failing that, the
+	// copy embedded in the binary is written under CacheDir/tools.
 	ToolsDir string
 	// CacheDir is where built binaries are kept, one subdirectory per
 	// version of the tools modules. Empty: MESHFED_CACHE_DIR, or
@@ -52,11 +53,15 @@ func EnsureBinaries(opts AssetsOptions) (string, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	toolsDir, err := findToolsDir(opts.ToolsDir)
+	cacheDir, err := cacheRoot(opts.CacheDir)
 	if err != nil {
 		return "", err
 	}
-	cacheDir, err := cacheRoot(opts.CacheDir)
+	toolsDir, err := findToolsDir(opts.ToolsDir)
+	if errors.Is(err, errNoToolsDir) {
+		// No checkout: the copy this binary carries.
+		toolsDir, err = writeEmbeddedTools(filepath.Join(cacheDir, "tools"))
+	}
 	if err != nil {
 		return "", err
 	}
@@ -209,8 +214,11 @@ func findToolsDir(explicit string) (string, error) {
 			}
 		}
 	}
-	return "", errors.New("sandbox: cannot find meshfed's tools/ directory (run from a meshfed checkout or set MESHFED_TOOLS_DIR)")
+	return "", errNoToolsDir
 }
+
+// errNoToolsDir says that no checkout's tools/ directory was found.
+var errNoToolsDir = errors.New("sandbox: no meshfed checkout's tools/ directory here")
 
 func cacheRoot(explicit string) (string, error) {
 	if explicit == "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,7 +16,8 @@ func newDemoCommand() *cobra.Command {
 		Short: "Run two federated local clusters with the bookstore across them, and show live who reaches what",
 		Long: `demo starts two local clusters (east and west: real etcd, kube-apiserver and
 kube-controller-manager), runs a real meshfed-controller process for each,
-federates them, applies docs/example/manifests (bookbuyer, bookthief and
+federates them, applies the demo's manifests (docs/example/manifests, carried
+in the binary: bookbuyer, bookthief and
 bookstore-v1 in east; bookstore-v2 in west, exported; TrafficTargets; a 50/50
 TrafficSplit in east) and runs every demo Pod as a local process with mTLS
 certificates from meshfed agent, in a network namespace of its own made
@@ -28,6 +30,12 @@ exits non-zero on any miss.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Out = cmd.OutOrStdout()
+			// This binary plays the controller and the workloads too.
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.Self = self
 			return demo.Run(cmd.Context(), cfg)
 		},
 	}

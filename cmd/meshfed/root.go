@@ -64,6 +64,8 @@ func newRootCommand() *cobra.Command {
 		newDemoCommand(),
 		newClusterCommand(kf),
 		newCertificateCommand(kf),
+		newControllerCommand(),
+		newBookappCommand(),
 	)
 	return root
 }

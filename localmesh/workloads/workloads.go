@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,6 +34,12 @@ import (
 	"github.com/meshfed/meshfed/sandbox"
 )
 
+// Program is a local binary and the arguments it starts with.
+type Program struct {
+	Path string
+	Args []string
+}
+
 // AppContainer is the name of the container whose image and arguments the
 // runner runs.
 const AppContainer = "app"
@@ -40,8 +47,9 @@ const AppContainer = "app"
 // Config configures a Runner.
 type Config struct {
 	// Images maps an image repository (the image without its tag) to the
-	// local binary that plays it, e.g. "meshfed/bookapp" → bookapp.
-	Images map[string]string
+	// local program that plays it, e.g. "meshfed/bookapp" → bookapp; the
+	// container's arguments follow the program's own.
+	Images map[string]Program
 	// Meshfed is the meshfed CLI binary, for `meshfed agent`.
 	Meshfed string
 	// Dir holds each workload's certificates, bootstrap and output.
@@ -145,10 +153,10 @@ func appContainer(pod *corev1.Pod) *corev1.Container {
 	return nil
 }
 
-func (r *Runner) binaryFor(pod *corev1.Pod) string {
+func (r *Runner) binaryFor(pod *corev1.Pod) Program {
 	c := appContainer(pod)
 	if c == nil {
-		return ""
+		return Program{}
 	}
 	repo := c.Image
 	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
@@ -159,7 +167,7 @@ func (r *Runner) binaryFor(pod *corev1.Pod) string {
 
 func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) error {
 	bin := r.binaryFor(pod)
-	if bin == "" {
+	if bin.Path == "" {
 		return nil // not ours to run
 	}
 	r.mu.Lock()
@@ -214,7 +222,7 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 		kill(agent)
 		return fmt.Errorf("workloads: %s: no certificate from the issuer: %w", key, err)
 	}
-	app := r.command(netns, bin, appContainer(pod).Args...)
+	app := r.command(netns, bin.Path, append(slices.Clone(bin.Args), appContainer(pod).Args...)...)
 	app.Env = append(append(os.Environ(), podEnv(pod, cluster)...), r.cfg.Env...)
 	app.Env = append(app.Env, "GRPC_XDS_BOOTSTRAP="+bootstrapFile, "MESHFED_CERT_DIR="+certs, "CLUSTER_NAME="+cluster)
 	app.Stderr = prefixed(r.cfg.Log, key+": ")

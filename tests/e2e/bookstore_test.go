@@ -79,7 +79,7 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	logDir := t.TempDir()
 	wlLog := &lockedFile{path: filepath.Join(logDir, "workloads.log")}
 	runner := workloads.New(workloads.Config{
-		Images:   map[string]string{"meshfed/bookapp": bins.bookapp},
+		Images:   map[string]workloads.Program{"meshfed/bookapp": {Path: bins.bookapp}},
 		Meshfed:  bins.meshfed,
 		Dir:      t.TempDir(),
 		Env:      []string{"BOOKAPP_INTERVAL=2ms"},
