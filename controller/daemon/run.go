@@ -2,16 +2,13 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
@@ -20,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -38,6 +34,7 @@ import (
 	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/trust"
 	"github.com/meshfed/meshfed/trust/ca"
+	"github.com/meshfed/meshfed/trust/controllerca"
 	"github.com/meshfed/meshfed/trust/issuer"
 	"github.com/meshfed/meshfed/trust/mtls"
 )
@@ -83,7 +80,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// cluster's intermediate, the published bundle, the serving SVID.
 	caCfg := ca.DefaultConfig()
 	caCfg.TrustDomain, caCfg.ClusterName, caCfg.SVIDTTL = ms.TrustDomain, ms.ClusterName, ms.SVIDTTL
-	inter, err := loadCA(ctx, client, cfg.Namespace, ms, caCfg, log)
+	caSecrets := controllerca.Secrets{Namespace: cfg.Namespace, Root: ms.RootSecret, Intermediate: ms.IntermediateSecret, TrustDomain: ms.TrustDomain}
+	inter, err := controllerca.Load(ctx, client, caSecrets, caCfg, log)
 	if err != nil {
 		return err
 	}
@@ -99,7 +97,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		deploy.ControllerName + "." + cfg.Namespace + ".svc",
 		deploy.ControllerName + "." + cfg.Namespace + ".svc.cluster.local",
 	}, cfg.ServingNames...)
-	svid, err := servingSVID(inter, controllerID, time.Hour, names)
+	svid, err := controllerca.ServingSVID(inter, controllerID, time.Hour, names)
 	if err != nil {
 		return err
 	}
@@ -206,14 +204,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	start("trust bundle in mesh namespaces", bundles.Run)
-	// Root rotation (rotation.go): a changed CA Secret is applied without a restart.
-	reloader := &caReloader{client: client, namespace: cfg.Namespace, ms: ms, caCfg: caCfg, authority: authority, repair: 10 * time.Minute, log: log,
-		onChange: func(ctx context.Context, inter *ca.Intermediate) error {
+	// Root rotation: a changed CA Secret is applied without a restart.
+	reloader, err := controllerca.NewReloader(controllerca.ReloaderConfig{
+		Client: client, Secrets: caSecrets, CA: caCfg, Authority: authority, Repair: 10 * time.Minute, Log: log,
+		OnChange: func(ctx context.Context, inter *ca.Intermediate) error {
 			if err := ca.PublishBundle(ctx, client, cfg.Namespace, cfg.BundleConfigMap, inter.Bundle()); err != nil {
 				return err
 			}
 			bundles.Notify()
-			svid, err := servingSVID(inter, controllerID, time.Hour, names)
+			svid, err := controllerca.ServingSVID(inter, controllerID, time.Hour, names)
 			if err != nil {
 				return err
 			}
@@ -221,14 +220,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			serving.SetBundle(inter.Bundle())
 			xds.RefreshSecrets()
 			return nil
-		}}
+		}})
+	if err != nil {
+		return err
+	}
 	start("CA rotation", reloader.Run)
 	start("memory release", func(ctx context.Context) error {
 		releaseWhenQuiet(ctx, 10*time.Second, log)
 		return nil
 	})
 	start("serving certificate", func(ctx context.Context) error {
-		renewServing(ctx, authority, serving, controllerID, names, log)
+		controllerca.RenewServing(ctx, authority, serving, controllerID, names, log)
 		return nil
 	})
 	log.Info("meshfed-controller running", "mesh", cfg.MeshName, "cluster", ms.ClusterName, "trustDomain", ms.TrustDomain,
@@ -308,124 +310,6 @@ func readMeshConfig(ctx context.Context, dyn dynamic.Interface, cfg Config, log 
 		return ms, fmt.Errorf("MeshConfig %s/%s has no spec.clusterName and --cluster-name is not set", cfg.Namespace, cfg.MeshConfig)
 	}
 	return ms, nil
-}
-
-// loadCA returns this cluster's intermediate: signed by the root kept in
-// the root Secret (generated there if there is none), or, when this
-// cluster holds no root key, the signed intermediate the user put into the
-// intermediate Secret.
-func loadCA(ctx context.Context, client kubernetes.Interface, ns string, ms meshSettings, caCfg ca.Config, log *slog.Logger) (*ca.Intermediate, error) {
-	// A member without the root key (meshfed cluster join, or an
-	// intermediate signed offline) has only the intermediate Secret: use it
-	// and never generate a root of its own beside it.
-	if _, err := client.CoreV1().Secrets(ns).Get(ctx, ms.RootSecret, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-		td, err := spiffeid.TrustDomainFromString(ms.TrustDomain)
-		if err != nil {
-			return nil, err
-		}
-		inter, err := ca.LoadIntermediate(ctx, client, ns, ms.IntermediateSecret, td)
-		if err == nil {
-			log.Info("using a signed intermediate; the root key is not in this cluster", "secret", ns+"/"+ms.IntermediateSecret)
-			return inter, nil
-		}
-		if !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("no root Secret %s/%s and the intermediate is unusable: %w", ns, ms.RootSecret, err)
-		}
-	}
-	root, created, err := ca.LoadOrCreateRoot(ctx, client, ns, ms.RootSecret, caCfg)
-	if err != nil {
-		td, tdErr := spiffeid.TrustDomainFromString(ms.TrustDomain)
-		if tdErr != nil {
-			return nil, tdErr
-		}
-		inter, ierr := ca.LoadIntermediate(ctx, client, ns, ms.IntermediateSecret, td)
-		if ierr != nil {
-			return nil, errors.Join(fmt.Errorf("root Secret %s/%s: %w", ns, ms.RootSecret, err),
-				fmt.Errorf("intermediate Secret %s/%s: %w", ns, ms.IntermediateSecret, ierr))
-		}
-		log.Info("using a signed intermediate; the root key is not in this cluster", "secret", ns+"/"+ms.IntermediateSecret)
-		return inter, nil
-	}
-	if created {
-		log.Info("generated the federation root", "secret", ns+"/"+ms.RootSecret)
-	}
-	return ca.EnsureIntermediate(ctx, client, ns, ms.IntermediateSecret, root, rootTrust(ctx, client, ns, ms, root).Trusted, caCfg)
-}
-
-// servingSVID issues the controller's own certificate: its SPIFFE ID plus
-// the DNS names and IP addresses clients dial it by. trust/ca's IssueSVID
-// takes DNS names only, and grpc-go's xDS "tls" channel credentials check
-// the dialled address, so IP SANs are added here, signed with the cluster's
-// intermediate key.
-func servingSVID(inter *ca.Intermediate, id spiffeid.ID, ttl time.Duration, names []string) (*x509svid.SVID, error) {
-	var dns []string
-	var ips []net.IP
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			ips = append(ips, ip)
-		} else if n != "" {
-			dns = append(dns, n)
-		}
-	}
-	if len(ips) == 0 {
-		return inter.IssueSVID(id, ttl, dns...)
-	}
-	base, err := inter.IssueSVID(id, ttl, dns...)
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := inter.KeyPEM()
-	if err != nil {
-		return nil, err
-	}
-	caKey, err := ca.ParsePrivateKeyPEM(keyPEM)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := *base.Certificates[0]
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, err
-	}
-	tmpl.SerialNumber = serial
-	tmpl.IPAddresses = ips
-	tmpl.URIs = []*url.URL{id.URL()}
-	tmpl.Raw, tmpl.RawTBSCertificate, tmpl.Signature, tmpl.SubjectKeyId, tmpl.AuthorityKeyId = nil, nil, nil, nil, nil
-	tmpl.ExtraExtensions, tmpl.Extensions = nil, nil
-	der, err := x509.CreateCertificate(rand.Reader, &tmpl, inter.Certificate(), base.PrivateKey.Public(), caKey)
-	if err != nil {
-		return nil, fmt.Errorf("serving certificate: %w", err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &x509svid.SVID{ID: id, Certificates: append([]*x509.Certificate{leaf}, inter.Chain()...), PrivateKey: base.PrivateKey}, nil
-}
-
-// renewServing reissues the serving certificate at half its life.
-func renewServing(ctx context.Context, authority *ca.Authority, src *mtls.Source, id spiffeid.ID, names []string, log *slog.Logger) {
-	for {
-		cur, _ := src.GetX509SVID()
-		wait := time.Minute
-		if cur != nil {
-			leaf := cur.Certificates[0]
-			wait = time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(max(wait, time.Second)):
-		}
-		inter := authority.Current()
-		svid, err := servingSVID(inter, id, time.Hour, names)
-		if err != nil {
-			log.Error("renewing the controller's serving certificate", "err", err)
-			continue
-		}
-		src.SetSVID(svid)
-		src.SetBundle(inter.Bundle())
-	}
 }
 
 func serveMetrics(ctx context.Context, lis net.Listener, reg *prometheus.Registry, w *kube.Watcher) error {
