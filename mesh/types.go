@@ -227,13 +227,6 @@ type TrafficSplit struct {
 	Backends []SplitBackend
 }
 
-// Export is an MCS ServiceExport: the local service of the same name is
-// published to the federation.
-type Export struct {
-	Namespace string
-	Name      string
-}
-
 // Import is an MCS ServiceImport: a service exported by one or more
 // clusters, reachable as "<name>.<namespace>.svc.clusterset.local".
 type Import struct {
@@ -292,7 +285,6 @@ type State struct {
 	HTTPRouteGroups []HTTPRouteGroup
 	TCPRoutes       []TCPRoute
 	TrafficSplits   []TrafficSplit
-	Exports         []Export
 	Imports         []Import
 	// Remote holds the catalogs of the other clusters by cluster name.
 	Remote map[string]ClusterCatalog

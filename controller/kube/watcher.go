@@ -159,7 +159,7 @@ func New(cfg Config) (*Watcher, error) {
 			return nil, err
 		}
 	}
-	for _, gvr := range []schema.GroupVersionResource{TrafficTargetGVR, HTTPRouteGroupGVR, TCPRouteGVR, TrafficSplitGVR, ServiceExportGVR} {
+	for _, gvr := range []schema.GroupVersionResource{TrafficTargetGVR, HTTPRouteGroupGVR, TCPRouteGVR, TrafficSplitGVR} {
 		gi := w.informers.Resource(gvr)
 		w.dyn[gvr] = gi.Lister()
 		if err := add(gi.Informer(), handler); err != nil {
@@ -547,10 +547,6 @@ func (w *Watcher) build(ch changes) (mesh.State, []mesh.Problem) {
 			st.TrafficSplits = append(st.TrafficSplits, t)
 		}
 		return err
-	})
-	each(ServiceExportGVR, "serviceexport", func(u *unstructured.Unstructured) error {
-		st.Exports = append(st.Exports, mesh.Export{Namespace: u.GetNamespace(), Name: u.GetName()})
-		return nil
 	})
 	return st, problems
 }

@@ -72,7 +72,6 @@ func clusterSetMesh(e1, w1, w2 *backend, localFirst, eastReady bool) mesh.State 
 			{Namespace: "bookstore", Name: "bookstore", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{east}},
 			{Namespace: "bookstore", Name: "west-pods", Cluster: "east", Ports: port, Endpoints: []mesh.Endpoint{west(w1), west(w2)}},
 		},
-		Exports: []mesh.Export{{Namespace: "bookstore", Name: "bookstore"}},
 		Imports: []mesh.Import{{Namespace: "bookstore", Name: "bookstore", Ports: port, Clusters: []string{"east", "west"}}},
 		Remote: map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Version: 1, Services: []mesh.Service{
 			{Namespace: "bookstore", Name: "bookstore", Cluster: "west", Ports: port, Endpoints: []mesh.Endpoint{west(w1), west(w2)}},

@@ -570,7 +570,7 @@ func sameShape(a, b *mesh.State) bool {
 func samePolicy(a, b *mesh.State) bool {
 	return sameList(a.TrafficTargets, b.TrafficTargets) && sameList(a.HTTPRouteGroups, b.HTTPRouteGroups) &&
 		sameList(a.TCPRoutes, b.TCPRoutes) && sameList(a.TrafficSplits, b.TrafficSplits) &&
-		sameList(a.Exports, b.Exports) && sameList(a.Imports, b.Imports) &&
+		sameList(a.Imports, b.Imports) &&
 		slices.Equal(a.MeshedNamespaces, b.MeshedNamespaces)
 }
 
