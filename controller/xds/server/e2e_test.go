@@ -375,42 +375,20 @@ func TestTrafficSplitFollowsWeightsAndShiftsWithoutFailures(t *testing.T) {
 	}
 
 	// Shift to 0/100 while RPCs run: none may fail.
-	var failed, total atomic.Int64
 	var lastV1 atomic.Int64 // RPC sequence number of the last v1 answer
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				b, err := callBackend(buyer)
-				seq := total.Add(1)
-				if err != nil {
-					failed.Add(1)
-					t.Errorf("RPC during shift: %v", err)
-					continue
-				}
-				if b == "v1" {
-					lastV1.Store(seq)
-				}
-			}
-		}()
-	}
+	calls := startCallers(t, buyer, "RPC during shift", func(seq int64, b string) {
+		if b == "v1" {
+			lastV1.Store(seq)
+		}
+	})
 	time.Sleep(200 * time.Millisecond)
-	shiftAt := total.Load()
+	shiftAt := calls.total.Load()
 	m.update(t, withSplit(state, 0, 100))
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	t.Logf("shift 80/20 → 0/100: %d RPCs, %d failed; last v1 answer at RPC %d, shift at RPC %d", total.Load(), failed.Load(), lastV1.Load(), shiftAt)
-	if failed.Load() != 0 {
-		t.Fatalf("%d RPCs failed during the shift", failed.Load())
+	total, failed := calls.stop()
+	t.Logf("shift 80/20 → 0/100: %d RPCs, %d failed; last v1 answer at RPC %d, shift at RPC %d", total, failed, lastV1.Load(), shiftAt)
+	if failed != 0 {
+		t.Fatalf("%d RPCs failed during the shift", failed)
 	}
 	for i := 0; i < 200; i++ {
 		b, err := callBackend(buyer)
@@ -418,4 +396,50 @@ func TestTrafficSplitFollowsWeightsAndShiftsWithoutFailures(t *testing.T) {
 			t.Fatalf("after shift RPC %d: backend %q, err %v", i, b, err)
 		}
 	}
+}
+
+// callers are four goroutines calling a backend until stopped.
+type callers struct {
+	total, failed atomic.Int64
+	done          chan struct{}
+	wg            sync.WaitGroup
+}
+
+// startCallers calls c from four goroutines until stop; every failure is
+// reported as an error of the test, prefixed with what; onAnswer, if set,
+// gets each answer's sequence number and backend.
+func startCallers(t *testing.T, c healthpb.HealthClient, what string, onAnswer func(seq int64, backend string)) *callers {
+	cs := &callers{done: make(chan struct{})}
+	for w := 0; w < 4; w++ {
+		cs.wg.Add(1)
+		go func() {
+			defer cs.wg.Done()
+			for {
+				select {
+				case <-cs.done:
+					return
+				default:
+				}
+				b, err := callBackend(c)
+				seq := cs.total.Add(1)
+				if err != nil {
+					cs.failed.Add(1)
+					t.Errorf("%s: %v", what, err)
+					continue
+				}
+				if onAnswer != nil {
+					onAnswer(seq, b)
+				}
+			}
+		}()
+	}
+	return cs
+}
+
+// stop stops the callers and returns how many RPCs they made and how many
+// failed.
+func (cs *callers) stop() (total, failed int64) {
+	close(cs.done)
+	cs.wg.Wait()
+	return cs.total.Load(), cs.failed.Load()
 }

@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,7 +70,7 @@ func TestWithdrawingARemoteBackendFailsNoRPC(t *testing.T) {
 	// it while four callers run. The window in which a client holds the
 	// old routes without the cluster is short, so the rounds are many.
 	const rounds = 15
-	var failed, total atomic.Int64
+	var failed, total int64
 	for r := 0; r < rounds; r++ {
 		m.update(t, remoteSplitMesh(e1, w1, true))
 		eventually(t, "west answers", func() error {
@@ -82,35 +80,15 @@ func TestWithdrawingARemoteBackendFailsNoRPC(t *testing.T) {
 			}
 			return nil
 		})
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := 0; w < 4; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					_, err := callBackend(buyer)
-					total.Add(1)
-					if err != nil {
-						failed.Add(1)
-						t.Errorf("round %d: RPC while west is withdrawn: %v", r, err)
-					}
-				}
-			}()
-		}
+		calls := startCallers(t, buyer, fmt.Sprintf("round %d: RPC while west is withdrawn", r), nil)
 		time.Sleep(50 * time.Millisecond)
 		m.update(t, remoteSplitMesh(e1, w1, false))
 		time.Sleep(300 * time.Millisecond)
-		close(stop)
-		wg.Wait()
+		n, f := calls.stop()
+		total, failed = total+n, failed+f
 		if c := tallyAny(buyer, 40); c["west-1"] != 0 {
 			t.Fatalf("round %d: west still answers after it was withdrawn: %v", r, c)
 		}
 	}
-	t.Logf("%d withdrawals, %d RPCs, %d failed", rounds, total.Load(), failed.Load())
+	t.Logf("%d withdrawals, %d RPCs, %d failed", rounds, total, failed)
 }
