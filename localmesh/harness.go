@@ -246,11 +246,11 @@ func (h *Harness) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return err
 		}
-		mport, err := freePort()
+		mport, err := FreePort()
 		if err != nil {
 			return err
 		}
@@ -585,7 +585,8 @@ func (h *Harness) Stop() error {
 	return errors.Join(errs...)
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port free on 127.0.0.1 now.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

@@ -5,15 +5,14 @@
 //
 // How workloads get their addresses: the API server refuses loopback
 // addresses, so the sandbox hands out pod addresses from a pod CIDR the test
-// picks (a free 10.244.<100–250>.0/24). The test creates a Linux network
-// namespace for the cluster, joined to the host by a veth pair: the host
-// end holds the CIDR's .1 (the sandbox Node's address) where the controller
-// listens for xDS, issuing and metrics; the namespace end holds every pod
-// address. Every workload runs inside that namespace (`ip netns exec`), so
-// pod-to-pod traffic never leaves it and pod-to-controller traffic only
-// crosses the veth. Nothing is sent to any other address. The namespace and
-// veth are removed when the test ends. This needs root (CAP_NET_ADMIN);
-// without it the tests skip.
+// picks (a 10.244.<100–250>.0/24). The pods' addresses live in a network
+// namespace the test makes without root (a user namespace with only
+// loopback, localmesh/workloads.UserNetwork), where every workload runs, so
+// pod-to-pod traffic never leaves it. The controller serves xDS and issuing
+// on Unix sockets, which reach across network namespaces, and its metrics
+// on 127.0.0.1. Nothing is sent to any other address. It needs unshare,
+// nsenter and ip (util-linux, iproute2) and unprivileged user namespaces;
+// without them the tests skip and say so.
 package e2e
 
 import (
@@ -33,6 +32,7 @@ import (
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/localmesh"
 	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/sandbox"
 	"github.com/meshfed/meshfed/sandbox/sandboxtest"
@@ -61,18 +61,18 @@ type bookstoreMesh struct {
 
 func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	t.Helper()
-	if err := workloads.CanCreateNetworks(); err != nil {
+	if err := workloads.CanCreateUserNetworks(); err != nil {
 		t.Skipf("end-to-end traffic needs pod addresses in a network namespace the test creates: %v", err)
 	}
 	bins := buildBinaries(t)
 	cidr := pickCIDR(t)
-	network, err := workloads.CreateNetwork(cidr)
+	network, err := workloads.CreateUserNetwork(cidr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := network.Delete(); err != nil {
-			t.Errorf("delete network: %v", err)
+		if err := network.Close(); err != nil {
+			t.Errorf("close network: %v", err)
 		}
 	})
 	results := &tally{}
@@ -105,24 +105,30 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	if _, err := inst.Install(ctx, opts); err != nil {
 		t.Fatalf("install: %v", err)
 	}
-	host := network.HostIP
+	sockets := t.TempDir()
+	xdsAddr, issuerAddr := "unix://"+filepath.Join(sockets, "xds.sock"), "unix://"+filepath.Join(sockets, "issuer.sock")
+	port, err := localmesh.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", port)
 	startController(t, bins.controller,
 		"--kubeconfig="+c.KubeconfigPath, "--mesh-name="+meshName, "--namespace="+cpNS, "--mesh-config="+deploy.MeshConfigName,
-		"--xds-address="+host+":15128", "--issuer-address="+host+":15129", "--metrics-address="+host+":9091",
-		"--serving-name="+host, "--debounce=50ms", "--log-level=info")
-	waitReady(t, "http://"+host+":9091/readyz")
+		"--xds-address="+xdsAddr, "--issuer-address="+issuerAddr, "--metrics-address="+metrics,
+		"--serving-name=localhost", "--debounce=50ms", "--log-level=info")
+	waitReady(t, "http://"+metrics+"/readyz")
 	cm, err := c.Client().CoreV1().ConfigMaps(cpNS).Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("trust bundle ConfigMap: %v", err)
 	}
 	runner.AddCluster("east", workloads.Cluster{
 		Client: c.Client(), Network: network,
-		IssuerAddress: host + ":15129", XDSAddress: host + ":15128",
+		IssuerAddress: issuerAddr, XDSAddress: xdsAddr,
 		TrustDomain: deploy.DefaultTrustDomain, IssuerID: "spiffe://" + deploy.DefaultTrustDomain + "/ns/" + cpNS + "/sa/" + deploy.ControllerName, BundlePEM: []byte(cm.Data["ca.crt"]),
 	})
 
 	m := &bookstoreMesh{sb: sb, cluster: c, apply: newApplier(t, c.RESTConfig()), results: results,
-		manifest: filepath.Join(repoRoot(t), "docs", "example", "manifests"), metrics: "http://" + host + ":9091/metrics"}
+		manifest: filepath.Join(repoRoot(t), "docs", "example", "manifests"), metrics: "http://" + metrics + "/metrics"}
 	m.apply.applyFiles(t, filepath.Join(m.manifest, "apps"))
 	if err := inst.AddNamespaces(ctx, meshName, []string{"bookstore", "bookbuyer", "bookthief", "bookwarehouse"}, installer.InjectionUnchanged); err != nil {
 		t.Fatalf("namespace add: %v", err)
