@@ -22,9 +22,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
@@ -32,7 +35,7 @@ import (
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
-const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see sandbox), about 1 GiB of memory and 3-5 minutes for both sizes on 2 cores:
+const howToRun = `scale harness skipped: set MESHFED_SCALE=1 to run it. MESHFED_SCALE_FEDERATION=1 enables federation (a federation of one: the controller's member and bridge run); MESHFED_SCALE_CONTROLLER=PATH runs that meshfed-controller binary instead of building this checkout's. It needs the sandbox's etcd and kube-apiserver (built and cached on first use, see sandbox), about 1 GiB of memory and 3-5 minutes for both sizes on 2 cores:
     MESHFED_SCALE=1 go test ./tests/scale -run TestScaleFromAPIServer -v -timeout 60m
 MESHFED_SCALE_SERVICES=1000,10000 (the default) chooses the mesh sizes; MESHFED_SCALE_DEBOUNCE=10ms passes --debounce to the controller (default: the controller's own, 100ms); MESHFED_SCALE_MEMORY_LIMIT=250Mi passes --memory-limit`
 
@@ -92,7 +95,10 @@ func TestScaleFromAPIServer(t *testing.T) {
 		rounds, _ = strconv.Atoi(v)
 	}
 	ctrllog.SetLogger(logr.Discard()) // envtest's client logs through controller-runtime
-	bin := buildController(t)
+	bin := os.Getenv("MESHFED_SCALE_CONTROLLER")
+	if bin == "" {
+		bin = buildController(t)
+	}
 	var results []result
 	for _, n := range sizes {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
@@ -153,6 +159,20 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 		t.Fatal(err)
 	}
 
+	if os.Getenv("MESHFED_SCALE_FEDERATION") == "1" {
+		// A federation of one: the controller runs its member and bridge
+		// (no peers, gossip on loopback), as a federated cluster does.
+		if _, _, err := federate.EnsureGossipKeys(ctx, kc, opts.Namespace, federate.DefaultGossipKeySecret); err != nil {
+			t.Fatal(err)
+		}
+		gossip := freePorts(t, 1)[0]
+		patch := fmt.Sprintf(`{"spec":{"federation":{"enabled":true,"bindAddress":"127.0.0.1","bindPort":%d,"advertiseAddress":"127.0.0.1"}}}`, gossip)
+		dyn := dynamic.NewForConfigOrDie(rc)
+		if _, err := dyn.Resource(deploy.MeshConfigGVR).Namespace(opts.Namespace).Patch(ctx, deploy.MeshConfigName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		res.debounce += ", federation on"
+	}
 	start := time.Now()
 	populate(t, kc, n)
 	res.populate = time.Since(start)
