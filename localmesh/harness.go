@@ -274,25 +274,39 @@ func (h *Harness) start(ctx context.Context) error {
 	return nil
 }
 
-// build builds the programs from the checkout the process runs in.
-func (h *Harness) build(ctx context.Context) error {
+// Programs are meshfed's programs built from a checkout.
+type Programs struct {
+	Controller, Meshfed, Bookapp string
+}
+
+// BuildPrograms builds meshfed-controller, meshfed and the bookstore app
+// from the meshfed checkout the process runs in (found by walking up from
+// the working directory) into dir.
+func BuildPrograms(ctx context.Context, dir string) (Programs, error) {
 	repo, err := repoRoot()
 	if err != nil {
-		return err
+		return Programs{}, err
 	}
-	out := filepath.Join(h.dir, "bin")
-	h.bins.controller = workloads.Program{Path: filepath.Join(out, "meshfed-controller")}
-	h.bins.meshfed = filepath.Join(out, "meshfed")
-	h.bins.bookapp = workloads.Program{Path: filepath.Join(out, "bookapp")}
+	p := Programs{Controller: filepath.Join(dir, "meshfed-controller"), Meshfed: filepath.Join(dir, "meshfed"), Bookapp: filepath.Join(dir, "bookapp")}
 	for _, b := range []struct{ out, pkg string }{
-		{h.bins.controller.Path, "./cmd/meshfed-controller"}, {h.bins.meshfed, "./cmd/meshfed"}, {h.bins.bookapp.Path, "./docs/example/app"},
+		{p.Controller, "./cmd/meshfed-controller"}, {p.Meshfed, "./cmd/meshfed"}, {p.Bookapp, "./docs/example/app"},
 	} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
 		cmd.Dir = repo
 		if msg, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", b.pkg, err, msg)
+			return Programs{}, fmt.Errorf("go build %s: %v\n%s", b.pkg, err, msg)
 		}
 	}
+	return p, nil
+}
+
+// build builds the programs from the checkout the process runs in.
+func (h *Harness) build(ctx context.Context) error {
+	p, err := BuildPrograms(ctx, filepath.Join(h.dir, "bin"))
+	if err != nil {
+		return err
+	}
+	h.bins.controller, h.bins.meshfed, h.bins.bookapp = workloads.Program{Path: p.Controller}, p.Meshfed, workloads.Program{Path: p.Bookapp}
 	return nil
 }
 

@@ -79,8 +79,8 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	logDir := t.TempDir()
 	wlLog := &lockedFile{path: filepath.Join(logDir, "workloads.log")}
 	runner := workloads.New(workloads.Config{
-		Images:   map[string]workloads.Program{"meshfed/bookapp": {Path: bins.bookapp}},
-		Meshfed:  bins.meshfed,
+		Images:   map[string]workloads.Program{"meshfed/bookapp": {Path: bins.Bookapp}},
+		Meshfed:  bins.Meshfed,
 		Dir:      t.TempDir(),
 		Env:      []string{"BOOKAPP_INTERVAL=2ms"},
 		OnOutput: results.add,
@@ -112,7 +112,7 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 		t.Fatal(err)
 	}
 	metrics := fmt.Sprintf("127.0.0.1:%d", port)
-	startController(t, bins.controller,
+	startController(t, bins.Controller,
 		"--kubeconfig="+c.KubeconfigPath, "--mesh-name="+meshName, "--namespace="+cpNS, "--mesh-config="+deploy.MeshConfigName,
 		"--xds-address="+xdsAddr, "--issuer-address="+issuerAddr, "--metrics-address="+metrics,
 		"--serving-name=localhost", "--debounce=50ms", "--log-level=info")
@@ -128,7 +128,7 @@ func startBookstoreMesh(t *testing.T) *bookstoreMesh {
 	})
 
 	m := &bookstoreMesh{sb: sb, cluster: c, apply: newApplier(t, c.RESTConfig()), results: results,
-		manifest: filepath.Join(repoRoot(t), "docs", "example", "manifests"), metrics: "http://" + metrics + "/metrics"}
+		manifest: writeManifests(t), metrics: "http://" + metrics + "/metrics"}
 	m.apply.applyFiles(t, filepath.Join(m.manifest, "apps"))
 	if err := inst.AddNamespaces(ctx, meshName, []string{"bookstore", "bookbuyer", "bookthief", "bookwarehouse"}, installer.InjectionUnchanged); err != nil {
 		t.Fatalf("namespace add: %v", err)

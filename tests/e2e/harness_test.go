@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -25,38 +26,35 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/meshfed/meshfed/deploy"
+	example "github.com/meshfed/meshfed/docs/example"
+	"github.com/meshfed/meshfed/localmesh"
 	"github.com/meshfed/meshfed/localmesh/workloads"
 )
 
-// repoRoot is the module root (tests/e2e is two levels down).
-func repoRoot(t *testing.T) string {
+// buildBinaries builds the programs the test runs as processes from this
+// checkout.
+func buildBinaries(t *testing.T) localmesh.Programs {
 	t.Helper()
-	wd, err := os.Getwd()
+	p, err := localmesh.BuildPrograms(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Clean(filepath.Join(wd, "..", ".."))
+	return p
 }
 
-// binaries are the programs the test runs as processes.
-type binaries struct{ controller, meshfed, bookapp string }
-
-func buildBinaries(t *testing.T) binaries {
+// writeManifests writes the demo's manifests (docs/example, as embedded in
+// meshfed) into a directory of the test and returns it.
+func writeManifests(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	b := binaries{
-		controller: filepath.Join(dir, "meshfed-controller"),
-		meshfed:    filepath.Join(dir, "meshfed"),
-		bookapp:    filepath.Join(dir, "bookapp"),
+	sub, err := fs.Sub(example.Manifests, "manifests")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for out, pkg := range map[string]string{b.controller: "./cmd/meshfed-controller", b.meshfed: "./cmd/meshfed", b.bookapp: "./docs/example/app"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Dir = repoRoot(t)
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, msg)
-		}
+	dir := filepath.Join(t.TempDir(), "manifests")
+	if err := os.CopyFS(dir, sub); err != nil {
+		t.Fatal(err)
 	}
-	return b
+	return dir
 }
 
 // pickCIDR finds a pod /24 in 10.244.100.0–10.244.250.0 that the host

@@ -31,6 +31,7 @@ import (
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/localmesh"
 	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
 )
@@ -488,17 +489,11 @@ func (r *recorder) wait(t *testing.T, key, client string, timeout time.Duration)
 // buildController builds cmd/meshfed-controller from this checkout.
 func buildController(t *testing.T) string {
 	t.Helper()
-	wd, err := os.Getwd()
+	p, err := localmesh.BuildPrograms(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "meshfed-controller")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/meshfed-controller")
-	cmd.Dir = filepath.Join(wd, "..", "..")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/meshfed-controller: %v\n%s", err, msg)
-	}
-	return out
+	return p.Controller
 }
 
 // startController runs the controller until the test ends and returns its
