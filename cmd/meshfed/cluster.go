@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -219,12 +218,7 @@ func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []s
 	opts := deploy.DefaultOptions()
 	opts.MeshName, opts.Namespace, opts.ClusterName, opts.TrustDomain = lm.Name, lm.Namespace, lm.ClusterName, lm.TrustDomain
 	if len(src.IntermediateChain) == 0 {
-		src.RootFrom, src.RootFromNamespace = peer.kube, pm.Namespace
-	}
-	if replaceRoot && src.RootFrom != nil {
-		if err := dropOwnRoot(ctx, out, local, peer); err != nil {
-			return err
-		}
+		src.RootFrom, src.RootFromNamespace, src.ReplaceRoot = peer.kube, pm.Namespace, replaceRoot
 	}
 	msg, err := local.inst.InstallCA(ctx, opts, src)
 	if err != nil {
@@ -264,25 +258,6 @@ func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []s
 	}
 	fmt.Fprintf(out, "federation: enabled in %s (seed %s) and %s\n", lm.ClusterName, peerAddress, pm.ClusterName)
 	fmt.Fprintf(out, "cluster %s joins %s's federation; check with `meshfed cluster list`\n", lm.ClusterName, pm.ClusterName)
-	return nil
-}
-
-// dropOwnRoot deletes this cluster's own root and intermediate Secrets
-// when they differ from the peer's root, so that InstallCA copies the
-// peer's and the controller signs a new intermediate under it.
-func dropOwnRoot(ctx context.Context, out io.Writer, local, peer *meshCluster) error {
-	ns := local.mesh.Namespace
-	mine, err1 := local.kube.CoreV1().Secrets(ns).Get(ctx, installer.RootSecretName, metav1.GetOptions{})
-	theirs, err2 := peer.kube.CoreV1().Secrets(peer.mesh.Namespace).Get(ctx, installer.RootSecretName, metav1.GetOptions{})
-	if err1 != nil || err2 != nil || string(mine.Data["ca.crt"]) == string(theirs.Data["ca.crt"]) {
-		return nil
-	}
-	for _, name := range []string{installer.RootSecretName, installer.IntermediateSecretName} {
-		if err := local.kube.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("replace root: Secret %s/%s: %w", ns, name, err)
-		}
-	}
-	fmt.Fprintf(out, "trust: dropped %s's own root and intermediate; restart its controller and workloads\n", local.mesh.ClusterName)
 	return nil
 }
 

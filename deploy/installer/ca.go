@@ -46,6 +46,12 @@ type CASource struct {
 	// Signed intermediate (PEM), for a root kept offline: the chain
 	// (intermediate first), its key and the trust bundle.
 	IntermediateChain, IntermediateKey, TrustBundle []byte
+	// ReplaceRoot, with RootFrom: this cluster was installed with a root of
+	// its own, different from RootFrom's. Its root and intermediate Secrets
+	// are deleted first so that it takes RootFrom's root; its controller
+	// and workloads must be restarted afterwards. Without it such a cluster
+	// is refused with ErrDifferentRoot.
+	ReplaceRoot bool
 }
 
 func (s CASource) validate() error {
@@ -56,6 +62,9 @@ func (s CASource) validate() error {
 	}
 	if inter && (len(s.IntermediateChain) == 0 || len(s.IntermediateKey) == 0 || len(s.TrustBundle) == 0) {
 		errs = append(errs, errors.New("a signed intermediate needs its certificate chain, its key and the trust bundle"))
+	}
+	if s.ReplaceRoot && s.RootFrom == nil {
+		errs = append(errs, errors.New("replacing this cluster's root needs the other cluster's root to take instead"))
 	}
 	return errors.Join(errs...)
 }
@@ -78,7 +87,15 @@ func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) 
 	cfg.TrustDomain, cfg.ClusterName = o.TrustDomain, o.ClusterName
 	switch {
 	case src.RootFrom != nil:
-		return c.signWithPeerRoot(ctx, o, src, td, cfg)
+		dropped, err := c.dropOwnRoot(ctx, o, src)
+		if err != nil {
+			return "", err
+		}
+		msg, err := c.signWithPeerRoot(ctx, o, src, td, cfg)
+		if dropped && err == nil {
+			msg = fmt.Sprintf("dropped %s's own root and intermediate (restart its controller and workloads); %s", o.ClusterName, msg)
+		}
+		return msg, err
 	case len(src.IntermediateChain) > 0:
 		inter, err := ca.ParseIntermediate(td, src.IntermediateChain, src.IntermediateKey, src.TrustBundle, time.Now())
 		if err != nil {
@@ -125,16 +142,42 @@ func (c *Client) InstallCA(ctx context.Context, o deploy.Options, src CASource) 
 	}
 }
 
+// dropOwnRoot, when src.ReplaceRoot is set and this cluster's root
+// differs from the peer's, deletes this cluster's root and intermediate
+// Secrets so that signWithPeerRoot installs an intermediate under the
+// peer's root (the controller then signs with it after a restart). It does
+// nothing when either root Secret cannot be read: signWithPeerRoot reports
+// that case.
+func (c *Client) dropOwnRoot(ctx context.Context, o deploy.Options, src CASource) (bool, error) {
+	if !src.ReplaceRoot {
+		return false, nil
+	}
+	mine, err1 := c.kube.CoreV1().Secrets(o.Namespace).Get(ctx, RootSecretName, metav1.GetOptions{})
+	theirs, err2 := src.RootFrom.CoreV1().Secrets(src.rootFromNamespace()).Get(ctx, RootSecretName, metav1.GetOptions{})
+	if err1 != nil || err2 != nil || string(mine.Data[ca.RootCertKey]) == string(theirs.Data[ca.RootCertKey]) {
+		return false, nil
+	}
+	for _, name := range []string{RootSecretName, IntermediateSecretName} {
+		if err := c.kube.CoreV1().Secrets(o.Namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("replace root: Secret %s/%s: %w", o.Namespace, name, err)
+		}
+	}
+	return true, nil
+}
+
+func (s CASource) rootFromNamespace() string {
+	if s.RootFromNamespace == "" {
+		return deploy.DefaultNamespace
+	}
+	return s.RootFromNamespace
+}
+
 // signWithPeerRoot signs an intermediate for this cluster with the root of
 // the cluster src.RootFrom points at and installs it; the root key stays in
 // this process's memory and is never written here. An intermediate already
 // signed by that root and not due for renewal is kept.
 func (c *Client) signWithPeerRoot(ctx context.Context, o deploy.Options, src CASource, td spiffeid.TrustDomain, cfg ca.Config) (string, error) {
-	ns := src.RootFromNamespace
-	if ns == "" {
-		ns = deploy.DefaultNamespace
-	}
-	peer, _, err := ca.LoadRootState(ctx, src.RootFrom, ns, RootSecretName, td)
+	peer, _, err := ca.LoadRootState(ctx, src.RootFrom, src.rootFromNamespace(), RootSecretName, td)
 	if apierrors.IsNotFound(err) {
 		return "", fmt.Errorf("sign an intermediate with the other cluster's root: %w: %w", ErrNoPeerRoot, err)
 	}

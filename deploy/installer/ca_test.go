@@ -81,6 +81,44 @@ func TestInstallSharesTheFederationRoot(t *testing.T) {
 		t.Errorf("a second, different root: err = %v, want ErrDifferentRoot", err)
 	}
 
+	// A cluster installed with a root of its own is refused the
+	// federation's unless it asks to replace its own; then its root and
+	// intermediate are dropped and its new intermediate chains to the
+	// federation root. Asking again changes nothing.
+	mustNamespace(t, west, "own-root")
+	ownRoot := mustRoot(t, td)
+	if err := ca.SaveRoot(ctx(t), west.Kube(), "own-root", installer.RootSecretName, ownRoot); err != nil {
+		t.Fatal(err)
+	}
+	ownInter, err := ownRoot.NewIntermediate("west", time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.SaveIntermediate(ctx(t), west.Kube(), "own-root", installer.IntermediateSecretName, ownInter); err != nil {
+		t.Fatal(err)
+	}
+	ownOpts := opts("own", "own-root", "west")
+	if _, err := west.InstallCA(ctx(t), ownOpts, installer.CASource{RootFrom: east.Kube()}); !errors.Is(err, installer.ErrDifferentRoot) {
+		t.Errorf("the federation root over west's own: err = %v, want ErrDifferentRoot", err)
+	}
+	replaced, err := west.InstallCA(ctx(t), ownOpts, installer.CASource{RootFrom: east.Kube(), ReplaceRoot: true})
+	if err != nil || !strings.Contains(replaced, "dropped west's own root") {
+		t.Fatalf("replace west's own root: %q, %v", replaced, err)
+	}
+	if _, err := ca.LoadRoot(ctx(t), west.Kube(), "own-root", installer.RootSecretName, td); !apierrors.IsNotFound(err) {
+		t.Errorf("west still holds a root Secret after replacing its root (err %v)", err)
+	}
+	newInter, err := ca.LoadIntermediate(ctx(t), west.Kube(), "own-root", installer.IntermediateSecretName, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ca.IssuerRoot(newInter, eastRoot.Bundle()); err != nil || !r.Equal(eastRoot.Certificate) {
+		t.Errorf("west's new intermediate does not chain to the federation root: %v", err)
+	}
+	if again, err := west.InstallCA(ctx(t), ownOpts, installer.CASource{RootFrom: east.Kube(), ReplaceRoot: true}); err != nil || strings.Contains(again, "dropped") {
+		t.Errorf("replacing again: %q, %v; want the intermediate kept", again, err)
+	}
+
 	// An intermediate for west made from the shared root verifies an SVID
 	// issued in east: one trust domain across both clusters.
 	eastInter, err := eastRoot.NewIntermediate("east", time.Hour, eastRoot.Bundle())
@@ -111,6 +149,7 @@ func TestInstallSharesTheFederationRoot(t *testing.T) {
 		want string
 	}{
 		{"both root and intermediate", installer.CASource{RootFrom: east.Kube(), IntermediateChain: eastInter.ChainPEM(), IntermediateKey: keyPEM, TrustBundle: eastInter.BundlePEM()}, "not both"},
+		{"replacing the root without one to take", installer.CASource{ReplaceRoot: true}, "other cluster's root"},
 		{"intermediate without key", installer.CASource{IntermediateChain: eastInter.ChainPEM(), TrustBundle: eastInter.BundlePEM()}, "its key"},
 		{"not a certificate", installer.CASource{IntermediateChain: []byte("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"), IntermediateKey: keyPEM, TrustBundle: eastInter.BundlePEM()}, "signed intermediate"},
 		{"bundle of another root", installer.CASource{IntermediateChain: eastInter.ChainPEM(), IntermediateKey: keyPEM, TrustBundle: mustOtherRoot(t, td)}, "signed intermediate"},
