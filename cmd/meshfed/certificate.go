@@ -13,9 +13,6 @@ import (
 	"github.com/meshfed/meshfed/trust/rotation"
 )
 
-// bundleConfigMap is the controller's default --bundle-configmap.
-const bundleConfigMap = "meshfed-ca-bundle"
-
 // certFlags select the clusters of a federation: every --context (with
 // --kubeconfig), every --kubeconfigs entry, or the one cluster of
 // --kubeconfig/--context.
@@ -90,7 +87,7 @@ func openCACluster(ctx context.Context, mc *meshCluster, fallback string) (*rota
 	}
 	return rotation.Open(ctx, rotation.ClusterConfig{Name: name, Client: mc.kube, Namespace: mc.mesh.Namespace,
 		RootSecret: spec.Certificate.RootSecretName, IntermediateSecret: spec.Certificate.IntermediateSecretName,
-		BundleConfigMap: bundleConfigMap, TrustDomain: td, SVIDTTL: spec.Certificate.ServiceCertValidityDuration})
+		BundleConfigMap: deploy.BundleConfigMapName, TrustDomain: td, SVIDTTL: spec.Certificate.ServiceCertValidityDuration})
 }
 
 func newCertificateCommand(kf *kubeFlags) *cobra.Command {
@@ -161,6 +158,6 @@ Name every cluster of the federation with --contexts or --kubeconfigs.`,
 	f := cmd.Flags()
 	f.StringVar(&phase, "phase", "", "rotation phase to run: add, reissue or finish")
 	f.BoolVar(&wait, "wait", false, "wait until the previous phase has settled in every workload instead of refusing")
-	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for each controller to apply the phase")
+	f.DurationVar(&timeout, "timeout", rotation.DefaultTimeout, "how long to wait for each controller to apply the phase")
 	return cmd
 }

@@ -33,6 +33,11 @@ import (
 // a renewed SVID is in use at most this long after the agent wrote it.
 const FileWatcherRefresh = time.Minute
 
+// DefaultTimeout is how long a phase waits for each controller to apply
+// it (`meshfed certificate rotate --timeout`): a running controller applies
+// a change of its CA Secrets within seconds.
+const DefaultTimeout = 2 * time.Minute
+
 // ClusterConfig says where one cluster's CA is.
 type ClusterConfig struct {
 	// Name is the cluster's name (MeshConfig spec.clusterName).
@@ -76,6 +81,7 @@ type Cluster struct {
 	namespace, bundleConfigMap string
 }
 
+// String is the cluster's name.
 func (c *Cluster) String() string { return c.name }
 
 // load reads the cluster's root Secret, or its intermediate Secret when it
@@ -263,6 +269,10 @@ func sameRoots(a, b *x509bundle.Bundle) bool {
 	return true
 }
 
+// PrintStatus writes a table of each cluster's rotation phase, signing,
+// next and trusted roots, the bundle its controller published and the root
+// its intermediate chains to. What cannot be read is shown as "?" or the
+// error, so the table is printed whatever state the clusters are in.
 func PrintStatus(ctx context.Context, w io.Writer, clusters []*Cluster) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CLUSTER\tPHASE\tSIGNING ROOT\tNEXT ROOT\tTRUSTED (root Secret)\tPUBLISHED BUNDLE\tINTERMEDIATE ISSUER\tSVID TTL")
@@ -310,6 +320,7 @@ type Options struct {
 	// instead of refusing to start the next one.
 	Wait bool
 	// Timeout bounds the wait for each controller to apply a phase.
+	// Default DefaultTimeout.
 	Timeout time.Duration
 	// Out receives a line per step.
 	Out io.Writer
@@ -322,6 +333,9 @@ func New(clusters []*Cluster, o Options) (*Rotation, error) {
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
 	}
 	return &Rotation{clusters: clusters, wait: o.Wait, timeout: o.Timeout, out: o.Out}, nil
 }
@@ -395,6 +409,11 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
+// Add makes a new root (once: a re-run takes it from the clusters that
+// have it) and has every cluster trust it beside the old one: the keepers
+// get it with its key as their next root, the members only its
+// certificate in their bundle. It returns when every controller publishes
+// the union.
 func (r *Rotation) Add(ctx context.Context) error {
 	for _, c := range r.clusters {
 		if c.stage() == ca.PhaseReissue {
@@ -522,6 +541,11 @@ func (r *Rotation) nextStep(done, next string) error {
 	return nil
 }
 
+// Reissue, once the add phase has settled in every workload, has every
+// cluster sign under the new root: a keeper's next root becomes its signing
+// root (its controller reissues its intermediate), and a member gets an
+// intermediate signed in this process's memory. Both roots stay trusted.
+// It returns when every controller signs under the new root.
 func (r *Rotation) Reissue(ctx context.Context) error {
 	for _, c := range r.clusters {
 		if c.stage() == "" {
@@ -582,6 +606,10 @@ func (r *Rotation) Reissue(ctx context.Context) error {
 	return r.nextStep(ca.PhaseReissue, ca.PhaseFinish)
 }
 
+// Finish, once the reissue phase has settled in every workload, drops the
+// old root from every cluster's trusted set. It returns when every
+// controller publishes the new root alone; a re-run after it changes
+// nothing.
 func (r *Rotation) Finish(ctx context.Context) error {
 	rotating := false
 	for _, c := range r.clusters {
