@@ -1,6 +1,7 @@
 package localmesh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -228,7 +229,13 @@ func (h *Harness) start(ctx context.Context) error {
 		Env:     []string{fmt.Sprintf("BOOKAPP_INTERVAL=%s", h.cfg.Interval)},
 		Log:     h.log,
 		OnOutput: func(w workloads.Workload, line []byte) {
-			h.stats.RecordLine(SourceLabel(w.Labels["app"], w.Cluster), line, time.Now())
+			now := time.Now()
+			h.stats.RecordLine(SourceLabel(w.Labels["app"], w.Cluster), line, now)
+			// A failed RPC's message goes to the log (the tallies keep
+			// only its code); denials are expected and left out.
+			if bytes.Contains(line, []byte(`"error":`)) && !bytes.Contains(line, []byte(`"code":"PermissionDenied"`)) {
+				fmt.Fprintf(h.log, "%s %s/%s/%s failed RPC: %s\n", now.Format(time.RFC3339Nano), w.Cluster, w.Namespace, w.Pod, bytes.TrimSpace(line))
+			}
 		},
 	})
 
