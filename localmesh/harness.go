@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,6 +66,10 @@ type Config struct {
 	// spec.certificate.serviceCertValidityDuration (at least 1 minute), so
 	// that workloads renew within a test. Default: the MeshConfig's (24 h).
 	SVIDTTL time.Duration
+	// Debounce, when set, is every controller's --debounce: how long it
+	// waits for a burst of Kubernetes changes to end before it builds.
+	// Default: the controller's (100 ms).
+	Debounce time.Duration
 }
 
 // Step applies one manifest (a file or directory under
@@ -82,16 +87,31 @@ type Cluster struct {
 	Sandbox    *sandbox.Cluster
 	Installer  *installer.Client
 
-	gossipPort int
-	metrics    string // host:port of /metrics
-	xdsSock    string
-	issuerSock string
+	gossipPort  int
+	metrics     string // host:port of /metrics
+	xdsSock     string
+	issuerSock  string
+	ctrlLogPath string
 
 	mu         sync.Mutex
-	controller *exec.Cmd
-	ctrlDone   chan struct{}
+	controller *process // nil when none runs
 	ctrlLog    *os.File
 }
+
+// process is one run of a cluster's controller.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited
+	err  error         // how it exited; read only after done
+}
+
+// MetricsAddress is where the cluster's controller serves /metrics,
+// /readyz and /healthz: host:port on 127.0.0.1.
+func (c *Cluster) MetricsAddress() string { return c.metrics }
+
+// ControllerLogPath is the file the cluster's controller logs to, every
+// run of it appended.
+func (c *Cluster) ControllerLogPath() string { return c.ctrlLogPath }
 
 // Harness is a running federation.
 type Harness struct {
@@ -264,8 +284,9 @@ func (h *Harness) start(ctx context.Context) error {
 		h.clusters[name] = &Cluster{
 			Name: name, PodCIDR: cidrs[name], Sandbox: sc, Installer: inst, Kubeconfig: sc.KubeconfigPath,
 			gossipPort: port, metrics: fmt.Sprintf("127.0.0.1:%d", mport),
-			xdsSock:    filepath.Join(h.dir, name+"-xds.sock"),
-			issuerSock: filepath.Join(h.dir, name+"-issuer.sock"),
+			xdsSock:     filepath.Join(h.dir, name+"-xds.sock"),
+			issuerSock:  filepath.Join(h.dir, name+"-issuer.sock"),
+			ctrlLogPath: filepath.Join(h.dir, name+"-controller.log"),
 		}
 	}
 
@@ -387,7 +408,8 @@ func (h *Harness) cluster(name string) (*Cluster, error) {
 // StartController runs meshfed-controller for a cluster as a local process
 // configured as `meshfed install` configures it, serving xDS and issuing on
 // Unix sockets that the workloads' network namespace can reach. It returns
-// once the controller serves.
+// once the controller serves: its issuer listens and /readyz says its
+// first configuration is built.
 func (h *Harness) StartController(ctx context.Context, cluster string) error {
 	c, err := h.cluster(cluster)
 	if err != nil {
@@ -399,48 +421,65 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 		return fmt.Errorf("federated: %s's controller is running", cluster)
 	}
 	if c.ctrlLog == nil {
-		if c.ctrlLog, err = os.Create(filepath.Join(h.dir, c.Name+"-controller.log")); err != nil {
+		if c.ctrlLog, err = os.Create(c.ctrlLogPath); err != nil {
 			return err
 		}
 	}
 	_ = os.Remove(c.xdsSock)
 	_ = os.Remove(c.issuerSock)
-	cmd := exec.Command(h.bins.controller.Path, append(slices.Clone(h.bins.controller.Args),
+	args := append(slices.Clone(h.bins.controller.Args),
 		"--kubeconfig", c.Kubeconfig,
 		"--xds-address", "unix://"+c.xdsSock,
 		"--issuer-address", "unix://"+c.issuerSock,
 		"--metrics-address", c.metrics,
 		"--serving-name", "localhost",
 		"--log-level", "info",
-	)...)
+	)
+	if h.cfg.Debounce > 0 {
+		args = append(args, "--debounce", h.cfg.Debounce.String())
+	}
+	cmd := exec.Command(h.bins.controller.Path, args...)
 	cmd.Stdout, cmd.Stderr = c.ctrlLog, c.ctrlLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start meshfed-controller for %s: %w", c.Name, err)
 	}
 	fmt.Fprintf(c.ctrlLog, "--- harness: started meshfed-controller pid %d at %s\n", cmd.Process.Pid, time.Now().Format(time.RFC3339Nano))
-	c.controller = cmd
-	done := make(chan struct{})
-	c.ctrlDone = done
-	go func() { _ = cmd.Wait(); close(done) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(c.issuerSock); err == nil {
-			break
-		}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	c.controller = p
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	// Generous: a first configuration of a large cluster, on a shared
+	// machine, takes a while.
+	deadline := time.Now().Add(2 * time.Minute)
+	for !c.serving() {
 		select {
-		case <-done:
+		case <-p.done:
 			c.controller = nil
-			return fmt.Errorf("meshfed-controller for %s exited; see %s", c.Name, c.ctrlLog.Name())
+			return fmt.Errorf("meshfed-controller for %s exited (%v); see %s", c.Name, p.err, c.ctrlLogPath)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("meshfed-controller for %s did not start; see %s", c.Name, c.ctrlLog.Name())
+			return fmt.Errorf("meshfed-controller for %s did not start serving within 2 minutes; see %s", c.Name, c.ctrlLogPath)
 		}
 	}
 	return h.registerCluster(ctx, c)
+}
+
+// serving says whether a cluster's controller listens on its issuer socket
+// and answers /readyz.
+func (c *Cluster) serving() bool {
+	if _, err := os.Stat(c.issuerSock); err != nil {
+		return false
+	}
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + c.metrics + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // RefreshTrustBundle gives Pods started from now on the cluster's current
@@ -481,13 +520,44 @@ func (h *Harness) StopController(cluster string) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.controller == nil || c.controller.Process == nil {
+	if c.controller == nil {
 		return
 	}
-	_ = c.controller.Process.Signal(syscall.SIGKILL)
-	<-c.ctrlDone
+	_ = c.controller.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.controller.done
 	fmt.Fprintf(c.ctrlLog, "--- harness: killed meshfed-controller at %s\n", time.Now().Format(time.RFC3339Nano))
 	c.controller = nil
+}
+
+// ShutDownController stops a cluster's controller as Kubernetes stops its
+// Pod: SIGTERM, then SIGKILL if it has not exited within grace. The error
+// says if it did not exit on its own in time, or exited with a failure.
+func (h *Harness) ShutDownController(cluster string, grace time.Duration) error {
+	c, err := h.cluster(cluster)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.controller
+	if p == nil {
+		return nil
+	}
+	c.controller = nil
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		fmt.Fprintf(c.ctrlLog, "--- harness: killed meshfed-controller, still running %s after SIGTERM, at %s\n", grace, time.Now().Format(time.RFC3339Nano))
+		return fmt.Errorf("meshfed-controller for %s did not stop within %s of SIGTERM; see %s", c.Name, grace, c.ctrlLogPath)
+	}
+	fmt.Fprintf(c.ctrlLog, "--- harness: meshfed-controller stopped on SIGTERM (%v) at %s\n", p.err, time.Now().Format(time.RFC3339Nano))
+	if p.err != nil {
+		return fmt.Errorf("meshfed-controller for %s, stopped with SIGTERM: %w; see %s", c.Name, p.err, c.ctrlLogPath)
+	}
+	return nil
 }
 
 // ControllerPID is the process ID of a cluster's running controller, 0 if
@@ -499,10 +569,10 @@ func (h *Harness) ControllerPID(cluster string) int {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.controller == nil || c.controller.Process == nil {
+	if c.controller == nil {
 		return 0
 	}
-	return c.controller.Process.Pid
+	return c.controller.cmd.Process.Pid
 }
 
 // StopWorkloads kills every workload process of a cluster, as losing the

@@ -53,6 +53,7 @@ type sample struct {
 	at      time.Time
 	key     Key
 	backend string // the pod that answered (OK only)
+	err     string // the client's error (not OK only)
 }
 
 // Stats keeps recent RPC results from every client workload. Safe for
@@ -87,6 +88,8 @@ func (s *Stats) Record(source string, r Result, at time.Time) {
 	x := sample{at: at, key: Key{Source: source, Method: r.Method, Outcome: o}}
 	if o.OK {
 		x.backend = r.Backend
+	} else {
+		x.err = r.Error
 	}
 	s.samples = append(s.samples, x)
 	cut := 0
@@ -106,6 +109,27 @@ func (s *Stats) Count(from, to time.Time) map[Key]int {
 	for _, x := range s.samples {
 		if !x.at.Before(from) && x.at.Before(to) {
 			out[x.key]++
+		}
+	}
+	return out
+}
+
+// Call is one RPC a client made.
+type Call struct {
+	At      time.Time
+	Outcome Outcome
+	Error   string // the client's error message (not OK only)
+}
+
+// Calls returns source's calls of method recorded at or after from, in the
+// order they were recorded.
+func (s *Stats) Calls(source, method string, from time.Time) []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Call
+	for _, x := range s.samples {
+		if x.key.Source == source && x.key.Method == method && !x.at.Before(from) {
+			out = append(out, Call{At: x.at, Outcome: x.key.Outcome, Error: x.err})
 		}
 	}
 	return out

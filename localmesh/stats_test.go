@@ -42,3 +42,31 @@ func TestStatsGroupsRPCsBySourceMethodAndOutcome(t *testing.T) {
 		t.Errorf("after a minute %d kinds of result kept, want 1", n)
 	}
 }
+
+func TestCallsAreOneClientsRPCsOfOneMethodInOrderWithTheirErrors(t *testing.T) {
+	s := NewStats(time.Minute)
+	t0 := time.Unix(1000, 0)
+	for i, l := range []string{
+		`{"seq":1,"method":"BuyBook","code":"OK","version":"v1","cluster":"east"}`,
+		`{"seq":2,"method":"ListBooks","code":"PermissionDenied","error":"denied by rbac"}`,
+		`{"seq":3,"method":"BuyBook","code":"PermissionDenied","error":"denied by rbac"}`,
+		`{"seq":4,"method":"BuyBook","code":"OK","version":"v2","cluster":"east"}`,
+	} {
+		s.RecordLine("bookbuyer @ east", []byte(l), t0.Add(time.Duration(i)*time.Second))
+	}
+	s.RecordLine("bookthief @ east", []byte(`{"seq":1,"method":"BuyBook","code":"OK","version":"v1","cluster":"east"}`), t0.Add(3*time.Second))
+
+	got := s.Calls("bookbuyer @ east", "BuyBook", t0.Add(time.Second))
+	want := []Call{
+		{At: t0.Add(2 * time.Second), Outcome: Outcome{Code: "PermissionDenied"}, Error: "denied by rbac"},
+		{At: t0.Add(3 * time.Second), Outcome: Outcome{OK: true, Version: "v2", Cluster: "east"}},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("calls = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("call %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
