@@ -20,9 +20,9 @@ import (
 // controller through Unix sockets, which are files and so cross network
 // namespaces.
 //
-// This is how `meshfed demo` runs the bookstore without root: one flat
-// network for all clusters' pods, as a multi-cluster mesh without gateways
-// expects.
+// This is how `meshfed demo` and the test suites run the bookstore without
+// root: one flat network for all clusters' pods, as a multi-cluster mesh
+// without gateways expects.
 type UserNetwork struct {
 	holder *exec.Cmd
 	done   chan struct{}

@@ -4,7 +4,7 @@
 // from the controller's issuer, with a TokenRequest token bound to the Pod)
 // and the Pod's "app" container as a local program, with the Pod's
 // arguments and environment, inside a network namespace where the Pod's
-// address exists (see Netns).
+// address exists (see PodNetwork).
 //
 // It runs only Pods whose app container's image is one of Config.Images
 // (the demo's meshfed/bookapp); every other Pod is left as the sandbox
@@ -73,7 +73,7 @@ type Cluster struct {
 	// (then Pod addresses must exist already).
 	Network PodNetwork
 	// IssuerAddress and XDSAddress are the controller's, as reached from
-	// inside Netns.
+	// inside Network.
 	IssuerAddress, XDSAddress string
 	// TrustDomain is the mesh's SPIFFE trust domain.
 	TrustDomain string
@@ -85,7 +85,7 @@ type Cluster struct {
 }
 
 // PodNetwork is a network namespace that pod addresses are put on and
-// workloads run in: a Network (root, `ip netns`) or a UserNetwork (no root).
+// workloads run in, such as a UserNetwork.
 type PodNetwork interface {
 	// AddAddress makes a pod address exist in the network.
 	AddAddress(ip string) error
