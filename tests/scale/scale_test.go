@@ -498,6 +498,15 @@ func buildController(t *testing.T) string {
 
 // startController runs the controller until the test ends and returns its
 // PID; its log is printed if the test failed.
+//
+// It does not start the controller with localmesh.Harness, as the other
+// suites do, because that would change what is measured here: the harness fills the API
+// server before the controller starts and times the start to /readyz
+// (localmesh starts controllers before anything is applied), runs it with
+// --log-level=warn, the caller's --debounce and --memory-limit, or another
+// binary (MESHFED_SCALE_CONTROLLER), and lets the ADS clients dial it over
+// TCP. localmesh would also run a pod network and workload processes
+// beside it, competing with it for the machine while latencies are timed.
 func startController(t *testing.T, bin string, args ...string) int {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), "controller.log")
