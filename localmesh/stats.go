@@ -9,19 +9,13 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/meshfed/meshfed/demo/bookapp"
 )
 
 // Result is one RPC as a bookapp client reports it on stdout (one JSON
-// object per line).
-type Result struct {
-	Seq     int64  `json:"seq"`
-	Method  string `json:"method"`
-	Code    string `json:"code"`
-	Error   string `json:"error,omitempty"`
-	Backend string `json:"backend,omitempty"`
-	Version string `json:"version,omitempty"`
-	Cluster string `json:"cluster,omitempty"`
-}
+// object per line); the workload defines the format.
+type Result = bookapp.Result
 
 // Outcome is where an RPC ended: a backend version in a cluster, or the
 // status code it was refused with.
