@@ -20,8 +20,12 @@ type ClientPort struct {
 	Service mesh.NamespacedName
 	Port    uint32
 	// Backends are the weighted clusters of the TrafficSplit rooted at the
-	// service, on this port; empty means the service's own cluster.
+	// service, on this port; empty, or all at weight zero, means the
+	// service's own cluster.
 	Backends []WeightedBackend
+	// Warming are backend clusters new to this route: it refers to them
+	// (keepWarmRoute) but sends them nothing yet (routes.go).
+	Warming []string
 	// ClusterSet makes this the port of the service's clusterset name
 	// ("<svc>.<ns>.svc.clusterset.local", an MCS import) rather than of the
 	// local service; it has no Backends.
@@ -36,7 +40,8 @@ type WeightedBackend struct {
 
 // Equal reports whether c and o produce the same resources.
 func (c *ClientPort) Equal(o *ClientPort) bool {
-	return c.Service == o.Service && c.Port == o.Port && c.ClusterSet == o.ClusterSet && slices.Equal(c.Backends, o.Backends)
+	return c.Service == o.Service && c.Port == o.Port && c.ClusterSet == o.ClusterSet && slices.Equal(c.Backends, o.Backends) &&
+		slices.Equal(c.Warming, o.Warming)
 }
 
 // Name is the proxyless client listener's and route configuration's name.
@@ -145,13 +150,5 @@ func routeBackends(ix *Index, svc *mesh.Service, port uint32) []WeightedBackend 
 	if !ok {
 		return nil
 	}
-	backends := splitBackends(ix, split, port)
-	var total uint64
-	for _, b := range backends {
-		total += uint64(b.Weight)
-	}
-	if total == 0 {
-		return nil
-	}
-	return backends
+	return splitBackends(ix, split, port)
 }

@@ -105,38 +105,27 @@ func ProxylessRoutes(ix *Index) []types.Resource {
 	return out
 }
 
-// ProxylessRoute is the route configuration of one client port.
+// ProxylessRoute is the route configuration of one client port: its
+// default route, then the route that keeps the clusters it may move to
+// known to grpc-go (keepWarmRoute).
 func ProxylessRoute(c *ClientPort) *routev3.RouteConfiguration {
 	name := c.Name()
+	routes := []*routev3.Route{{Name: "default", Match: prefixMatch("/"), Action: routeAction(c)}}
+	if warm := keepWarmRoute(c); warm != nil {
+		routes = append(routes, warm)
+	}
 	return &routev3.RouteConfiguration{
 		Name: name,
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    name,
 			Domains: []string{name},
-			Routes:  []*routev3.Route{{Name: "default", Match: prefixMatch("/"), Action: routeAction(c)}},
+			Routes:  routes,
 		}},
 	}
 }
 
 func prefixMatch(prefix string) *routev3.RouteMatch {
 	return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: prefix}}
-}
-
-// routeAction forwards to the service's cluster, or to the weighted
-// backends of the TrafficSplit whose root is the service. Backends at
-// weight zero stay in the list (DESIGN.md, Known traps: grpc-go fails RPCs
-// briefly when a cluster it dropped comes back).
-func routeAction(c *ClientPort) *routev3.Route_Route {
-	if len(c.Backends) == 0 {
-		return &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c.Cluster()}}}
-	}
-	weighted := make([]*routev3.WeightedCluster_ClusterWeight, 0, len(c.Backends))
-	for _, b := range c.Backends {
-		weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: b.Cluster, Weight: wrapperspb.UInt32(b.Weight)})
-	}
-	return &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
-		WeightedClusters: &routev3.WeightedCluster{Clusters: weighted},
-	}}}
 }
 
 // splitBackends resolves a split's backends on port to cluster names and
@@ -176,9 +165,9 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBack
 	}
 	// A backend with no ready endpoint (scaled to zero, or a lost cluster's
 	// export kept without endpoints) gets no traffic while another backend
-	// can take it; it stays in the list at weight 0, so that grpc-go keeps
-	// its cluster and does not fail RPCs when it comes back (DESIGN.md,
-	// Known traps).
+	// can take it; it stays in the list at weight 0, and the keep-warm
+	// route names it, so that grpc-go keeps its cluster and does not fail
+	// RPCs when it comes back (routes.go).
 	if anyReady {
 		for i := range out {
 			if !ready[i] {

@@ -102,17 +102,31 @@ func (b *builder) drainRetired(delay time.Duration) (drained bool, next time.Tim
 	return drained, next
 }
 
-// scheduleDrain makes drain run at when, unless a drain is already due
-// earlier. Called under s.mu.
-func (s *Server) scheduleDrain(when time.Time) {
-	if s.drainTimer != nil && !s.drainAt.After(when) {
+// alarm runs a function at the earliest time it was set for. It is used
+// under Server.mu.
+type alarm struct {
+	t  *time.Timer
+	at time.Time
+}
+
+// set makes f run at when, unless the alarm is already due earlier.
+func (a *alarm) set(when time.Time, f func()) {
+	if a.t != nil && !a.at.After(when) {
 		return
 	}
-	if s.drainTimer != nil {
-		s.drainTimer.Stop()
+	a.stop()
+	a.at = when
+	a.t = time.AfterFunc(time.Until(when), f)
+}
+
+// fired is called first by the function the alarm ran.
+func (a *alarm) fired() { a.t = nil }
+
+func (a *alarm) stop() {
+	if a.t != nil {
+		a.t.Stop()
+		a.t = nil
 	}
-	s.drainAt = when
-	s.drainTimer = time.AfterFunc(time.Until(when), s.drain)
 }
 
 // drain takes out the clusters that are due and republishes every proxy's
@@ -120,10 +134,10 @@ func (s *Server) scheduleDrain(when time.Time) {
 func (s *Server) drain() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.drainTimer = nil
+	s.drainAlarm.fired()
 	drained, next := s.builder.drainRetired(s.cfg.DrainDelay)
 	if !next.IsZero() {
-		s.scheduleDrain(next)
+		s.drainAlarm.set(next, s.drain)
 	}
 	if drained {
 		s.publishAll()

@@ -48,7 +48,7 @@ func mentions(t *testing.T, snap interface {
 func TestRemovedClusterIsServedUntilDrained(t *testing.T) {
 	const delay = 5 * time.Second
 	now := time.Unix(1000, 0)
-	b := newBuilder()
+	b := newBuilder(0)
 	b.now = func() time.Time { return now }
 	state := syntheticMesh(30)
 	if _, err := b.update(state); err != nil {
@@ -101,7 +101,7 @@ func TestRemovedClusterIsServedUntilDrained(t *testing.T) {
 // the drain does not take it out.
 func TestClusterBackBeforeTheDrainStays(t *testing.T) {
 	now := time.Unix(1000, 0)
-	b := newBuilder()
+	b := newBuilder(0)
 	b.now = func() time.Time { return now }
 	state := syntheticMesh(30)
 	for _, s := range []mesh.State{state, withoutService(state, "svc-5"), state} {

@@ -142,12 +142,11 @@ func newPieceCache() *pieceCache {
 	return &pieceCache{client: map[clientKey]*clientPieces{}, upstream: map[upstreamKey]*upstreamPieces{}}
 }
 
-// update returns the shared configuration of every kind for ix, reusing
-// the pieces whose inputs are unchanged and building the others. If a new
-// piece fails validation the cache is left as it was and every failure is
-// returned.
-func (c *pieceCache) update(ix *generate.Index) (map[Kind]*sharedSet, error) {
-	cps := ix.ClientPorts()
+// update returns the shared configuration of every kind for ix, whose
+// client ports are cps, reusing the pieces whose inputs are unchanged and
+// building the others. If a new piece fails validation the cache is left
+// as it was and every failure is returned.
+func (c *pieceCache) update(ix *generate.Index, cps []generate.ClientPort) (map[Kind]*sharedSet, error) {
 	ups := ix.UpstreamPorts()
 	var errs []error
 	built := 0

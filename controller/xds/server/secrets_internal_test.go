@@ -69,7 +69,7 @@ func TestAuthoritySecretsAreReissuedAtHalfLifeAndWhenTheCARotates(t *testing.T) 
 func TestSidecarSnapshotIsPublishedOnlyWhenItsSecretsResolveItsSDSReferences(t *testing.T) {
 	_, authority := testAuthority(t)
 	id := mesh.NewIdentity(td, "ns-0", "sa-0")
-	b := newBuilder()
+	b := newBuilder(0)
 	if _, err := b.update(syntheticMesh(3)); err != nil {
 		t.Fatal(err)
 	}

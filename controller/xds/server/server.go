@@ -72,6 +72,10 @@ type Config struct {
 	// sent to proxies, unused, so that the routes that stop using it reach
 	// them first (drain.go); 0 removes it at once.
 	DrainDelay time.Duration
+	// WarmDelay is how long a cluster new to a route is named by it
+	// before calls are sent there, so that grpc-go is ready for it
+	// (warm.go); 0 sends calls at once.
+	WarmDelay time.Duration
 }
 
 // DefaultConfig returns a Config listening on :15128 with 30 s keepalives
@@ -79,7 +83,7 @@ type Config struct {
 // TLS and Authenticator must still be set.
 func DefaultConfig() Config {
 	return Config{Address: ":15128", Logger: slog.Default(), KeepaliveTime: 30 * time.Second, SecretCheckInterval: 30 * time.Second,
-		Limits: DefaultRequestLimits(), DrainDelay: 5 * time.Second}
+		Limits: DefaultRequestLimits(), DrainDelay: 5 * time.Second, WarmDelay: time.Second}
 }
 
 // Validate reports every problem with c.
@@ -108,8 +112,8 @@ func (c Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.DrainDelay < 0 {
-		errs = append(errs, errors.New("xds server: DrainDelay must not be negative"))
+	if c.DrainDelay < 0 || c.WarmDelay < 0 {
+		errs = append(errs, errors.New("xds server: DrainDelay and WarmDelay must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -127,9 +131,8 @@ type Server struct {
 	mu      sync.Mutex
 	builder *builder
 	keys    map[proxyKey]*keyState
-	// drainTimer, when set, runs drain at drainAt (drain.go).
-	drainTimer *time.Timer
-	drainAt    time.Time
+	// drainAlarm runs drain (drain.go), warmAlarm warm (warm.go).
+	drainAlarm, warmAlarm alarm
 
 	// streams tracks sent responses for NACK/ACK accounting.
 	streamsMu sync.Mutex
@@ -161,7 +164,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		metrics: newMetrics(cfg.Registerer),
-		builder: newBuilder(),
+		builder: newBuilder(cfg.WarmDelay),
 		keys:    map[proxyKey]*keyState{},
 		streams: map[int64]*streamState{},
 
@@ -301,17 +304,27 @@ func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 		s.cfg.Logger.Error("xds: generated configuration is invalid; proxies keep their last configuration", "err", err)
 		return ix.Problems, err
 	}
+	s.setAlarms()
+	err = s.publishAll()
+	s.metrics.generation.Observe(time.Since(start).Seconds())
+	return ix.Problems, err
+}
+
+// setAlarms, after the builder regenerated the shared configuration,
+// schedules the drain of the clusters it retired and the end of warming.
+// Called under s.mu.
+func (s *Server) setAlarms() {
 	if s.builder.newlyRetired {
 		s.builder.newlyRetired = false
 		if s.cfg.DrainDelay == 0 {
 			s.builder.drainRetired(0)
 		} else {
-			s.scheduleDrain(time.Now().Add(s.cfg.DrainDelay))
+			s.drainAlarm.set(time.Now().Add(s.cfg.DrainDelay), s.drain)
 		}
 	}
-	err = s.publishAll()
-	s.metrics.generation.Observe(time.Since(start).Seconds())
-	return ix.Problems, err
+	if next := s.builder.warmingUntil; !next.IsZero() {
+		s.warmAlarm.set(next, s.warm)
+	}
 }
 
 // publishAll publishes every connected proxy's configuration where it
@@ -406,9 +419,8 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancel()
 	defer func() {
 		s.mu.Lock()
-		if s.drainTimer != nil {
-			s.drainTimer.Stop()
-		}
+		s.drainAlarm.stop()
+		s.warmAlarm.stop()
 		s.mu.Unlock()
 	}()
 	xs := xdsserver.NewServer(srvCtx, s.cache, s.callbacks())

@@ -269,11 +269,17 @@ type builder struct {
 	// newlyRetired is set when an update retires a cluster.
 	now          func() time.Time
 	newlyRetired bool
+	// named is when each route first named each cluster; warmDelay and
+	// warmingUntil are warm.go's.
+	named        map[string]map[string]time.Time
+	warmDelay    time.Duration
+	warmingUntil time.Time
 }
 
-func newBuilder() *builder {
+func newBuilder(warmDelay time.Duration) *builder {
 	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{},
-		clusterSets: map[mesh.NamespacedName]*clusterSetEDS{}, idChangedAt: map[mesh.Identity]uint64{}, now: time.Now}
+		clusterSets: map[mesh.NamespacedName]*clusterSetEDS{}, idChangedAt: map[mesh.Identity]uint64{}, now: time.Now,
+		warmDelay: warmDelay}
 }
 
 func (b *builder) nextVersion() string {
@@ -333,25 +339,8 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 	ix := generate.NewIndex(s)
 	shapeChanged := b.ix == nil || !sameShape(&b.ix.State, &ix.State)
 	if shapeChanged {
-		sets, err := b.pieces.update(ix)
-		if err != nil {
-			return ix, fmt.Errorf("shared configuration: %w", err)
-		}
-		for kind, set := range sets {
-			sk := b.kinds[kind]
-			if sk == nil {
-				sk = &sharedKind{}
-				b.kinds[kind] = sk
-			}
-			for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
-				old := sk.types[t].res.Items
-				if b.setVersioned(&sk.types[t], set.items[t], set.hash[t]) {
-					sk.types[t].refs = set.refs[t]
-					if t == types.Cluster {
-						b.retire(sk, old)
-					}
-				}
-			}
+		if err := b.updateShared(ix); err != nil {
+			return ix, err
 		}
 	}
 	if err := b.updateEndpoints(ix); err != nil {
@@ -361,6 +350,34 @@ func (b *builder) update(s mesh.State) (*generate.Index, error) {
 	b.shapeAt = b.gen
 	b.ix, b.raw = ix, s
 	return ix, nil
+}
+
+// updateShared regenerates the listeners, routes and clusters every kind
+// shares from ix; a new version is given only to what changed.
+func (b *builder) updateShared(ix *generate.Index) error {
+	cps := ix.ClientPorts()
+	b.markWarming(cps)
+	sets, err := b.pieces.update(ix, cps)
+	if err != nil {
+		return fmt.Errorf("shared configuration: %w", err)
+	}
+	for kind, set := range sets {
+		sk := b.kinds[kind]
+		if sk == nil {
+			sk = &sharedKind{}
+			b.kinds[kind] = sk
+		}
+		for _, t := range []types.ResponseType{types.Listener, types.Route, types.Cluster} {
+			old := sk.types[t].res.Items
+			if b.setVersioned(&sk.types[t], set.items[t], set.hash[t]) {
+				sk.types[t].refs = set.refs[t]
+				if t == types.Cluster {
+					b.retire(sk, old)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // updateEndpointsOnly applies a change that endpointOnly accepted: local

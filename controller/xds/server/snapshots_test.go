@@ -88,7 +88,7 @@ func watchingAll() *keyState {
 }
 
 func TestProxyIsSentEndpointsOnlyWhenWhatItWatchesChanged(t *testing.T) {
-	b := newBuilder()
+	b := newBuilder(0)
 	state := syntheticMesh(50)
 	if _, err := b.update(state); err != nil {
 		t.Fatal(err)
@@ -123,7 +123,7 @@ func TestProxyIsSentEndpointsOnlyWhenWhatItWatchesChanged(t *testing.T) {
 func TestEndpointOnlyChangeKeepsListenerRouteAndClusterVersions(t *testing.T) {
 	for _, kind := range []Kind{KindProxyless, KindSidecar} {
 		t.Run(string(kind), func(t *testing.T) {
-			b := newBuilder()
+			b := newBuilder(0)
 			state := syntheticMesh(50)
 			if _, err := b.update(state); err != nil {
 				t.Fatal(err)
@@ -200,7 +200,7 @@ func BenchmarkGenerateFull(b *testing.B) {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
 			var full int
 			for i := 0; i < b.N; i++ {
-				bl := newBuilder()
+				bl := newBuilder(0)
 				if _, err := bl.update(state); err != nil {
 					b.Fatal(err)
 				}
@@ -222,7 +222,7 @@ func BenchmarkEndpointChange(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		state := syntheticMesh(n)
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			bl := newBuilder()
+			bl := newBuilder(0)
 			if _, err := bl.update(state); err != nil {
 				b.Fatal(err)
 			}
@@ -284,7 +284,7 @@ func resourcesOf(t *testing.T, snap interface {
 // taken for each of keys, every one watching all resources.
 func primedBuilder(t *testing.T, base mesh.State, keys []proxyKey) (*builder, map[proxyKey]*keyState) {
 	t.Helper()
-	inc := newBuilder()
+	inc := newBuilder(0)
 	if _, err := inc.update(base); err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func primedBuilder(t *testing.T, base mesh.State, keys []proxyKey) (*builder, ma
 func checkMatchesFullRebuild(t *testing.T, step string, inc *builder, state mesh.State, keys []proxyKey, states map[proxyKey]*keyState) {
 	t.Helper()
 	inc.drainRetired(0)
-	full := newBuilder()
+	full := newBuilder(0)
 	if _, err := full.update(state); err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +424,7 @@ func BenchmarkNewService(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		state := syntheticMesh(n)
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
-			bl := newBuilder()
+			bl := newBuilder(0)
 			if _, err := bl.update(state); err != nil {
 				b.Fatal(err)
 			}

@@ -53,42 +53,73 @@ func remoteSplitMesh(e1, w1 *backend, withWest bool) mesh.State {
 	return s
 }
 
-// A withdrawn cluster's split share moves home without a failed RPC: the
-// routes that stop using west's cluster reach the client before the
-// cluster is removed (make before break), whatever order the client's
-// ADS stream delivers the types in.
+// A withdrawn cluster's split share moves home, and back when the cluster
+// returns, without a failed RPC: the routes that stop using west's cluster
+// reach the client before the cluster is removed (make before break),
+// whatever order the client's ADS stream delivers the types in, and a
+// cluster a route starts to use was named by the route before
+// (generate/routes.go).
 func TestWithdrawingARemoteBackendFailsNoRPC(t *testing.T) {
+	withdrawRounds(t, func(s mesh.State) mesh.State { return s })
+}
+
+// As TestWithdrawingARemoteBackendFailsNoRPC, when west exported the
+// split's only other backend: once west is withdrawn the split names a
+// backend no cluster has, is refused, and the service's own cluster takes
+// all calls.
+func TestWithdrawingTheSplitsOnlyRemoteBackendFailsNoRPC(t *testing.T) {
+	withdrawRounds(t, func(s mesh.State) mesh.State {
+		if s.Remote == nil {
+			s.TrafficSplits = nil
+		}
+		return s
+	})
+}
+
+// withdrawRounds withdraws west and adds it back while four callers run,
+// many times (the window in which a client could fail a call is short),
+// and fails on any failed RPC. edit turns remoteSplitMesh's states into
+// the test's.
+func withdrawRounds(t *testing.T, edit func(mesh.State) mesh.State) {
 	m := startMesh(t)
 	e1, e1Serving := startBackendAt(t, m, bookstoreID, "east-1", "127.0.0.2")
 	w1, w1Serving := startBackendAt(t, m, bookstoreID, "west-1", "127.0.0.3")
-	m.update(t, remoteSplitMesh(e1, w1, true))
+	with, without := edit(remoteSplitMesh(e1, w1, true)), edit(remoteSplitMesh(e1, w1, false))
+	m.update(t, with)
 	<-e1Serving
 	<-w1Serving
 	buyer := client(t, m, bookbuyerID)
+	eventually(t, "west answers", func() error {
+		if c := tallyAny(buyer, 40); c["west-1"] == 0 {
+			return fmt.Errorf("answers: %v", c)
+		}
+		return nil
+	})
 
-	// Each round adds west back, waits until it answers, then withdraws
-	// it while four callers run. The window in which a client holds the
-	// old routes without the cluster is short, so the rounds are many.
-	const rounds = 15
+	const rounds = 10
 	var failed, total int64
 	for r := 0; r < rounds; r++ {
-		m.update(t, remoteSplitMesh(e1, w1, true))
-		eventually(t, "west answers", func() error {
-			c := tallyAny(buyer, 40)
-			if c["west-1"] == 0 {
-				return fmt.Errorf("answers: %v", c)
-			}
-			return nil
-		})
 		calls := startCallers(t, buyer, fmt.Sprintf("round %d: RPC while west is withdrawn", r), nil)
 		time.Sleep(50 * time.Millisecond)
-		m.update(t, remoteSplitMesh(e1, w1, false))
+		m.update(t, without)
 		time.Sleep(300 * time.Millisecond)
 		n, f := calls.stop()
 		total, failed = total+n, failed+f
 		if c := tallyAny(buyer, 40); c["west-1"] != 0 {
 			t.Fatalf("round %d: west still answers after it was withdrawn: %v", r, c)
 		}
+
+		calls = startCallers(t, buyer, fmt.Sprintf("round %d: RPC while west comes back", r), nil)
+		time.Sleep(50 * time.Millisecond)
+		m.update(t, with)
+		eventually(t, "west answers again", func() error {
+			if c := tallyAny(buyer, 40); c["west-1"] == 0 {
+				return fmt.Errorf("answers: %v", c)
+			}
+			return nil
+		})
+		n, f = calls.stop()
+		total, failed = total+n, failed+f
 	}
-	t.Logf("%d withdrawals, %d RPCs, %d failed", rounds, total, failed)
+	t.Logf("%d withdrawals and returns, %d RPCs, %d failed", rounds, total, failed)
 }

@@ -1,0 +1,56 @@
+package server
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/controller/xds/generate"
+	"github.com/meshfed/meshfed/mesh"
+)
+
+// A backend new to a known route is Warming for the warm delay; the
+// clusters of the first update and of a new route never are; a backend
+// that leaves and comes back warms again.
+func TestNewBackendsWarmBeforeTheyTakeCalls(t *testing.T) {
+	const delay = time.Second
+	now := time.Unix(1000, 0)
+	b := newBuilder(delay)
+	b.now = func() time.Time { return now }
+	svc := mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore"}
+	other := mesh.NamespacedName{Namespace: "bookstore", Name: "other"}
+	v1, v2 := "bookstore/bookstore-v1:14001", "bookstore/bookstore-v2:14001@west"
+	mark := func(ports ...generate.ClientPort) []generate.ClientPort {
+		b.markWarming(ports)
+		return ports
+	}
+	split := func(backends ...string) generate.ClientPort {
+		c := generate.ClientPort{Service: svc, Port: 14001}
+		for _, n := range backends {
+			c.Backends = append(c.Backends, generate.WeightedBackend{Cluster: n, Weight: 50})
+		}
+		return c
+	}
+
+	if got := mark(split(v1, v2)); got[0].Warming != nil || !b.warmingUntil.IsZero() {
+		t.Fatalf("first update: warming %v until %v, want none", got[0].Warming, b.warmingUntil)
+	}
+	now = now.Add(time.Minute)
+	mark(split(v1))
+	now = now.Add(time.Minute)
+	got := mark(split(v1, v2), generate.ClientPort{Service: other, Port: 14001, Backends: split(v2).Backends})
+	if !slices.Equal(got[0].Warming, []string{v2}) || !b.warmingUntil.Equal(now.Add(delay)) {
+		t.Fatalf("v2 back on bookstore's route: warming %v until %v, want [%s] until %v", got[0].Warming, b.warmingUntil, v2, now.Add(delay))
+	}
+	if got[1].Warming != nil {
+		t.Errorf("a new route warms %v; it has no client to catch between versions", got[1].Warming)
+	}
+	now = now.Add(delay / 2)
+	if got := mark(split(v1, v2)); !slices.Equal(got[0].Warming, []string{v2}) {
+		t.Errorf("half the delay later: warming %v, want [%s]", got[0].Warming, v2)
+	}
+	now = now.Add(delay / 2)
+	if got := mark(split(v1, v2)); got[0].Warming != nil || !b.warmingUntil.IsZero() {
+		t.Errorf("after the delay: warming %v until %v, want none", got[0].Warming, b.warmingUntil)
+	}
+}
