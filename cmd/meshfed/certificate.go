@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/trust/rotation"
 )
 
@@ -75,8 +76,8 @@ func describeTarget(kf *kubeFlags) string {
 }
 
 // openCACluster opens a cluster's CA where its MeshConfig says it is.
-func openCACluster(ctx context.Context, mc *meshCluster, fallback string) (*rotation.Cluster, error) {
-	spec := mc.spec
+func openCACluster(ctx context.Context, mc *installer.Member, fallback string) (*rotation.Cluster, error) {
+	spec := mc.Spec
 	name := spec.ClusterName
 	if name == "" {
 		name = fallback
@@ -85,7 +86,7 @@ func openCACluster(ctx context.Context, mc *meshCluster, fallback string) (*rota
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: trust domain %q: %w", name, spec.TrustDomainOr(""), err)
 	}
-	return rotation.Open(ctx, rotation.ClusterConfig{Name: name, Client: mc.kube, Namespace: mc.mesh.Namespace,
+	return rotation.Open(ctx, rotation.ClusterConfig{Name: name, Client: mc.Client.Kube(), Namespace: mc.Mesh.Namespace,
 		RootSecret: spec.Certificate.RootSecretName, IntermediateSecret: spec.Certificate.IntermediateSecretName,
 		BundleConfigMap: deploy.BundleConfigMapName, TrustDomain: td, SVIDTTL: spec.Certificate.ServiceCertValidityDuration})
 }

@@ -6,40 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshfed/meshfed/controller/federate"
-	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/mesh"
 )
 
-// meshCluster is one cluster's installed mesh as `meshfed cluster` sees it.
-type meshCluster struct {
-	inst *installer.Client
-	kube kubernetes.Interface
-	dyn  dynamic.Interface
-	mesh *installer.Mesh
-	// meshConfig is the MeshConfig object as read, spec its spec.
-	meshConfig *unstructured.Unstructured
-	spec       meshconfig.Spec
-}
-
-func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*meshCluster, error) {
+// openMeshCluster opens the mesh meshName in the cluster of kf.
+func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*installer.Member, error) {
 	cfg, err := kf.restConfig()
 	if err != nil {
 		return nil, err
@@ -48,77 +30,7 @@ func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*mesh
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	m, err := inst.FindMesh(ctx, meshName)
-	if err != nil {
-		return nil, err
-	}
-	mc, err := dyn.Resource(federate.MeshConfigGVR).Namespace(m.Namespace).Get(ctx, deploy.MeshConfigName, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("MeshConfig %s/%s: %w", m.Namespace, deploy.MeshConfigName, err)
-	}
-	spec, err := meshconfig.Parse(mc)
-	if err != nil {
-		return nil, fmt.Errorf("MeshConfig %s/%s: %w (fix it with kubectl edit meshconfig -n %s %s)", m.Namespace, deploy.MeshConfigName, err, m.Namespace, deploy.MeshConfigName)
-	}
-	return &meshCluster{inst: inst, kube: inst.Kube(), dyn: dyn, mesh: m, meshConfig: mc, spec: spec}, nil
-}
-
-// gossipAddress is where other clusters reach this one's gossip port:
-// spec.federation.advertiseAddress (else bindAddress unless it is
-// 0.0.0.0) with advertisePort (else bindPort), or else the address the
-// running controller reported in status.federation.
-func (c *meshCluster) gossipAddress() (string, error) {
-	f := c.spec.Federation
-	host := f.AdvertiseAddress
-	if host == "" && f.BindAddress != "0.0.0.0" && f.BindAddress != "::" {
-		host = f.BindAddress
-	}
-	if host != "" {
-		return net.JoinHostPort(host, strconv.Itoa(f.AdvertisedPort())), nil
-	}
-	if st, ok := c.status(); ok {
-		for _, m := range st.Members {
-			if m.Local && m.Address != "" {
-				return m.Address, nil
-			}
-		}
-	}
-	return "", fmt.Errorf("cluster %s: no gossip address: set spec.federation.advertiseAddress in MeshConfig %s/%s, or pass --peer-address",
-		c.mesh.ClusterName, c.mesh.Namespace, deploy.MeshConfigName)
-}
-
-// status returns the controller's status.federation, if any.
-func (c *meshCluster) status() (federate.Status, bool) {
-	raw, ok, _ := unstructured.NestedMap(c.meshConfig.Object, "status", "federation")
-	if !ok {
-		return federate.Status{}, false
-	}
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return federate.Status{}, false
-	}
-	var st federate.Status
-	if err := json.Unmarshal(b, &st); err != nil {
-		return federate.Status{}, false
-	}
-	return st, true
-}
-
-// patchFederation merge-patches spec.federation of the MeshConfig.
-func (c *meshCluster) patchFederation(ctx context.Context, fields map[string]any) error {
-	patch, err := json.Marshal(map[string]any{"spec": map[string]any{"federation": fields}})
-	if err != nil {
-		return err
-	}
-	_, err = c.dyn.Resource(federate.MeshConfigGVR).Namespace(c.mesh.Namespace).Patch(ctx, deploy.MeshConfigName, types.MergePatchType, patch, metav1.PatchOptions{})
-	if err != nil {
-		return fmt.Errorf("cluster %s: MeshConfig %s/%s: %w", c.mesh.ClusterName, c.mesh.Namespace, deploy.MeshConfigName, err)
-	}
-	return nil
+	return inst.OpenMember(ctx, meshName)
 }
 
 func newClusterCommand(kf *kubeFlags) *cobra.Command {
@@ -176,7 +88,16 @@ Restart this cluster's controller if its intermediate was installed after it sta
 			if err := inter.read(&src); err != nil {
 				return err
 			}
-			return join(ctx, out, local, remote, args, peerAddress, src, replaceRoot)
+			o := installer.JoinOptions{PeerAddress: peerAddress, CA: src, ReplaceRoot: replaceRoot,
+				Progress: func(msg string) { fmt.Fprintln(out, msg) }}
+			if len(args) == 1 {
+				o.Name = args[0]
+			}
+			if err := installer.Join(ctx, local, remote, o); err != nil {
+				return joinHint(err, local.Mesh.ClusterName)
+			}
+			fmt.Fprintf(out, "cluster %s joins %s's federation; check with `meshfed cluster list`\n", local.Mesh.ClusterName, remote.Mesh.ClusterName)
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -189,76 +110,15 @@ Restart this cluster's controller if its intermediate was installed after it sta
 	return cmd
 }
 
-func join(ctx context.Context, out io.Writer, local, peer *meshCluster, args []string, peerAddress string, src installer.CASource, replaceRoot bool) error {
-	lm, pm := local.mesh, peer.mesh
-	var errs []error
-	if len(args) == 1 && args[0] != lm.ClusterName {
-		errs = append(errs, fmt.Errorf("this cluster's MeshConfig names it %q, not %q: check --context", lm.ClusterName, args[0]))
+// joinHint adds to a join error what the user can do about it.
+func joinHint(err error, cluster string) error {
+	switch {
+	case errors.Is(err, installer.ErrNoPeerRoot):
+		return fmt.Errorf("%w\nthe peer keeps no root key (its root is offline): sign an intermediate for %s with the root and pass --intermediate-cert, --intermediate-key and --trust-bundle", err, cluster)
+	case errors.Is(err, installer.ErrDifferentRoot):
+		return fmt.Errorf("%w\n`meshfed install` gave %s a root of its own; to take the peer's instead, run join again with --replace-root (then restart %s's controller and workloads)", err, cluster, cluster)
 	}
-	if lm.ClusterName == pm.ClusterName {
-		errs = append(errs, fmt.Errorf("both clusters are named %q: every member needs its own name (reinstall one with another --cluster-name)", lm.ClusterName))
-	}
-	if lm.TrustDomain != pm.TrustDomain {
-		errs = append(errs, fmt.Errorf("trust domains differ: this cluster %q, peer %q; a federation shares one", lm.TrustDomain, pm.TrustDomain))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	if peerAddress == "" {
-		addr, err := peer.gossipAddress()
-		if err != nil {
-			return err
-		}
-		peerAddress = addr
-	} else if _, _, err := net.SplitHostPort(peerAddress); err != nil {
-		return fmt.Errorf("--peer-address %q: %w", peerAddress, err)
-	}
-
-	// 1. The shared root (or a signed intermediate).
-	opts := deploy.DefaultOptions()
-	opts.MeshName, opts.Namespace, opts.ClusterName, opts.TrustDomain = lm.Name, lm.Namespace, lm.ClusterName, lm.TrustDomain
-	if len(src.IntermediateChain) == 0 {
-		src.RootFrom, src.RootFromNamespace, src.ReplaceRoot = peer.kube, pm.Namespace, replaceRoot
-	}
-	msg, err := local.inst.InstallCA(ctx, opts, src)
-	if err != nil {
-		if errors.Is(err, installer.ErrNoPeerRoot) {
-			return fmt.Errorf("%w\nthe peer keeps no root key (its root is offline): sign an intermediate for %s with the root and pass --intermediate-cert, --intermediate-key and --trust-bundle", err, lm.ClusterName)
-		}
-		if errors.Is(err, installer.ErrDifferentRoot) {
-			return fmt.Errorf("trust: %w\n`meshfed install` gave %s a root of its own; to take the peer's instead, run join again with --replace-root (then restart %s's controller and workloads)", err, lm.ClusterName, lm.ClusterName)
-		}
-		return fmt.Errorf("trust: %w", err)
-	}
-	fmt.Fprintf(out, "trust: %s\n", msg)
-
-	// 2. The gossip keyring, from the peer (made there if it has none).
-	keys, created, err := federate.EnsureGossipKeys(ctx, peer.kube, pm.Namespace, peer.spec.Federation.GossipKeySecretName)
-	if err != nil {
-		return fmt.Errorf("peer %s: %w", pm.ClusterName, err)
-	}
-	if created {
-		fmt.Fprintf(out, "gossip key: created Secret %s/%s in %s\n", pm.Namespace, peer.spec.Federation.GossipKeySecretName, pm.ClusterName)
-	}
-	if err := federate.SaveGossipKeys(ctx, local.kube, lm.Namespace, local.spec.Federation.GossipKeySecretName, keys, true); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "gossip key: %d key(s) copied into Secret %s/%s\n", len(keys), lm.Namespace, local.spec.Federation.GossipKeySecretName)
-
-	// 3. Both MeshConfigs: federation on, the peer as this cluster's seed.
-	peers := slices.Clone(local.spec.Federation.Peers)
-	if !slices.Contains(peers, peerAddress) {
-		peers = append(peers, peerAddress)
-	}
-	if err := local.patchFederation(ctx, map[string]any{"enabled": true, "peers": peers}); err != nil {
-		return err
-	}
-	if err := peer.patchFederation(ctx, map[string]any{"enabled": true}); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "federation: enabled in %s (seed %s) and %s\n", lm.ClusterName, peerAddress, pm.ClusterName)
-	fmt.Fprintf(out, "cluster %s joins %s's federation; check with `meshfed cluster list`\n", lm.ClusterName, pm.ClusterName)
-	return nil
+	return err
 }
 
 func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
@@ -272,19 +132,19 @@ func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, ok := c.status()
+			st, ok := c.Status()
 			if !ok {
-				if !c.spec.Federation.Enabled {
-					return fmt.Errorf("cluster %s is not federated (spec.federation.enabled is false); see `meshfed cluster join`", c.mesh.ClusterName)
+				if !c.Spec.Federation.Enabled {
+					return fmt.Errorf("cluster %s is not federated (spec.federation.enabled is false); see `meshfed cluster join`", c.Mesh.ClusterName)
 				}
-				return fmt.Errorf("cluster %s: its controller has not reported federation status yet (MeshConfig %s/%s status.federation)", c.mesh.ClusterName, c.mesh.Namespace, deploy.MeshConfigName)
+				return fmt.Errorf("cluster %s: its controller has not reported federation status yet (MeshConfig %s/%s status.federation)", c.Mesh.ClusterName, c.Mesh.Namespace, deploy.MeshConfigName)
 			}
 			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			printMembers(cmd.OutOrStdout(), st, c.spec.Federation.Enabled, time.Now())
+			printMembers(cmd.OutOrStdout(), st, c.Spec.Federation.Enabled, time.Now())
 			return nil
 		},
 	}
@@ -407,10 +267,10 @@ this one should not be able to rejoin.`,
 			if err != nil {
 				return err
 			}
-			if err := c.patchFederation(cmd.Context(), map[string]any{"enabled": false}); err != nil {
+			if err := c.PatchFederation(cmd.Context(), map[string]any{"enabled": false}); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s leaves the federation (spec.federation.enabled=false)\n", c.mesh.ClusterName)
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s leaves the federation (spec.federation.enabled=false)\n", c.Mesh.ClusterName)
 			return nil
 		},
 	}

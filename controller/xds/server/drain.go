@@ -132,6 +132,7 @@ func (a *alarm) stop() {
 // drain takes out the clusters that are due and republishes every proxy's
 // configuration. It runs on its timer's goroutine.
 func (s *Server) drain() {
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.drainAlarm.fired()

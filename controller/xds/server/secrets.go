@@ -142,17 +142,14 @@ func checkSecrets(res []types.Resource) error {
 // setSecrets makes res key's secrets and republishes its snapshot if they
 // changed.
 func (s *Server) setSecrets(key proxyKey, res []types.Resource) {
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks := s.keys[key]
 	if ks == nil || !s.builder.setSecrets(ks, res) || s.builder.ix == nil {
 		return
 	}
-	if set, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
-		s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", key.String(), "err", err)
-	} else if set {
-		s.metrics.snapshotsSet.Inc()
-	}
+	_ = s.publish(key, ks) // logged
 }
 
 // setSecrets records res as ks's secrets; it reports whether they differ

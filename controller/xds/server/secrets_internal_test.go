@@ -78,8 +78,8 @@ func TestSidecarSnapshotIsPublishedOnlyWhenItsSecretsResolveItsSDSReferences(t *
 	ks.subscribe(types.Secret, nil, true)
 	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 
-	if set, err := b.publish(context.Background(), cache, key, ks); set || err != nil {
-		t.Fatalf("published without secrets: set %v, err %v", set, err)
+	if snap, err := b.publish(key, ks); snap != nil || err != nil {
+		t.Fatalf("published without secrets: snapshot %v, err %v", snap != nil, err)
 	}
 	all, err := NewAuthoritySecrets(authority, time.Hour).Secrets(id)
 	if err != nil {
@@ -92,20 +92,24 @@ func TestSidecarSnapshotIsPublishedOnlyWhenItsSecretsResolveItsSDSReferences(t *
 		}
 	}
 	b.setSecrets(ks, identityOnly)
-	_, err = b.publish(context.Background(), cache, key, ks)
+	_, err = b.publish(key, ks)
 	if !errors.Is(err, generate.ErrInconsistent) || !strings.Contains(err.Error(), "secret "+generate.SDSTrustBundleSecret+" is missing") {
 		t.Fatalf("publish with the bundle missing: %v, want the missing secret named", err)
 	}
 
 	b.setSecrets(ks, all)
-	if set, err := b.publish(context.Background(), cache, key, ks); !set || err != nil {
-		t.Fatalf("publish with its secrets: set %v, err %v", set, err)
+	snap, err := b.publish(key, ks)
+	if snap == nil || err != nil {
+		t.Fatalf("publish with its secrets: snapshot %v, err %v", snap != nil, err)
 	}
-	snap, err := cache.GetSnapshot(key.String())
+	if err := cache.SetSnapshot(context.Background(), key.String(), snap); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := cache.GetSnapshot(key.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := snap.GetResources(resourcev3.SecretType)
+	got := stored.GetResources(resourcev3.SecretType)
 	if len(got) != 2 || got[generate.SDSIdentitySecret] == nil || got[generate.SDSTrustBundleSecret] == nil {
 		t.Fatalf("snapshot secrets %v", got)
 	}

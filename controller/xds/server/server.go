@@ -125,12 +125,17 @@ type Server struct {
 	cache   subscribingCache
 	metrics *metrics
 
-	// mu guards builder and keys. It is never held while calling an
-	// Authenticator or while a stream waits on the network; SetSnapshot is
-	// called under it (go-control-plane only queues responses).
+	// mu guards builder and keys. It is never held while calling out: not
+	// while calling an Authenticator, waiting on a stream, or writing to
+	// the snapshot cache (publish.go).
 	mu      sync.Mutex
 	builder *builder
 	keys    map[proxyKey]*keyState
+	// pending are the cache writes decided under mu, in order; flushMu
+	// serializes applying them (publish.go).
+	pendingMu sync.Mutex
+	pending   []cacheWrite
+	flushMu   sync.Mutex
 	// drainAlarm runs drain (drain.go), warmAlarm warm (warm.go).
 	drainAlarm, warmAlarm alarm
 
@@ -185,8 +190,7 @@ type subscribingCache struct {
 }
 
 // CreateWatch runs on the stream's goroutine; it takes Server.mu (never
-// held while waiting on a stream: SetSnapshot only queues responses on
-// buffered channels), so it may wait for an Update in progress. It opens
+// held while calling out), so it may wait for an Update in progress. It opens
 // a watch only for a node the stream stamped with its authenticated
 // identity (identityStream) and only within the subscription limits; an
 // error ends the stream.
@@ -227,6 +231,7 @@ func (s *Server) subscribe(nodeID, typeURL string, sub cachev3.Subscription) err
 		return status.Errorf(codes.InvalidArgument, "xds: no watch for type %q of node %q", truncate(typeURL, 128), truncate(nodeID, 128))
 	}
 	key := proxyKey{id: mesh.Identity(nodeID[:i]), kind: Kind(nodeID[i+1:])}
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks := s.keys[key]
@@ -244,11 +249,7 @@ func (s *Server) subscribe(nodeID, typeURL string, sub cachev3.Subscription) err
 		s.refusedSecrets(key, names, ks)
 	}
 	if ks.subscribe(t, names, sub.IsWildcard()) && s.builder.ix != nil {
-		if _, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
-			s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", nodeID, "err", err)
-		} else {
-			s.metrics.snapshotsSet.Inc()
-		}
+		s.publish(key, ks)
 	}
 	return nil
 }
@@ -296,6 +297,7 @@ func responseType(url string) types.ResponseType {
 // clusters), the rest is O(services) map work (docs/benchmarks.md).
 func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 	start := time.Now()
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ix, err := s.builder.update(st)
@@ -332,13 +334,8 @@ func (s *Server) setAlarms() {
 func (s *Server) publishAll() error {
 	var errs []error
 	for key, ks := range s.keys {
-		set, err := s.builder.publish(context.Background(), s.cache, key, ks)
-		if err != nil {
+		if err := s.publish(key, ks); err != nil {
 			errs = append(errs, err)
-			continue
-		}
-		if set {
-			s.metrics.snapshotsSet.Inc()
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -362,6 +359,7 @@ func (s *Server) acquire(key proxyKey) {
 	if key.kind == KindSidecar {
 		defer s.wantSecrets(key.id)
 	}
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks, ok := s.keys[key]
@@ -371,16 +369,13 @@ func (s *Server) acquire(key proxyKey) {
 	}
 	ks.refs++
 	if ks.refs == 1 && s.builder.ix != nil {
-		if _, err := s.builder.publish(context.Background(), s.cache, key, ks); err != nil {
-			s.cfg.Logger.Error("xds: cannot build configuration for proxy", "proxy", key.String(), "err", err)
-		} else {
-			s.metrics.snapshotsSet.Inc()
-		}
+		_ = s.publish(key, ks) // logged
 	}
 }
 
 // release drops a stream of key; the last one clears its snapshot.
 func (s *Server) release(key proxyKey) {
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks := s.keys[key]
@@ -390,7 +385,7 @@ func (s *Server) release(key proxyKey) {
 	ks.refs--
 	if ks.refs <= 0 {
 		delete(s.keys, key)
-		s.cache.ClearSnapshot(key.String())
+		s.queue(cacheWrite{key: key.String()})
 	}
 }
 

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -794,18 +793,16 @@ func (b *builder) sharedRefs(kind Kind) (*generate.RefIndex, error) {
 	return ix, nil
 }
 
-// publish sets key's snapshot if it changed. A sidecar key waits for its
-// secrets: without them its TLS contexts could not resolve.
-func (b *builder) publish(ctx context.Context, cache cachev3.SnapshotCache, key proxyKey, ks *keyState) (bool, error) {
+// publish returns key's snapshot if it changed since key last got one (nil
+// if not). A sidecar key waits for its secrets: without them its TLS
+// contexts could not resolve.
+func (b *builder) publish(key proxyKey, ks *keyState) (*cachev3.Snapshot, error) {
 	if key.kind == KindSidecar && !ks.hasSecrets {
-		return false, nil
+		return nil, nil
 	}
 	snap, changed, err := b.snapshot(key, ks)
 	if err != nil || !changed {
-		return false, err
+		return nil, err
 	}
-	if err := cache.SetSnapshot(ctx, key.String(), snap); err != nil {
-		return false, fmt.Errorf("proxy %s: set snapshot: %w", key, err)
-	}
-	return true, nil
+	return snap, nil
 }

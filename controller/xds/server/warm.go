@@ -49,6 +49,7 @@ func (b *builder) markWarming(cps []generate.ClientPort) {
 // warm regenerates the shared configuration once warming clusters are due,
 // and publishes it. It runs on its alarm's goroutine.
 func (s *Server) warm() {
+	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.warmAlarm.fired()
