@@ -10,7 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshfed/meshfed/deploy"
-	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/deploy/member"
 	"github.com/meshfed/meshfed/trust/rotation"
 )
 
@@ -76,7 +76,7 @@ func describeTarget(kf *kubeFlags) string {
 }
 
 // openCACluster opens a cluster's CA where its MeshConfig says it is.
-func openCACluster(ctx context.Context, mc *installer.Member, fallback string) (*rotation.Cluster, error) {
+func openCACluster(ctx context.Context, mc *member.Member, fallback string) (*rotation.Cluster, error) {
 	spec := mc.Spec
 	name := spec.ClusterName
 	if name == "" {

@@ -16,12 +16,13 @@ import (
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
+	"github.com/meshfed/meshfed/deploy/member"
 	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/mesh"
 )
 
 // openMeshCluster opens the mesh meshName in the cluster of kf.
-func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*installer.Member, error) {
+func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*member.Member, error) {
 	cfg, err := kf.restConfig()
 	if err != nil {
 		return nil, err
@@ -30,7 +31,7 @@ func openMeshCluster(ctx context.Context, kf *kubeFlags, meshName string) (*inst
 	if err != nil {
 		return nil, err
 	}
-	return inst.OpenMember(ctx, meshName)
+	return member.Open(ctx, inst, meshName)
 }
 
 func newClusterCommand(kf *kubeFlags) *cobra.Command {
@@ -88,12 +89,12 @@ Restart this cluster's controller if its intermediate was installed after it sta
 			if err := inter.read(&src); err != nil {
 				return err
 			}
-			o := installer.JoinOptions{PeerAddress: peerAddress, CA: src, ReplaceRoot: replaceRoot,
+			o := member.JoinOptions{PeerAddress: peerAddress, CA: src, ReplaceRoot: replaceRoot,
 				Progress: func(msg string) { fmt.Fprintln(out, msg) }}
 			if len(args) == 1 {
 				o.Name = args[0]
 			}
-			if err := installer.Join(ctx, local, remote, o); err != nil {
+			if err := member.Join(ctx, local, remote, o); err != nil {
 				return joinHint(err, local.Mesh.ClusterName)
 			}
 			fmt.Fprintf(out, "cluster %s joins %s's federation; check with `meshfed cluster list`\n", local.Mesh.ClusterName, remote.Mesh.ClusterName)

@@ -1,4 +1,4 @@
-package installer
+package member
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/meshfed/meshfed/controller/meshconfig"
+	"github.com/meshfed/meshfed/deploy/installer"
 )
 
 func member(cluster, td string, f meshconfig.Federation, status map[string]any) *Member {
@@ -15,7 +16,7 @@ func member(cluster, td string, f meshconfig.Federation, status map[string]any) 
 	if status != nil {
 		obj["status"] = map[string]any{"federation": status}
 	}
-	return &Member{Mesh: &Mesh{Name: "meshfed", Namespace: "meshfed-system", ClusterName: cluster, TrustDomain: td},
+	return &Member{Mesh: &installer.Mesh{Name: "meshfed", Namespace: "meshfed-system", ClusterName: cluster, TrustDomain: td},
 		MeshConfig: &unstructured.Unstructured{Object: obj}, Spec: meshconfig.Spec{Federation: f}}
 }
 

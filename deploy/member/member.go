@@ -1,4 +1,7 @@
-package installer
+// Package member reads and changes one cluster's installed mesh as a
+// federation member: its MeshConfig, gossip address and federation status,
+// and joining it to another cluster's federation (meshfed cluster).
+package member
 
 import (
 	"context"
@@ -16,27 +19,28 @@ import (
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/deploy/installer"
 )
 
 // Member is one cluster's installed mesh as `meshfed cluster` sees it: its
 // installer client, the mesh found in it and its MeshConfig.
 type Member struct {
-	Client *Client
-	Mesh   *Mesh
+	Client *installer.Client
+	Mesh   *installer.Mesh
 	// MeshConfig is the MeshConfig object as read, Spec its spec.
 	MeshConfig *unstructured.Unstructured
 	Spec       meshconfig.Spec
 }
 
-// OpenMember finds the mesh meshName in c's cluster and reads its
-// MeshConfig; a MeshConfig that does not parse is an error naming the
-// command that fixes it.
-func (c *Client) OpenMember(ctx context.Context, meshName string) (*Member, error) {
+// Open finds the mesh meshName in c's cluster and reads its MeshConfig; a
+// MeshConfig that does not parse is an error naming the command that fixes
+// it.
+func Open(ctx context.Context, c *installer.Client, meshName string) (*Member, error) {
 	m, err := c.FindMesh(ctx, meshName)
 	if err != nil {
 		return nil, err
 	}
-	mc, err := c.dyn.Resource(federate.MeshConfigGVR).Namespace(m.Namespace).Get(ctx, deploy.MeshConfigName, metav1.GetOptions{})
+	mc, err := c.Dynamic().Resource(deploy.MeshConfigGVR).Namespace(m.Namespace).Get(ctx, deploy.MeshConfigName, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("MeshConfig %s/%s: %w", m.Namespace, deploy.MeshConfigName, err)
 	}
@@ -94,7 +98,7 @@ func (m *Member) PatchFederation(ctx context.Context, fields map[string]any) err
 	if err != nil {
 		return err
 	}
-	_, err = m.Client.dyn.Resource(federate.MeshConfigGVR).Namespace(m.Mesh.Namespace).Patch(ctx, deploy.MeshConfigName, types.MergePatchType, patch, metav1.PatchOptions{})
+	_, err = m.Client.Dynamic().Resource(deploy.MeshConfigGVR).Namespace(m.Mesh.Namespace).Patch(ctx, deploy.MeshConfigName, types.MergePatchType, patch, metav1.PatchOptions{})
 	if err != nil {
 		return fmt.Errorf("cluster %s: MeshConfig %s/%s: %w", m.Mesh.ClusterName, m.Mesh.Namespace, deploy.MeshConfigName, err)
 	}
@@ -110,7 +114,7 @@ type JoinOptions struct {
 	PeerAddress string
 	// CA is where the joining cluster's intermediate comes from; with no
 	// intermediate given, the peer's root signs one (ReplaceRoot as given).
-	CA          CASource
+	CA          installer.CASource
 	ReplaceRoot bool
 	// Progress, if set, is told each step done.
 	Progress func(string)
@@ -120,9 +124,9 @@ type JoinOptions struct {
 // belongs to: the shared root (or a signed intermediate) is installed in
 // local, the gossip keyring is copied from peer (made there if it has
 // none), and federation is enabled in both MeshConfigs with peer's gossip
-// address as local's seed. Errors wrapping ErrNoPeerRoot and
-// ErrDifferentRoot say the peer keeps no root key and that local has a
-// root of its own.
+// address as local's seed. Errors wrapping installer.ErrNoPeerRoot and
+// installer.ErrDifferentRoot say the peer keeps no root key and that local
+// has a root of its own.
 func Join(ctx context.Context, local, peer *Member, o JoinOptions) error {
 	progress := o.Progress
 	if progress == nil {
@@ -158,7 +162,7 @@ func Join(ctx context.Context, local, peer *Member, o JoinOptions) error {
 	opts.MeshName, opts.Namespace, opts.ClusterName, opts.TrustDomain = lm.Name, lm.Namespace, lm.ClusterName, lm.TrustDomain
 	src := o.CA
 	if len(src.IntermediateChain) == 0 {
-		src.RootFrom, src.RootFromNamespace, src.ReplaceRoot = peer.Client.kube, pm.Namespace, o.ReplaceRoot
+		src.RootFrom, src.RootFromNamespace, src.ReplaceRoot = peer.Client.Kube(), pm.Namespace, o.ReplaceRoot
 	}
 	msg, err := local.Client.InstallCA(ctx, opts, src)
 	if err != nil {
@@ -168,14 +172,14 @@ func Join(ctx context.Context, local, peer *Member, o JoinOptions) error {
 
 	// 2. The gossip keyring, from the peer (made there if it has none).
 	peerSecret, localSecret := peer.Spec.Federation.GossipKeySecretName, local.Spec.Federation.GossipKeySecretName
-	keys, created, err := federate.EnsureGossipKeys(ctx, peer.Client.kube, pm.Namespace, peerSecret)
+	keys, created, err := federate.EnsureGossipKeys(ctx, peer.Client.Kube(), pm.Namespace, peerSecret)
 	if err != nil {
 		return fmt.Errorf("peer %s: %w", pm.ClusterName, err)
 	}
 	if created {
 		progress(fmt.Sprintf("gossip key: created Secret %s/%s in %s", pm.Namespace, peerSecret, pm.ClusterName))
 	}
-	if err := federate.SaveGossipKeys(ctx, local.Client.kube, lm.Namespace, localSecret, keys, true); err != nil {
+	if err := federate.SaveGossipKeys(ctx, local.Client.Kube(), lm.Namespace, localSecret, keys, true); err != nil {
 		return err
 	}
 	progress(fmt.Sprintf("gossip key: %d key(s) copied into Secret %s/%s", len(keys), lm.Namespace, localSecret))
