@@ -155,6 +155,21 @@ func TestGolden(t *testing.T) {
 					"listeners": toYAMLValue(t, in.Listeners), "routes": toYAMLValue(t, in.Routes), "clusters": toYAMLValue(t, in.Clusters),
 				}
 			}
+			gw := GatewayConfig(ix)
+			if err := Validate(gw.Listeners, gw.Clusters, gw.Endpoints); err != nil {
+				t.Errorf("gateway: %v", err)
+			}
+			if err := CheckGateway(gw); err != nil {
+				t.Errorf("gateway: %v", err)
+			}
+			if len(gw.Listeners) > 0 {
+				compareGolden(t, filepath.Join("testdata", name+".gateway.golden.yaml"), map[string]any{
+					"listeners": toYAMLValue(t, gw.Listeners),
+					"clusters":  toYAMLValue(t, gw.Clusters),
+					"endpoints": toYAMLValue(t, gw.Endpoints),
+				})
+			}
+
 			compareGolden(t, filepath.Join("testdata", name+".sidecar.golden.yaml"), map[string]any{
 				"outboundListeners": toYAMLValue(t, sl),
 				"outboundRoutes":    toYAMLValue(t, sr),

@@ -206,7 +206,7 @@ func ProxylessClusters(ix *Index) []types.Resource {
 // ProxylessCluster is the cluster of one upstream port.
 func ProxylessCluster(u *UpstreamPort) *clusterv3.Cluster {
 	name := u.Name()
-	tlsCtx := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+	tlsCtx := &tlsv3.UpstreamTlsContext{Sni: SNI(u.Service, u.Port.Port), CommonTlsContext: &tlsv3.CommonTlsContext{
 		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessIdentityProvider},
 		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: ProxylessRootProvider},

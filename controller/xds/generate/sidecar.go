@@ -166,7 +166,7 @@ func SidecarCluster(u *UpstreamPort) *clusterv3.Cluster {
 	}
 	name := u.Name()
 	tlsCtx := &tlsv3.UpstreamTlsContext{
-		Sni: fqdn(u.Service),
+		Sni: SNI(u.Service, u.Port.Port),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(SDSIdentitySecret)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
