@@ -102,8 +102,9 @@ type Gateway struct {
 }
 
 // GatewayConfig returns the gateway's listener (none when nothing is
-// exported: the gateway then accepts no connection), clusters and load
-// assignments.
+// exported: the gateway then accepts no connection), clusters and the load
+// assignments they read (those of the exported ports, as every proxy
+// gets them).
 func GatewayConfig(ix *Index) Gateway {
 	ports := ExportedPorts(ix)
 	var g Gateway
@@ -129,16 +130,16 @@ func GatewayConfig(ix *Index) Gateway {
 				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 			})}}},
 		})
+		// The port's endpoints are the load assignment every proxy of the
+		// cluster gets: the xDS server shares one copy.
 		g.Clusters = append(g.Clusters, &clusterv3.Cluster{
 			Name:                 cluster,
 			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-			EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: cluster},
+			EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: ClusterName(key, e.Port.Port, "")},
 			ConnectTimeout:       durationpb.New(5 * time.Second),
 			LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
 		})
-		cla := LoadAssignment(e.Service, e.Port, "")
-		cla.ClusterName = cluster
-		g.Endpoints = append(g.Endpoints, cla)
+		g.Endpoints = append(g.Endpoints, LoadAssignment(e.Service, e.Port, ""))
 	}
 	g.Listeners = []types.Resource{l}
 	return g
@@ -156,15 +157,14 @@ var ErrGatewayConfig = errors.New("gateway configuration")
 func CheckGateway(g Gateway) error {
 	var errs []error
 	clusters, endpoints := map[string]bool{}, map[string]bool{}
-	for _, r := range g.Clusters {
-		clusters[r.(*clusterv3.Cluster).GetName()] = true
-	}
 	for _, r := range g.Endpoints {
 		endpoints[r.(*endpointv3.ClusterLoadAssignment).GetClusterName()] = true
 	}
-	for n := range clusters {
-		if !endpoints[n] {
-			errs = append(errs, fmt.Errorf("%w: cluster %s has no load assignment", ErrGatewayConfig, n))
+	for _, r := range g.Clusters {
+		c := r.(*clusterv3.Cluster)
+		clusters[c.GetName()] = true
+		if eds := c.GetEdsClusterConfig().GetServiceName(); !endpoints[eds] {
+			errs = append(errs, fmt.Errorf("%w: cluster %s has no load assignment %s", ErrGatewayConfig, c.GetName(), eds))
 		}
 	}
 	for _, r := range g.Listeners {

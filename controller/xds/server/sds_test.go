@@ -35,6 +35,8 @@ type sdsMesh struct {
 	srv       *server.Server
 	addr      string
 	reg       *prometheus.Registry
+	// state is the state the server was given.
+	state mesh.State
 }
 
 func startSDSMesh(t *testing.T) *sdsMesh {
@@ -54,6 +56,7 @@ func startSDSMesh(t *testing.T) *sdsMesh {
 	cfg.TLS = &tls.Config{Certificates: []tls.Certificate{controller}, ClientCAs: pool(inter.Bundle()),
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
 	cfg.Secrets = server.NewAuthoritySecrets(authority, time.Hour)
+	cfg.GatewayIdentity = gatewayID
 	srv := runServer(t, cfg)
 	// bookstore serves (its sidecar has an inbound listener using SDS);
 	// every sidecar has the bookstore cluster using SDS upstream.
@@ -69,7 +72,7 @@ func startSDSMesh(t *testing.T) *sdsMesh {
 	if problems, err := srv.Update(state); err != nil || len(problems) > 0 {
 		t.Fatalf("Update: problems %v, err %v", problems, err)
 	}
-	return &sdsMesh{root: root, authority: authority, srv: srv, addr: cfg.Listener.Addr().String(), reg: reg}
+	return &sdsMesh{root: root, authority: authority, srv: srv, addr: cfg.Listener.Addr().String(), reg: reg, state: state}
 }
 
 // issue returns a TLS certificate for id from inter.

@@ -72,6 +72,12 @@ type Config struct {
 	// sent to proxies, unused, so that the routes that stop using it reach
 	// them first (drain.go); 0 removes it at once.
 	DrainDelay time.Duration
+	// GatewayIdentity is the SPIFFE ID of the cluster's east-west
+	// gateway (ServiceAccount meshfed-gateway in the control plane's
+	// namespace): a proxy authenticated as it gets the gateway's
+	// configuration (generate.GatewayConfig) and nothing else. Empty: no
+	// gateway.
+	GatewayIdentity mesh.Identity
 	// WarmDelay is how long a cluster new to a route is named by it
 	// before calls are sent there, so that grpc-go is ready for it
 	// (warm.go); 0 sends calls at once.
@@ -562,7 +568,10 @@ func (w *identityStream) check(m any, err error) *refusal {
 // Called under w.mu, once.
 func (w *identityStream) stamp(node *corev3.Node) {
 	kind := KindProxyless
-	if node.GetUserAgentName() == "envoy" {
+	switch {
+	case w.server.cfg.GatewayIdentity != "" && w.id == w.server.cfg.GatewayIdentity:
+		kind = KindGateway
+	case node.GetUserAgentName() == "envoy":
 		kind = KindSidecar
 	}
 	key := proxyKey{id: w.id, kind: kind}

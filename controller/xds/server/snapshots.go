@@ -23,11 +23,15 @@ import (
 type Kind string
 
 // Data-plane kinds. A stream's kind comes from its node's user agent
-// ("envoy" is a sidecar, anything else proxyless gRPC); the kind only picks
-// the shape of the configuration, never what the proxy may see.
+// ("envoy" is a sidecar, anything else proxyless gRPC), except the
+// gateway's; the kind only picks the shape of the configuration, never
+// what the proxy may see.
 const (
 	KindProxyless Kind = "proxyless"
 	KindSidecar   Kind = "sidecar"
+	// KindGateway is the cluster's east-west gateway, recognised by its
+	// identity alone (Config.GatewayIdentity), whatever its user agent.
+	KindGateway Kind = "gateway"
 )
 
 // proxyKey names one snapshot: all proxies of an identity and kind share it.
@@ -67,6 +71,17 @@ var kindGenerators = map[Kind]kindGenerator{
 			s[types.Listener] = in.Listeners
 			s[types.Route] = in.Routes
 			s[types.Cluster] = in.Clusters
+			return s
+		},
+	},
+	// The gateway shares nothing with the workloads' proxies but the load
+	// assignments: its listener and clusters are all its own.
+	KindGateway: {
+		perIdentity: func(ix *generate.Index, _ mesh.Identity) typeSet {
+			g := generate.GatewayConfig(ix)
+			var s typeSet
+			s[types.Listener] = g.Listeners
+			s[types.Cluster] = g.Clusters
 			return s
 		},
 	},
@@ -276,7 +291,7 @@ type builder struct {
 }
 
 func newBuilder(warmDelay time.Duration) *builder {
-	return &builder{kinds: map[Kind]*sharedKind{}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{},
+	return &builder{kinds: map[Kind]*sharedKind{KindGateway: {}}, pieces: newPieceCache(), edsCache: map[edsKey]*upstreamEDS{},
 		clusterSets: map[mesh.NamespacedName]*clusterSetEDS{}, idChangedAt: map[mesh.Identity]uint64{}, now: time.Now,
 		warmDelay: warmDelay}
 }
