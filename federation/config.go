@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshfed/meshfed/federation/catalog"
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // SigningIdentity gives the key this cluster signs its catalog with. The
@@ -64,6 +65,9 @@ type Config struct {
 	ClusterName string
 	// Network names the network this cluster's endpoints are on.
 	Network string
+	// Gateways are the addresses (IP:port) of this cluster's east-west
+	// gateway, published in its catalog for clusters on other networks.
+	Gateways []string
 	// TrustDomain is the federation's SPIFFE trust domain. Required.
 	TrustDomain string
 
@@ -200,6 +204,14 @@ func (c *Config) Validate() error {
 	}
 	if c.TrustDomain == "" {
 		bad("trustDomain: required")
+	}
+	if len(c.Gateways) > catalog.MaxGateways {
+		bad("gateways: %d addresses, at most %d", len(c.Gateways), catalog.MaxGateways)
+	}
+	for _, g := range c.Gateways {
+		if err := mesh.CheckGatewayAddress(g); err != nil {
+			bad("gateways: %q: %v", g, err)
+		}
 	}
 	if net.ParseIP(c.BindAddr) == nil {
 		bad("bindAddr %q: not an IP address", c.BindAddr)

@@ -685,7 +685,7 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
 	}
 	cat := &catalog.Catalog{
-		Format: catalog.FormatVersion, Cluster: s.self, Network: cfg.Network, Version: version,
+		Format: catalog.FormatVersion, Cluster: s.self, Network: cfg.Network, Gateways: cfg.Gateways, Version: version,
 		GeneratedAt: now.UTC(), TrustBundleFingerprint: fp, Services: services,
 	}
 	signed, err := catalog.Sign(cat, key, chain)

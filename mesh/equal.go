@@ -9,7 +9,7 @@ import (
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.Address == o.Address && e.Cluster == o.Cluster && e.Network == o.Network &&
 		e.Locality == o.Locality && e.Ready == o.Ready && e.Terminating == o.Terminating &&
-		e.Identity == o.Identity && e.Pod == o.Pod && maps.Equal(e.TargetPorts, o.TargetPorts)
+		e.Identity == o.Identity && e.Pod == o.Pod && e.Stands == o.Stands && maps.Equal(e.TargetPorts, o.TargetPorts)
 }
 
 // SameEndpoints reports whether a and b hold the same endpoints in the same

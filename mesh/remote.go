@@ -181,3 +181,53 @@ func checkRemoteAddress(s string) error {
 	}
 	return nil
 }
+
+// CheckGatewayAddress checks an east-west gateway's address as another
+// cluster's catalog gives it: an IP address a workload could have (as an
+// endpoint's, checkRemoteAddress) and a port in 1..65535.
+func CheckGatewayAddress(s string) error {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return errors.New("not IP:port")
+	}
+	if ap.Port() == 0 {
+		return errors.New("port 0")
+	}
+	return checkRemoteAddress(ap.Addr().String())
+}
+
+// ThroughGateways returns svc, a service of a cluster on another network,
+// as clients on this network reach it: its endpoints replaced by the
+// cluster's east-west gateway addresses (every port's target is the
+// gateway's port). They are ready while any of its workloads is, and
+// together stand for its ready workloads (Endpoint.Stands; each for at
+// least one), so that clients balance over clusters by workloads. The
+// service's identities stay: clients verify the workloads' SVIDs, for the
+// gateway passes TLS through. Without a gateway the service has no
+// endpoints: no client can reach it.
+func ThroughGateways(svc Service, gateways []netip.AddrPort) Service {
+	if len(svc.Identities) == 0 {
+		svc.Identities = svc.EndpointIdentities()
+	}
+	var ready uint32
+	network := ""
+	for _, e := range svc.Endpoints {
+		ready += min(e.Weight(), 1)
+		network = e.Network
+	}
+	svc.Endpoints = nil
+	n := uint32(len(gateways))
+	for i, g := range gateways {
+		share := ready / n
+		if uint32(i) < ready%n {
+			share++
+		}
+		e := Endpoint{Address: g.Addr().String(), Cluster: svc.Cluster, Network: network, Ready: ready > 0,
+			Stands: max(share, 1), TargetPorts: map[string]uint32{}}
+		for _, p := range svc.Ports {
+			e.TargetPorts[p.Name] = uint32(g.Port())
+		}
+		svc.Endpoints = append(svc.Endpoints, e)
+	}
+	return svc
+}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"errors"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -109,4 +110,67 @@ func FuzzValidateRemote(f *testing.F) {
 			t.Fatalf("accepted remotely but not locally: %v", err)
 		}
 	})
+}
+
+// Another network's service, as clients here reach it: the gateway
+// addresses stand for its ready workloads, every port targets the
+// gateway's port, and its identities stay those of its workloads.
+func TestThroughGateways(t *testing.T) {
+	id := NewIdentity("cluster.local", "bookstore", "bookstore")
+	svc := Service{Namespace: "bookstore", Name: "bookstore", Cluster: "west",
+		Ports: []Port{{Name: "grpc", Port: 14001}, {Name: "metrics", Port: 9090}}}
+	for i, ready := range []bool{true, true, true, false, true} {
+		svc.Endpoints = append(svc.Endpoints, Endpoint{Address: "10.1.0." + strconv.Itoa(i+1), Cluster: "west", Network: "net-west", Ready: ready, Identity: id})
+	}
+	gws := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.10:15443"), netip.MustParseAddrPort("192.0.2.11:15443")}
+
+	got := ThroughGateways(svc, gws)
+	if len(got.Endpoints) != 2 {
+		t.Fatalf("%d endpoints, want one per gateway", len(got.Endpoints))
+	}
+	var stands uint32
+	for i, e := range got.Endpoints {
+		if e.Address != gws[i].Addr().String() || !e.Ready || e.Cluster != "west" || e.Network != "net-west" {
+			t.Errorf("endpoint %d: %+v", i, e)
+		}
+		for _, p := range svc.Ports {
+			if tp := e.TargetPort(p); tp != 15443 {
+				t.Errorf("endpoint %d port %s: target %d, want the gateway's 15443", i, p.Name, tp)
+			}
+		}
+		stands += e.Weight()
+	}
+	if stands != 4 {
+		t.Errorf("the gateways stand for %d workloads, want the 4 ready ones", stands)
+	}
+	if len(got.Identities) != 1 || got.Identities[0] != id {
+		t.Errorf("identities %v, want the workloads' %s", got.Identities, id)
+	}
+	if len(svc.Endpoints) != 5 || svc.Endpoints[0].Address != "10.1.0.1" {
+		t.Error("ThroughGateways changed its argument's endpoints")
+	}
+
+	for i := range svc.Endpoints {
+		svc.Endpoints[i].Ready = false
+	}
+	for _, e := range ThroughGateways(svc, gws).Endpoints {
+		if e.Ready || e.Weight() != 0 {
+			t.Errorf("no ready workload, yet gateway endpoint %+v takes traffic", e)
+		}
+	}
+	if eps := ThroughGateways(svc, nil).Endpoints; len(eps) != 0 {
+		t.Errorf("no gateway: endpoints %v, want none", eps)
+	}
+}
+
+func TestCheckGatewayAddress(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"192.0.2.10:15443": true, "[2001:db8::1]:15443": true,
+		"192.0.2.10": false, "192.0.2.10:0": false, "127.0.0.1:15443": false, "0.0.0.0:15443": false,
+		"gateway.example:15443": false, "[::ffff:192.0.2.1]:15443": false, "192.0.2.10:15443\n": false,
+	} {
+		if err := CheckGatewayAddress(addr); (err == nil) != ok {
+			t.Errorf("%q: %v, want ok=%v", addr, err, ok)
+		}
+	}
 }

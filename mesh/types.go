@@ -70,8 +70,7 @@ type Endpoint struct {
 	TargetPorts map[string]uint32
 	// Cluster is the name of the cluster the workload runs in.
 	Cluster string
-	// Network names the flat network the address is reachable on; endpoints
-	// on another network need a gateway (later).
+	// Network names the flat network the address is reachable on.
 	Network string
 	// Locality is the workload's region and zone.
 	Locality Locality
@@ -85,6 +84,24 @@ type Endpoint struct {
 	Identity Identity
 	// Pod names the workload, for diagnostics only; may be empty.
 	Pod string
+	// Stands is how many ready workloads this address stands for: 0 or 1
+	// for a workload's own address; for another network's east-west
+	// gateway, its share of that cluster's ready workloads, so that
+	// clients balance over clusters by their workloads, not their
+	// gateways (ThroughGateways).
+	Stands uint32
+}
+
+// Weight is how many ready workloads e counts for when clients balance
+// over localities: 0 if it is not ready, else Stands or 1.
+func (e Endpoint) Weight() uint32 {
+	switch {
+	case !e.Ready || e.Terminating:
+		return 0
+	case e.Stands > 0:
+		return e.Stands
+	}
+	return 1
 }
 
 // TargetPort returns the port this endpoint listens on for service port p.

@@ -71,6 +71,7 @@ type Bridge struct {
 	catalogSeen   map[string]uint64
 	reported      map[string]exportReport
 	leftOut       map[string]string // cluster "\x00" key → conflict logged
+	unreachable   map[string]string // cluster → why it has no gateway, logged
 	exportsSeen   *firstSeen
 	statusAt      time.Time
 	// checked holds, per remote cluster, the services skipped from the
@@ -332,6 +333,22 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 	return valid, all, invalid
 }
 
+// reportUnreachable logs each cluster on another network that lists no
+// usable gateway, once per reason, and when it becomes reachable again.
+func (b *Bridge) reportUnreachable(now map[string]string) {
+	for c, why := range now {
+		if b.unreachable[c] != why {
+			b.log.Warn("federate: cluster unreachable from this network; its services get no endpoints here", "cluster", mesh.Quote(c), "reason", why)
+		}
+	}
+	for c := range b.unreachable {
+		if _, ok := now[c]; !ok {
+			b.log.Info("federate: cluster reachable again", "cluster", mesh.Quote(c))
+		}
+	}
+	b.unreachable = now
+}
+
 func (b *Bridge) podInfo(ns, name string) (kube.PodInfo, bool) {
 	p, err := b.pods.Pods(ns).Get(name)
 	if err != nil {
@@ -355,6 +372,7 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	b.exportsSeen.observe(snap, start, b.importedBefore)
 	v := computeView(b.cfg.ClusterName, valid, snap, b.exportsSeen)
 	b.reportLeftOut(v.leftOut)
+	b.reportUnreachable(routeThroughGateways(&v.remote, b.cfg.Network, snap))
 
 	var errs []error
 	if !b.havePublished || !reflect.DeepEqual(v.published, b.published) {

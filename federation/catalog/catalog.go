@@ -41,6 +41,10 @@ type Catalog struct {
 	Cluster string `json:"cluster"`
 	// Network is the name of the network the cluster's endpoints live on.
 	Network string `json:"network,omitempty"`
+	// Gateways are the addresses (IP:port) of the cluster's east-west
+	// gateway, through which clients on other networks reach its
+	// services.
+	Gateways []string `json:"gateways,omitempty"`
 	// Version increases strictly with every publication by the owner.
 	Version uint64 `json:"version"`
 	// GeneratedAt is when the owner signed this version.
@@ -133,7 +137,13 @@ func (c *Catalog) validateHeader(p *problems) {
 	if c.Version == 0 {
 		p.add(errors.New("version 0: versions start at 1"))
 	}
+	if len(c.Gateways) > MaxGateways {
+		p.add(fmt.Errorf("%d gateway addresses: at most %d", len(c.Gateways), MaxGateways))
+	}
 }
+
+// MaxGateways bounds the gateway addresses of one catalog.
+const MaxGateways = 16
 
 // Validate checks the catalog's own consistency, as its owner does before
 // signing. It lists at most ten problems and counts the rest. Receivers
@@ -143,6 +153,11 @@ func (c *Catalog) validateHeader(p *problems) {
 func (c *Catalog) Validate() error {
 	var p problems
 	c.validateHeader(&p)
+	for _, g := range c.Gateways {
+		if err := mesh.CheckGatewayAddress(g); err != nil {
+			p.add(fmt.Errorf("gateway %+q: %w", g, err))
+		}
+	}
 	seen := make(map[string]bool, len(c.Services))
 	for _, s := range c.Services {
 		if s.Namespace == "" || s.Name == "" {

@@ -77,6 +77,7 @@ func TestDecodeAgreesWithEncodingJSON(t *testing.T) {
 	for _, c := range []*Catalog{
 		realistic("west", 50, 3),
 		{Format: 1, Cluster: "east", Version: 1},
+		{Format: 1, Cluster: "east", Network: "net-east", Gateways: []string{"192.0.2.10:15443", "[2001:db8::1]:15443"}, Version: 1},
 		{Format: 1, Cluster: "east", Version: 1, Services: []ExportedService{{Namespace: "a\u2028b", Name: "\"q\" \\ \U0001F600 \x01"}}},
 	} {
 		payload, err := encode(c)
@@ -260,4 +261,27 @@ func BenchmarkDecodeCatalog10k(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A catalog lists at most MaxGateways gateway addresses, and its owner
+// publishes none that is not a usable IP:port.
+func TestGatewayAddressesAreBounded(t *testing.T) {
+	c := &Catalog{Format: 1, Cluster: "east", Version: 1}
+	for i := 0; i <= MaxGateways; i++ {
+		c.Gateways = append(c.Gateways, fmt.Sprintf("192.0.2.%d:15443", i+1))
+	}
+	payload, err := encode(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := decode(payload, DefaultLimits()); err == nil {
+		t.Errorf("decoded a catalog listing %d gateways", len(c.Gateways))
+	}
+	c.Gateways = []string{"127.0.0.1:15443", "gateway.example:15443"}
+	err = c.Validate()
+	for _, g := range c.Gateways {
+		if err == nil || !strings.Contains(err.Error(), g) {
+			t.Errorf("Validate: %v; want gateway %s refused", err, g)
+		}
+	}
 }

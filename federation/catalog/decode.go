@@ -662,6 +662,14 @@ func (p *parser) catalog(c *Catalog) error {
 			if err = known(&seen, 1<<5, key); err == nil {
 				c.TrustBundleFingerprint, err = p.str(false)
 			}
+		case "gateways":
+			if err = known(&seen, 1<<7, key); err == nil {
+				err = p.array(MaxGateways, "gateways", func() error {
+					g, err := p.str(false)
+					c.Gateways = append(c.Gateways, g)
+					return err
+				})
+			}
 		case "services":
 			if err = known(&seen, 1<<6, key); err == nil {
 				err = p.array(p.lim.MaxServices, "services", func() error {

@@ -62,7 +62,9 @@ func TestStandInRefusesWhatItDoesNotImplement(t *testing.T) {
 		}},
 		{name: "an upstream TLS cluster", cluster: func(c *clusterv3.Cluster) { c.TransportSocket = tlsSocket }},
 		{name: "least request balancing", cluster: func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST }},
-		{name: "a static cluster", cluster: func(c *clusterv3.Cluster) { c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC} }},
+		{name: "a static cluster", cluster: func(c *clusterv3.Cluster) {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l, c := generated(t)

@@ -168,7 +168,7 @@ func ClusterSetLoadAssignment(svc mesh.NamespacedName, port uint32, members []Cl
 				health = corev3.HealthStatus_DRAINING
 			case ep.Ready:
 				health = corev3.HealthStatus_HEALTHY
-				ready++
+				ready += ep.Weight()
 			}
 			l.LbEndpoints = append(l.LbEndpoints, &endpointv3.LbEndpoint{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{

@@ -242,7 +242,8 @@ func Endpoints(ix *Index) []types.Resource {
 // sub_zone is "<cluster>" or "<cluster>/<sub-zone>" so that two clusters'
 // zones never merge, and whose weight is its number of ready endpoints
 // (grpc-go honours locality weights, not endpoint weights; counting
-// endpoints that take no traffic would overload a zone's ready ones).
+// endpoints that take no traffic would overload a zone's ready ones; an
+// east-west gateway's address counts for the workloads it stands for).
 // Ready endpoints are HEALTHY, terminating ones DRAINING, the rest
 // UNHEALTHY.
 func LoadAssignment(svc *mesh.Service, p mesh.Port, remote string) *endpointv3.ClusterLoadAssignment {
@@ -277,13 +278,16 @@ func LoadAssignment(svc *mesh.Service, p mesh.Port, remote string) *endpointv3.C
 			HealthStatus: health,
 		})
 	}
-	for _, l := range cla.Endpoints {
-		var ready uint32
-		for _, e := range l.LbEndpoints {
-			if e.HealthStatus == corev3.HealthStatus_HEALTHY {
-				ready++
-			}
+	weights := make([]uint32, len(cla.Endpoints))
+	for _, ep := range svc.Endpoints {
+		loc := locKey{region: ep.Locality.Region, zone: ep.Locality.Zone, subZone: ep.Cluster}
+		if ep.Locality.SubZone != "" {
+			loc.subZone += "/" + ep.Locality.SubZone
 		}
+		weights[index[loc]] += ep.Weight()
+	}
+	for i, l := range cla.Endpoints {
+		ready := weights[i]
 		// A locality with nothing ready takes no traffic in grpc-go (it is
 		// not READY) whatever its weight; weights must be ≥ 1.
 		l.LoadBalancingWeight = wrapperspb.UInt32(max(ready, 1))
