@@ -37,7 +37,11 @@ const (
 	LabelMonitoredBy    = "meshfed.io/monitored-by"
 	AnnotationInjection = "meshfed.io/sidecar-injection"
 	ControllerName      = "meshfed-controller"
-	MeshConfigName      = "meshfed-mesh-config"
+	// GatewayName is the ServiceAccount (and Deployment) of the cluster's
+	// east-west gateway in the control plane's namespace: the controller
+	// serves the gateway's configuration to this identity only.
+	GatewayName    = "meshfed-gateway"
+	MeshConfigName = "meshfed-mesh-config"
 	// BundleConfigMapName is the trust bundle ConfigMap in every meshed
 	// namespace (key ca.crt). `meshfed namespace add` creates it; the
 	// controller may only update it (its RBAC names it).

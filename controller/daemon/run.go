@@ -146,6 +146,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer xcfg.Listener.Close()
 	xcfg.TLS = xdsServerTLS(serving, authority, td)
 	xcfg.Authenticator = server.PeerCertificateAuthenticator{TrustDomain: ms.TrustDomain}
+	xcfg.GatewayIdentity = mesh.NewIdentity(ms.TrustDomain, cfg.Namespace, deploy.GatewayName)
 	xcfg.Registerer, xcfg.Logger = reg, log
 	xcfg.OnAck = watcher.OnAck
 	// SDS: each sidecar gets its own identity's SVID from this cluster's CA.

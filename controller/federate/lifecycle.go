@@ -286,6 +286,7 @@ func (l *Lifecycle) start(ctx context.Context, fs meshconfig.Federation, keys []
 	reg := l.registerer()
 	fcfg := federation.DefaultConfig()
 	fcfg.ClusterName, fcfg.Network, fcfg.TrustDomain = l.cfg.ClusterName, fs.Network, l.cfg.TrustDomain
+	fcfg.Gateways = fs.GatewayAddresses
 	fcfg.BindAddr, fcfg.BindPort = fs.BindAddress, fs.BindPort
 	fcfg.AdvertiseAddr, fcfg.AdvertisePort = fs.AdvertiseAddress, fs.AdvertisePort
 	fcfg.Seeds = fs.Peers

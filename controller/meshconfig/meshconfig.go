@@ -53,8 +53,11 @@ type Certificate struct {
 
 // Federation is spec.federation.
 type Federation struct {
-	Enabled              bool
-	Network              string
+	Enabled bool
+	Network string
+	// GatewayAddresses are where clusters on other networks reach this
+	// one's east-west gateway (IP:port).
+	GatewayAddresses     []string
 	ClusterSetLocalFirst bool
 	BindAddress          string
 	BindPort             int
@@ -104,6 +107,7 @@ type raw struct {
 	Federation struct {
 		Enabled              bool     `json:"enabled"`
 		Network              string   `json:"network"`
+		GatewayAddresses     []string `json:"gatewayAddresses"`
 		BindAddress          string   `json:"bindAddress"`
 		BindPort             int64    `json:"bindPort"`
 		AdvertiseAddress     string   `json:"advertiseAddress"`
@@ -191,5 +195,12 @@ func Parse(u *unstructured.Unstructured) (Spec, error) {
 	port(&f.BindPort, "bindPort", rf.BindPort)
 	port(&f.AdvertisePort, "advertisePort", rf.AdvertisePort)
 	duration(&f.WithdrawAfter, "federation.withdrawAfter", rf.WithdrawAfter)
+	for _, g := range rf.GatewayAddresses {
+		if err := mesh.CheckGatewayAddress(g); err != nil {
+			errs = append(errs, fmt.Errorf("spec.federation.gatewayAddresses %q: %w", g, err))
+			continue
+		}
+		f.GatewayAddresses = append(f.GatewayAddresses, g)
+	}
 	return s, errors.Join(errs...)
 }

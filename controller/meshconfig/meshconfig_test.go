@@ -51,7 +51,7 @@ func TestEveryFieldIsRead(t *testing.T) {
 		"certificate": map[string]any{"serviceCertValidityDuration": "2h", "rootSecretName": "r", "intermediateSecretName": "i"},
 		"federation": map[string]any{"enabled": true, "network": "net-a", "bindAddress": "10.0.0.1", "bindPort": int64(8000),
 			"advertiseAddress": "1.2.3.4", "advertisePort": int64(9000), "peers": []any{"a:1", "b:2"}, "gossipKeySecretName": "gk",
-			"withdrawAfter": "1m", "failStatic": true, "clusterSetLocalFirst": true},
+			"withdrawAfter": "1m", "failStatic": true, "clusterSetLocalFirst": true, "gatewayAddresses": []any{"192.0.2.10:15443"}},
 		"observability": map[string]any{"logLevel": "debug"},
 	}))
 	if err != nil {
@@ -63,7 +63,7 @@ func TestEveryFieldIsRead(t *testing.T) {
 		Certificate: Certificate{RootSecretName: "r", IntermediateSecretName: "i", ServiceCertValidityDuration: 2 * time.Hour},
 		Federation: Federation{Enabled: true, Network: "net-a", ClusterSetLocalFirst: true, BindAddress: "10.0.0.1", BindPort: 8000,
 			AdvertiseAddress: "1.2.3.4", AdvertisePort: 9000, Peers: []string{"a:1", "b:2"}, GossipKeySecretName: "gk",
-			WithdrawAfter: time.Minute, FailStatic: true},
+			WithdrawAfter: time.Minute, FailStatic: true, GatewayAddresses: []string{"192.0.2.10:15443"}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %+v\nwant %+v", got, want)
@@ -80,18 +80,20 @@ func TestWrongFieldsAreNamedAndTheRestIsRead(t *testing.T) {
 		"clusterName": "east",
 		"traffic":     map[string]any{"enablePermissiveTrafficPolicyMode": true},
 		"certificate": map[string]any{"serviceCertValidityDuration": "-1h"},
-		"federation":  map[string]any{"withdrawAfter": "soon", "bindPort": int64(70000), "advertisePort": int64(-1)},
+		"federation": map[string]any{"withdrawAfter": "soon", "bindPort": int64(70000), "advertisePort": int64(-1),
+			"gatewayAddresses": []any{"gateway.example:15443", "192.0.2.10:15443"}},
 	}))
 	if err == nil {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{`spec.certificate.serviceCertValidityDuration "-1h": must be positive`, `spec.federation.withdrawAfter "soon"`,
-		"spec.federation.bindPort 70000: not a port", "spec.federation.advertisePort -1: not a port"} {
+		"spec.federation.bindPort 70000: not a port", "spec.federation.advertisePort -1: not a port",
+		`spec.federation.gatewayAddresses "gateway.example:15443": not IP:port`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
-	if got.ClusterName != "east" || !got.Traffic.EnablePermissiveTrafficPolicyMode {
+	if got.ClusterName != "east" || !got.Traffic.EnablePermissiveTrafficPolicyMode || !reflect.DeepEqual(got.Federation.GatewayAddresses, []string{"192.0.2.10:15443"}) {
 		t.Errorf("the right fields were not read: %+v", got)
 	}
 	if got.Federation.WithdrawAfter != DefaultWithdrawAfter || got.Federation.BindPort != deploy.PortGossip ||
