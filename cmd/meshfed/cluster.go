@@ -167,7 +167,7 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tSINCE\tLAST CONTACT\tCATALOG\tSERVICES\tTRUST BUNDLE")
+	fmt.Fprintln(tw, "NAME\tADDRESS\tNETWORK\tSTATE\tSINCE\tLAST CONTACT\tCATALOG\tSERVICES\tTRUST BUNDLE")
 	ago := func(t *time.Time) string {
 		if t == nil {
 			return "-"
@@ -203,10 +203,17 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 		if m.InvalidCount > 0 {
 			services += fmt.Sprintf(" (%d invalid)", m.InvalidCount)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, addr, state, ago(m.Since), contact, federation.FormatVersion(m.CatalogVersion), services, fp)
+		network := "-"
+		if m.Network != "" {
+			network = mesh.Quote(m.Network)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, addr, network, state, ago(m.Since), contact, federation.FormatVersion(m.CatalogVersion), services, fp)
 	}
 	_ = tw.Flush()
 	for _, m := range st.Members {
+		if len(m.Gateways) > 0 {
+			fmt.Fprintf(w, "%s gateways: %s\n", mesh.Quote(m.Name), quoteAll(m.Gateways))
+		}
 		if len(m.Services) > 0 {
 			more := ""
 			if m.ServiceCount > len(m.Services) {

@@ -30,8 +30,8 @@ func TestClusterListEscapesHostileNames(t *testing.T) {
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	st := federate.Status{Cluster: "east", UpdatedAt: now, Members: []federate.MemberStatus{
-		{Name: "east", State: "alive", Local: true, ServiceCount: 1, Services: []string{"bookstore/bookstore"}},
-		{Name: "mallory", Address: "127.0.0.1:7946\r\x1b[2K", State: "alive", CatalogVersion: 3, ServiceCount: 3,
+		{Name: "east", State: "alive", Local: true, ServiceCount: 1, Services: []string{"bookstore/bookstore"}, Network: "net-east", Gateways: []string{"192.0.2.10:15443"}},
+		{Name: "mallory", Address: "127.0.0.1:7946\r\x1b[2K", Network: "net\x1b[31m", Gateways: []string{"192.0.2.66:1\n"}, State: "alive", CatalogVersion: 3, ServiceCount: 3,
 			Services:               []string{"bookstore/bookstore-v3", "bookstore/evil\nname", "bookstore/\x1b]0;pwned\x07"},
 			Withdrawn:              []string{"bookstore/\u202eevil"},
 			Reason:                 "mallory: dead\tsince 12:00:00\nFAKE alive",
@@ -61,12 +61,13 @@ func TestClusterListEscapesHostileNames(t *testing.T) {
 		t.Fatalf("output carries a bidi override: %q", out)
 	}
 	for _, want := range []string{`"bookstore/evil\nname"`, `"bookstore/\x1b]0;pwned\a"`, `"127.0.0.1:7946\r\x1b[2K"`, `"\u202eabcdef0123456..."`,
-		`"mallory: dead\tsince 12:00:00\nFAKE alive"`, "bookstore/bookstore-v3", "3 (2 invalid)", "mallory invalid: 1 more"} {
+		`"mallory: dead\tsince 12:00:00\nFAKE alive"`, "bookstore/bookstore-v3", "3 (2 invalid)", "mallory invalid: 1 more",
+		"net-east", "east gateways: 192.0.2.10:15443", `"net\x1b[31m"`, `mallory gateways: "192.0.2.66:1\n"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %s", want)
 		}
 	}
-	if n := strings.Count(out, "\n"); n != 9 {
-		t.Errorf("output has %d lines, want 9 (no line forged by a name)", n)
+	if n := strings.Count(out, "\n"); n != 11 {
+		t.Errorf("output has %d lines, want 11 (no line forged by a name)", n)
 	}
 }

@@ -39,6 +39,9 @@ type Config struct {
 	ClusterName string
 	// Network is the network this cluster's pod addresses are on.
 	Network string
+	// Gateways are this cluster's east-west gateway addresses, shown in
+	// its status (the federation member publishes them).
+	Gateways []string
 	// TrustDomain makes endpoint identities from Pods' ServiceAccounts.
 	// Required.
 	TrustDomain string

@@ -70,3 +70,18 @@ func TestRemoteServicesOfAnotherNetworkGoThroughItsGateways(t *testing.T) {
 		t.Errorf("reason %q: want it to say there is no usable gateway and why", why["west"])
 	}
 }
+
+// The status shows each remote member's network and the gateway
+// addresses of its catalog that clients here can use.
+func TestStatusShowsNetworksAndGateways(t *testing.T) {
+	_, rv := remoteOn("net-b", "192.0.2.10:15443", "127.0.0.1:15443")
+	rv.Members = []federation.Member{{Name: "west", State: federation.StateAlive}}
+	st := StatusFrom("east", rv, nil, t0)
+	if len(st.Members) != 1 {
+		t.Fatalf("members %+v", st.Members)
+	}
+	m := st.Members[0]
+	if m.Network != "net-b" || strings.Join(m.Gateways, ",") != "192.0.2.10:15443" {
+		t.Errorf("west: network %q, gateways %v; want net-b and the one usable gateway", m.Network, m.Gateways)
+	}
+}

@@ -305,6 +305,7 @@ func (l *Lifecycle) start(ctx context.Context, fs meshconfig.Federation, keys []
 	bcfg := DefaultConfig()
 	bcfg.Client, bcfg.Dynamic, bcfg.Federation = l.cfg.Client, l.cfg.Dynamic, fed
 	bcfg.ClusterName, bcfg.Network, bcfg.TrustDomain = l.cfg.ClusterName, fs.Network, l.cfg.TrustDomain
+	bcfg.Gateways = fs.GatewayAddresses
 	bcfg.Namespace, bcfg.MeshConfigName = l.cfg.Namespace, l.cfg.MeshConfigName
 	bcfg.Registerer, bcfg.Logger = reg, l.log
 	bcfg.Informers = l.cfg.Informers

@@ -30,6 +30,11 @@ type MemberStatus struct {
 	Name string `json:"name"`
 	// Address is its gossip address (host:port).
 	Address string `json:"address,omitempty"`
+	// Network is the network its catalog names; Gateways are the usable
+	// east-west gateway addresses it lists (clusters on other networks
+	// reach it through them).
+	Network  string   `json:"network,omitempty"`
+	Gateways []string `json:"gateways,omitempty"`
 	// State is alive, suspect, dead, left or unknown.
 	State string `json:"state"`
 	// Since is when State last changed.
@@ -90,6 +95,11 @@ func StatusFrom(cluster string, rv *federation.RemoteView, published []string, n
 				for _, s := range cv.Catalog.Services {
 					names = append(names, s.Key())
 				}
+				ms.Network = cv.Catalog.Network
+				gws, _ := parseGateways(cv.Catalog.Gateways)
+				for _, g := range gws {
+					ms.Gateways = append(ms.Gateways, g.String())
+				}
 			}
 			ms.Withdrawn, ms.Reason = cv.Withdrawn, cv.Reason
 		}
@@ -114,6 +124,9 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	}
 	st := StatusFrom(b.cfg.ClusterName, b.validRemote(b.cfg.Federation.Snapshot()), published, time.Now())
 	for i := range st.Members {
+		if st.Members[i].Local {
+			st.Members[i].Network, st.Members[i].Gateways = b.cfg.Network, b.cfg.Gateways
+		}
 		inv := b.invalid[st.Members[i].Name]
 		st.Members[i].InvalidCount = inv.count
 		for _, err := range inv.problems {
