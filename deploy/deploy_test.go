@@ -7,6 +7,7 @@ import (
 
 	mcscrd "sigs.k8s.io/mcs-api/config/crd"
 
+	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
 )
 
@@ -53,11 +54,13 @@ func TestCRDsCoverSMIMCSAndMeshConfig(t *testing.T) {
 func TestOptionsValidateReportsEveryProblem(t *testing.T) {
 	o := deploy.DefaultOptions()
 	o.MeshName, o.Namespace, o.TrustDomain, o.Replicas = "Bad_Mesh", "", "spiffe://x", 0
+	o.GatewayAddresses = []string{"gateway.example:15443"}
 	err := o.Validate()
 	if err == nil {
 		t.Fatal("invalid options accepted")
 	}
-	for _, want := range []string{"--cluster-name is required", `mesh name "Bad_Mesh"`, `namespace ""`, `trust domain "spiffe://x"`, "replicas 0"} {
+	for _, want := range []string{"--cluster-name is required", `mesh name "Bad_Mesh"`, `namespace ""`, `trust domain "spiffe://x"`, "replicas 0",
+		"--gateway-address needs --network", `gateway address "gateway.example:15443"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -90,4 +93,29 @@ func TestManifestsRoundTripThroughYAML(t *testing.T) {
 			t.Errorf("%s/%s lacks the mesh-name label", objs[i].GetKind(), objs[i].GetName())
 		}
 	}
+}
+
+// --network and --gateway-address land in the MeshConfig, which the
+// controller reads them from.
+func TestNetworkAndGatewayAddressesReachTheMeshConfig(t *testing.T) {
+	o := deploy.DefaultOptions()
+	o.ClusterName, o.Network, o.GatewayAddresses = "east", "net-east", []string{"192.0.2.10:15443", "192.0.2.11:15443"}
+	objs, err := deploy.Manifests(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range objs {
+		if u.GetKind() != "MeshConfig" {
+			continue
+		}
+		spec, err := meshconfig.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.Federation.Network != "net-east" || strings.Join(spec.Federation.GatewayAddresses, ",") != "192.0.2.10:15443,192.0.2.11:15443" {
+			t.Errorf("MeshConfig federation %+v", spec.Federation)
+		}
+		return
+	}
+	t.Fatal("no MeshConfig")
 }

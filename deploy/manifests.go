@@ -36,6 +36,12 @@ type Options struct {
 	Image string
 	// Replicas of the controller Deployment. Default 1.
 	Replicas int32
+	// Network names the network this cluster's pod addresses are on
+	// (MeshConfig spec.federation.network; empty: the default network).
+	// Clusters on one network reach each other's pods directly; others go
+	// through the east-west gateway at GatewayAddresses (IP:port each).
+	Network          string
+	GatewayAddresses []string
 }
 
 // DefaultOptions returns the defaults with ClusterName still to be set.
@@ -71,6 +77,17 @@ func (o Options) Validate() error {
 	}
 	if o.Replicas < 1 {
 		errs = append(errs, fmt.Errorf("replicas %d: need at least 1", o.Replicas))
+	}
+	if o.Network != "" && !mesh.IsLabelValue(o.Network) {
+		errs = append(errs, fmt.Errorf("network %q is not a Kubernetes label value", o.Network))
+	}
+	if len(o.GatewayAddresses) > 0 && o.Network == "" {
+		errs = append(errs, errors.New("--gateway-address needs --network: a gateway is how clusters on other networks reach this one"))
+	}
+	for _, g := range o.GatewayAddresses {
+		if err := mesh.CheckGatewayAddress(g); err != nil {
+			errs = append(errs, fmt.Errorf("gateway address %q: %v", g, err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -202,6 +219,17 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 			},
 		},
 	}}
+	if o.Network != "" {
+		fed := map[string]any{"network": o.Network}
+		if len(o.GatewayAddresses) > 0 {
+			gws := make([]any, len(o.GatewayAddresses))
+			for i, g := range o.GatewayAddresses {
+				gws[i] = g
+			}
+			fed["gatewayAddresses"] = gws
+		}
+		mc.Object["spec"].(map[string]any)["federation"] = fed
+	}
 	var out []*unstructured.Unstructured
 	for _, obj := range []runtime.Object{ns, cr, crb, sa, role, rb} {
 		u, err := toUnstructured(obj)

@@ -71,6 +71,8 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 	f.StringVar(&o.TrustDomain, "trust-domain", o.TrustDomain, "SPIFFE trust domain, shared by every cluster of a federation")
 	f.BoolVar(&o.Permissive, "enable-permissive-traffic-policy", false, "allow all traffic between meshed workloads (still mTLS) instead of only what TrafficTargets allow")
 	f.StringVar(&o.Image, "controller-image", o.Image, "container image of meshfed-controller")
+	f.StringVar(&o.Network, "network", "", "name of the network this cluster's pod addresses are on; clusters on other networks reach it through its east-west gateway")
+	f.StringSliceVar(&o.GatewayAddresses, "gateway-address", nil, "IP:port at which clusters on other networks reach this cluster's east-west gateway (repeatable; needs --network)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them")
 	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "join the federation root of the cluster this kubeconfig points at (its root signs this cluster's intermediate; the root key is not copied)")
 	f.StringVar(&rootFrom.context, "root-from-context", "", "kubeconfig context of the cluster to share the root with")

@@ -1,10 +1,12 @@
 package generate
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshfed/meshfed/mesh"
@@ -88,4 +90,42 @@ func TestCheckGatewayRefusesBrokenConfigs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkGatewayConfig10k generates the gateway's configuration for a
+// cluster that exports 10,000 services of one port and three pods each,
+// and reports its size on the wire.
+func BenchmarkGatewayConfig10k(b *testing.B) {
+	const n = 10000
+	s := mesh.State{Settings: mesh.Settings{ClusterName: "east", TrustDomain: "cluster.local"}}
+	port := []mesh.Port{{Name: "grpc", Port: 14001, Protocol: mesh.ProtocolGRPC}}
+	for i := 0; i < n; i++ {
+		ns, name := fmt.Sprintf("ns-%d", i%100), fmt.Sprintf("svc-%d", i)
+		svc := mesh.Service{Namespace: ns, Name: name, Cluster: "east", Ports: port}
+		for p := 0; p < 3; p++ {
+			svc.Endpoints = append(svc.Endpoints, mesh.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", i/250%250, i%250, p+1), Cluster: "east", Ready: true})
+		}
+		s.Services = append(s.Services, svc)
+		s.Imports = append(s.Imports, mesh.Import{Namespace: ns, Name: name, Ports: port, Clusters: []string{"east", "west"}})
+	}
+	ix := NewIndex(s)
+	b.ResetTimer()
+	var g Gateway
+	for i := 0; i < b.N; i++ {
+		g = GatewayConfig(ix)
+	}
+	b.StopTimer()
+	if err := CheckGateway(g); err != nil {
+		b.Fatal(err)
+	}
+	size := func(rs []types.Resource) int {
+		total := 0
+		for _, r := range rs {
+			total += proto.Size(r)
+		}
+		return total
+	}
+	b.ReportMetric(float64(size(g.Listeners)), "listener-bytes")
+	b.ReportMetric(float64(size(g.Clusters)), "cluster-bytes")
+	b.ReportMetric(float64(size(g.Endpoints)), "endpoint-bytes")
 }
