@@ -2,6 +2,7 @@ package federated_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/localmesh"
 	"github.com/meshfed/meshfed/localmesh/workloads"
 )
@@ -388,21 +390,26 @@ func clusterList(ctx context.Context, h *localmesh.Harness, cluster string) stri
 	return out
 }
 
-// waitForWestState polls a cluster's `meshfed cluster list` until west's
-// row shows state.
+// waitForWestState polls a cluster's `meshfed cluster list -o json` until
+// west's member is in state; it returns the table for the log.
 func waitForWestState(ctx context.Context, h *localmesh.Harness, cluster, state string) (string, error) {
-	var out string
 	err := localmesh.WaitUntil(ctx, 90*time.Second, cluster+" sees west "+state, func(time.Time) (bool, string) {
-		out = clusterList(ctx, h, cluster)
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 3 && f[0] == "west" {
-				return strings.HasPrefix(f[2], state), line
+		out, err := h.Meshfed(ctx, cluster, "cluster", "list", "-o", "json")
+		if err != nil {
+			return false, err.Error()
+		}
+		var st federate.Status
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return false, fmt.Sprintf("cluster list -o json: %v: %s", err, out)
+		}
+		for _, m := range st.Members {
+			if m.Name == "west" {
+				return strings.HasPrefix(m.State, state), fmt.Sprintf("west %s since %v", m.State, m.Since)
 			}
 		}
-		return false, out
+		return false, "no member west: " + out
 	})
-	return out, err
+	return clusterList(ctx, h, cluster), err
 }
 
 // West's controller alone is killed while its workloads run. West's
