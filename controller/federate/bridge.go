@@ -62,7 +62,11 @@ type Bridge struct {
 	imports   cache.GenericLister
 	synced    []cache.InformerSynced
 
+	// changed signals a change of the bridge's own objects (exports,
+	// imports) or, with its own informers, of local services; local
+	// signals a new local State (LocalChanged).
 	changed chan struct{}
+	local   chan struct{}
 
 	// Owned by Run's goroutine.
 	published     []catalog.ExportedService
@@ -109,6 +113,7 @@ func New(cfg Config) (*Bridge, error) {
 	b := &Bridge{
 		cfg: cfg, log: log, metrics: m,
 		changed:     make(chan struct{}, 1),
+		local:       make(chan struct{}, 1),
 		catalogSeen: map[string]uint64{},
 		reported:    map[string]exportReport{},
 		leftOut:     map[string]string{},
@@ -133,9 +138,20 @@ func New(cfg Config) (*Bridge, error) {
 	b.services, b.pods, b.slices = core.Services().Lister(), core.Pods().Lister(), slices.Lister()
 	se, si := b.informers.Resource(ServiceExportGVR), b.informers.Resource(ServiceImportGVR)
 	b.exports, b.imports = se.Lister(), si.Lister()
-	for _, inf := range []cache.SharedIndexInformer{
-		core.Services().Informer(), core.Pods().Informer(), slices.Informer(), se.Informer(), si.Informer(),
-	} {
+	// Changes of the local services reach a bridge that shares the
+	// controller's informers from the watcher, which debounces them,
+	// through the Junction (LocalChanged); a bridge with informers of its
+	// own (no watcher) watches them itself.
+	watched := []cache.SharedIndexInformer{se.Informer(), si.Informer()}
+	local := []cache.SharedIndexInformer{core.Services().Informer(), core.Pods().Informer(), slices.Informer()}
+	if b.own {
+		watched = append(watched, local...)
+	} else {
+		for _, inf := range local {
+			b.synced = append(b.synced, inf.HasSynced)
+		}
+	}
+	for _, inf := range watched {
 		reg, err := inf.AddEventHandler(handler)
 		if err != nil {
 			b.removeHandlers()
@@ -168,6 +184,16 @@ func (b *Bridge) removeHandlers() {
 func (b *Bridge) signal() {
 	select {
 	case b.changed <- struct{}{}:
+	default:
+	}
+}
+
+// LocalChanged implements RemoteSource: the watcher has passed on a new
+// local State, so the exports are read again at once (the watcher has
+// debounced the change already). It never blocks.
+func (b *Bridge) LocalChanged() {
+	select {
+	case b.local <- struct{}{}:
 	default:
 	}
 }
@@ -251,6 +277,11 @@ func (b *Bridge) Run(ctx context.Context) error {
 			return nil
 		case <-b.changed:
 			arm()
+		case <-b.local:
+			if first.IsZero() {
+				first = time.Now()
+			}
+			debounce.Reset(0)
 		case <-fedCh:
 			if b.remoteSince.IsZero() {
 				b.remoteSince = time.Now()

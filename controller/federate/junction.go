@@ -23,6 +23,10 @@ type RemoteSource interface {
 	Subscribe() (<-chan struct{}, func())
 	// Pushed says that proxies have the state built from version.
 	Pushed(version uint64)
+	// LocalChanged says that the cluster's own State changed: the
+	// watcher, which debounces every change of Services, Pods and
+	// EndpointSlices, has passed on a new one. It must not block.
+	LocalChanged()
 }
 
 // Junction is where the cluster's own mesh.State (from the Kubernetes
@@ -187,6 +191,9 @@ func (j *Junction) Run(ctx context.Context) error {
 			local = &u.state
 			problems, err := push(u.state)
 			u.reply <- junctionResult{problems, err}
+			if src != nil {
+				src.LocalChanged()
+			}
 		case s := <-j.sources:
 			unsub()
 			src, sub, unsub = s.src, nil, func() {}
