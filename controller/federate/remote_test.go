@@ -182,15 +182,7 @@ func svidPair(t *testing.T, root *ca.Root, id mesh.Identity, dns ...string) tls.
 	if err != nil {
 		t.Fatal(err)
 	}
-	svid, err := inter.IssueSVID(spiffeid.RequireFromString(string(id)), time.Hour, dns...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, keyPEM, err := svid.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	pair, err := inter.IssueTLS(spiffeid.RequireFromString(string(id)), time.Hour, dns...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,19 +39,11 @@ type fixture struct {
 
 func issue(t *testing.T, inter *ca.Intermediate, id mesh.Identity, dns ...string) tls.Certificate {
 	t.Helper()
-	svid, err := inter.IssueSVID(spiffeid.RequireFromString(string(id)), time.Hour, dns...)
+	cert, err := inter.IssueTLS(spiffeid.RequireFromString(string(id)), time.Hour, dns...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, keyPEM, err := svid.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pair
+	return cert
 }
 
 // startController runs a real xDS server whose gateway identity is

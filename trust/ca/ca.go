@@ -14,6 +14,7 @@
 package ca
 
 import (
+	"crypto/tls"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -275,4 +276,18 @@ func (ca *Intermediate) IssueSVID(id spiffeid.ID, ttl time.Duration, dnsNames ..
 		return nil, err
 	}
 	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
+}
+
+// IssueTLS is IssueSVID as a tls.Certificate (chain and key), for a TLS
+// client or server that presents id.
+func (ca *Intermediate) IssueTLS(id spiffeid.ID, ttl time.Duration, dnsNames ...string) (tls.Certificate, error) {
+	svid, err := ca.IssueSVID(id, ttl, dnsNames...)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	return cert, nil
 }
