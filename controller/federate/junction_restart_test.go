@@ -34,7 +34,7 @@ func (m *memorySource) Subscribe() (<-chan struct{}, func()) {
 }
 
 func (m *memorySource) Pushed(uint64) {}
-func (m *memorySource) LocalChanged()  {}
+func (m *memorySource) LocalChanged() {}
 
 func (m *memorySource) set(clusters ...string) {
 	rs := &federate.RemoteState{Remote: map[string]mesh.ClusterCatalog{}}
