@@ -111,7 +111,7 @@ type pki struct {
 	pool  *x509.CertPool
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	root, err := ca.GenerateRoot(spiffeid.RequireTrustDomainFromString(td), 24*time.Hour)
 	if err != nil {
@@ -128,7 +128,7 @@ func newPKI(t *testing.T) *pki {
 	return &pki{inter: inter, pool: pool}
 }
 
-func (p *pki) tlsCert(t *testing.T, id mesh.Identity, dns ...string) tls.Certificate {
+func (p *pki) tlsCert(t testing.TB, id mesh.Identity, dns ...string) tls.Certificate {
 	t.Helper()
 	cert, err := p.inter.IssueTLS(spiffeid.RequireFromString(string(id)), time.Hour, dns...)
 	if err != nil {
@@ -139,7 +139,7 @@ func (p *pki) tlsCert(t *testing.T, id mesh.Identity, dns ...string) tls.Certifi
 
 // bootstrap writes id's SVID files and a proxyless workload's bootstrap
 // for the xDS server at addr; it returns the bootstrap's path.
-func (p *pki) bootstrap(t *testing.T, id mesh.Identity, addr string) string {
+func (p *pki) bootstrap(t testing.TB, id mesh.Identity, addr string) string {
 	t.Helper()
 	dir := t.TempDir()
 	svid, err := p.inter.IssueSVID(spiffeid.RequireFromString(string(id)), time.Hour)
@@ -158,7 +158,7 @@ func (p *pki) bootstrap(t *testing.T, id mesh.Identity, addr string) string {
 
 // startXDS runs a real meshfed xDS server on 127.0.0.1 whose gateway is
 // gatewayID, and returns it with its address.
-func startXDS(t *testing.T, p *pki) (*server.Server, string) {
+func startXDS(t testing.TB, p *pki) (*server.Server, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -183,7 +183,7 @@ func startXDS(t *testing.T, p *pki) (*server.Server, string) {
 	return srv, net.JoinHostPort("localhost", fmt.Sprint(lis.Addr().(*net.TCPAddr).Port))
 }
 
-func update(t *testing.T, srv *server.Server, s mesh.State) {
+func update(t testing.TB, srv *server.Server, s mesh.State) {
 	t.Helper()
 	if problems, err := srv.Update(s); err != nil || len(problems) > 0 {
 		t.Fatalf("Update: %v %v", problems, err)
@@ -193,7 +193,7 @@ func update(t *testing.T, srv *server.Server, s mesh.State) {
 // startPod is west's bookstore pod: a real grpc-go xDS server (mTLS and
 // RBAC from west's controller) that answers with its name and the SPIFFE
 // ID of the caller it authenticated.
-func startPod(t *testing.T, p *pki, xdsAddr, ip string) (netip.AddrPort, <-chan struct{}) {
+func startPod(t testing.TB, p *pki, xdsAddr, ip string) (netip.AddrPort, <-chan struct{}) {
 	t.Helper()
 	lis, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
