@@ -129,3 +129,24 @@ func BenchmarkGatewayConfig10k(b *testing.B) {
 	b.ReportMetric(float64(size(g.Clusters)), "cluster-bytes")
 	b.ReportMetric(float64(size(g.Endpoints)), "endpoint-bytes")
 }
+
+// The gateway Envoy's bootstrap and its two file-based SDS secrets are
+// valid Envoy configuration and as golden-tested: ADS to the controller
+// over mTLS, the controller's SPIFFE ID the only one accepted, the SVID
+// reloaded when meshfed agent renews it.
+func TestGatewayBootstrap(t *testing.T) {
+	o := GatewayBootstrapOptions{ControllerHost: "meshfed-controller.meshfed-system.svc", XDSPort: 15128,
+		ControllerID: mesh.NewIdentity("meshfed.local", "meshfed-system", "meshfed-controller"),
+		CertDir:      "/var/run/meshfed/certs", SDSDir: "/etc/meshfed/sds"}
+	b := GatewayBootstrap(o)
+	svid, bundle := GatewaySDSSecrets(o, "certificate.pem", "private_key.pem", "ca_certificate.pem")
+	for _, m := range []interface{ ValidateAll() error }{b, svid, bundle} {
+		if err := m.ValidateAll(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compareGolden(t, "testdata/gateway-bootstrap.golden.yaml", map[string]any{
+		"bootstrap": toYAMLValue(t, []types.Resource{b}),
+		"sds":       toYAMLValue(t, []types.Resource{svid, bundle}),
+	})
+}
