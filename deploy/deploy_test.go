@@ -2,6 +2,14 @@ package deploy_test
 
 import (
 	"bytes"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"strings"
 	"testing"
 
@@ -118,4 +126,83 @@ func TestNetworkAndGatewayAddressesReachTheMeshConfig(t *testing.T) {
 		return
 	}
 	t.Fatal("no MeshConfig")
+}
+
+// With a network, install adds the east-west gateway: its ServiceAccount,
+// an Envoy Deployment of two replicas with meshfed agent beside it, a
+// PodDisruptionBudget, the Service on 15443, and a ConfigMap whose
+// bootstrap is valid Envoy configuration. The agent sees the root's
+// certificate, never its key. Without a network there is no gateway.
+func TestNetworkAddsTheGateway(t *testing.T) {
+	o := deploy.DefaultOptions()
+	o.ClusterName = "east"
+	objs, err := deploy.Manifests(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range objs {
+		if u.GetName() == deploy.GatewayName {
+			t.Fatalf("no network, yet %s %s", u.GetKind(), u.GetName())
+		}
+	}
+
+	o.Network, o.GatewayServiceType = "net-east", corev1.ServiceTypeNodePort
+	if objs, err = deploy.Manifests(o); err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]*unstructured.Unstructured{}
+	for _, u := range objs {
+		if u.GetName() == deploy.GatewayName {
+			kinds[u.GetKind()] = u
+		}
+	}
+	for _, k := range []string{"ServiceAccount", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service"} {
+		if kinds[k] == nil {
+			t.Fatalf("no gateway %s among %v", k, kinds)
+		}
+	}
+	var dep appsv1.Deployment
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(kinds["Deployment"].Object, &dep); err != nil {
+		t.Fatal(err)
+	}
+	spec := dep.Spec.Template.Spec
+	if *dep.Spec.Replicas != 2 || spec.ServiceAccountName != deploy.GatewayName || len(spec.InitContainers) != 1 ||
+		spec.InitContainers[0].RestartPolicy == nil || *spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("gateway Deployment: replicas %d, service account %q, init containers %+v", *dep.Spec.Replicas, spec.ServiceAccountName, spec.InitContainers)
+	}
+	for _, v := range spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		for _, src := range v.Projected.Sources {
+			if src.Secret != nil && (len(src.Secret.Items) != 1 || src.Secret.Items[0].Key != "ca.crt") {
+				t.Errorf("volume %s projects %v of Secret %s; want ca.crt only", v.Name, src.Secret.Items, src.Secret.Name)
+			}
+		}
+	}
+	var svc corev1.Service
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(kinds["Service"].Object, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if svc.Spec.Type != corev1.ServiceTypeNodePort || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 15443 {
+		t.Errorf("gateway Service %+v", svc.Spec)
+	}
+	data, _, _ := unstructured.NestedStringMap(kinds["ConfigMap"].Object, "data")
+	var boot bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal([]byte(data["envoy.json"]), &boot); err != nil {
+		t.Fatalf("envoy.json: %v", err)
+	}
+	if err := boot.ValidateAll(); err != nil {
+		t.Fatalf("envoy.json: %v", err)
+	}
+	for _, f := range []string{"svid.json", "trust-bundle.json"} {
+		var dr discoveryv3.DiscoveryResponse
+		if err := protojson.Unmarshal([]byte(data[f]), &dr); err != nil || len(dr.Resources) != 1 {
+			t.Fatalf("%s: %v (%d resources)", f, err, len(dr.Resources))
+		}
+		var s tlsv3.Secret
+		if err := dr.Resources[0].UnmarshalTo(&s); err != nil || s.ValidateAll() != nil {
+			t.Errorf("%s: %v %v", f, err, s.ValidateAll())
+		}
+	}
 }

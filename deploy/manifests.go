@@ -42,6 +42,10 @@ type Options struct {
 	// through the east-west gateway at GatewayAddresses (IP:port each).
 	Network          string
 	GatewayAddresses []string
+	// GatewayServiceType is how the gateway's Service is exposed to the
+	// other networks (LoadBalancer, NodePort; ClusterIP when something
+	// else routes to it). Default LoadBalancer.
+	GatewayServiceType corev1.ServiceType
 }
 
 // DefaultOptions returns the defaults with ClusterName still to be set.
@@ -52,6 +56,8 @@ func DefaultOptions() Options {
 		TrustDomain: DefaultTrustDomain,
 		Image:       DefaultImageRepo + ":" + Version,
 		Replicas:    1,
+
+		GatewayServiceType: DefaultGatewayServiceType,
 	}
 }
 
@@ -84,6 +90,11 @@ func (o Options) Validate() error {
 	if len(o.GatewayAddresses) > 0 && o.Network == "" {
 		errs = append(errs, errors.New("--gateway-address needs --network: a gateway is how clusters on other networks reach this one"))
 	}
+	switch o.GatewayServiceType {
+	case corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeNodePort, corev1.ServiceTypeClusterIP:
+	default:
+		errs = append(errs, fmt.Errorf("gateway service type %q: want LoadBalancer, NodePort or ClusterIP", o.GatewayServiceType))
+	}
 	for _, g := range o.GatewayAddresses {
 		if err := mesh.CheckGatewayAddress(g); err != nil {
 			errs = append(errs, fmt.Errorf("gateway address %q: %v", g, err))
@@ -107,7 +118,8 @@ func (o Options) Labels() map[string]string {
 }
 
 // Manifests renders the control plane's objects, in the order they should be
-// applied: namespace, RBAC, ServiceAccount, MeshConfig, Service, Deployment.
+// applied: namespace, RBAC, ServiceAccount, MeshConfig, Service, Deployment,
+// and with a network, the east-west gateway (gateway.go).
 // CRDs come separately from CRDs.
 func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 	if err := o.Validate(); err != nil {
@@ -239,7 +251,15 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 		out = append(out, u)
 	}
 	out = append(out, mc)
-	for _, obj := range []runtime.Object{svc, dep} {
+	objs := []runtime.Object{svc, dep}
+	if o.Network != "" {
+		gw, err := gatewayObjects(o, meta, labels)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, gw...)
+	}
+	for _, obj := range objs {
 		u, err := toUnstructured(obj)
 		if err != nil {
 			return nil, err

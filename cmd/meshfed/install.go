@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	corev1 "k8s.io/api/core/v1"
 	"os"
 	"text/tabwriter"
 
@@ -72,6 +73,7 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 	f.BoolVar(&o.Permissive, "enable-permissive-traffic-policy", false, "allow all traffic between meshed workloads (still mTLS) instead of only what TrafficTargets allow")
 	f.StringVar(&o.Image, "controller-image", o.Image, "container image of meshfed-controller")
 	f.StringVar(&o.Network, "network", "", "name of the network this cluster's pod addresses are on; clusters on other networks reach it through its east-west gateway")
+	f.Var(newServiceTypeValue(&o.GatewayServiceType), "gateway-service-type", "how the east-west gateway's Service is exposed (with --network): LoadBalancer, NodePort or ClusterIP")
 	f.StringSliceVar(&o.GatewayAddresses, "gateway-address", nil, "IP:port at which clusters on other networks reach this cluster's east-west gateway (repeatable; needs --network)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them")
 	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "join the federation root of the cluster this kubeconfig points at (its root signs this cluster's intermediate; the root key is not copied)")
@@ -164,3 +166,11 @@ func (i *intermediateFlags) read(src *installer.CASource) error {
 	}
 	return nil
 }
+
+// serviceTypeValue is a flag holding a Service type.
+type serviceTypeValue struct{ p *corev1.ServiceType }
+
+func newServiceTypeValue(p *corev1.ServiceType) *serviceTypeValue { return &serviceTypeValue{p} }
+func (v *serviceTypeValue) String() string                        { return string(*v.p) }
+func (v *serviceTypeValue) Set(s string) error                    { *v.p = corev1.ServiceType(s); return nil }
+func (v *serviceTypeValue) Type() string                          { return "type" }

@@ -274,7 +274,9 @@ func (c *Client) Uninstall(ctx context.Context, o UninstallOptions) error {
 		return fmt.Errorf("mesh %q runs in namespace %q, not %q", o.MeshName, mesh.Namespace, o.Namespace)
 	}
 	opts := deploy.DefaultOptions()
-	opts.MeshName, opts.Namespace, opts.ClusterName = mesh.Name, mesh.Namespace, "uninstall"
+	// With a network, the list holds the east-west gateway's objects
+	// too; those that were never made are not found, which is fine.
+	opts.MeshName, opts.Namespace, opts.ClusterName, opts.Network = mesh.Name, mesh.Namespace, "uninstall", "uninstall"
 	objs, err := deploy.Manifests(opts)
 	if err != nil {
 		return err

@@ -313,9 +313,15 @@ func testNamespaces(t *testing.T, c *installer.Client) {
 }
 
 func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
+	// With a network: the API server takes the east-west gateway's
+	// objects, and uninstall removes them too.
 	o := opts("mesh-u", "mesh-u-system", "east")
+	o.Network = "net-east"
 	if _, err := c.Install(ctx(t), o); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := c.Kube().PolicyV1().PodDisruptionBudgets("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{}); err != nil {
+		t.Fatalf("install with a network made no gateway PodDisruptionBudget: %v", err)
 	}
 	mustNamespace(t, c, "uninstall-app")
 	if err := c.AddNamespaces(ctx(t), "mesh-u", []string{"uninstall-app"}, installer.InjectionEnabled); err != nil {
@@ -334,6 +340,9 @@ func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
 	_, checks["ServiceAccount"] = kube.CoreV1().ServiceAccounts("mesh-u-system").Get(ctx(t), deploy.ControllerName, metav1.GetOptions{})
 	_, checks["ClusterRole"] = kube.RbacV1().ClusterRoles().Get(ctx(t), o.ClusterRoleName(), metav1.GetOptions{})
 	_, checks["ClusterRoleBinding"] = kube.RbacV1().ClusterRoleBindings().Get(ctx(t), o.ClusterRoleName(), metav1.GetOptions{})
+	_, checks["gateway Deployment"] = kube.AppsV1().Deployments("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
+	_, checks["gateway Service"] = kube.CoreV1().Services("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
+	_, checks["gateway PodDisruptionBudget"] = kube.PolicyV1().PodDisruptionBudgets("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
 	for kind, err := range checks {
 		if !apierrors.IsNotFound(err) {
 			t.Errorf("%s still present after uninstall (err=%v)", kind, err)
