@@ -157,6 +157,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	icfg := issuer.DefaultConfig()
 	icfg.Address, icfg.SVIDTTL, icfg.Log = cfg.IssuerAddress, ms.SVIDTTL, log
 	icfg.Namespaces = issuer.MeshNamespaces{Client: client, MeshName: cfg.MeshName}
+	icfg.Gateway = &issuer.ServiceAccount{Namespace: cfg.Namespace, Name: deploy.GatewayName}
 	iss, err := issuer.NewServer(icfg, authority, issuer.NewTokenReviewer(client, trust.DefaultAudience), serving)
 	if err != nil {
 		return err

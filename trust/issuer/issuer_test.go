@@ -36,6 +36,12 @@ var issuerID = spiffeid.RequireFromString("spiffe://meshfed.local/ns/meshfed-sys
 // its address and the authority it signs with.
 func startIssuer(t testing.TB, client kubernetes.Interface) (string, *ca.Authority) {
 	t.Helper()
+	return startIssuerWith(t, client, nil)
+}
+
+// startIssuerWith is startIssuer with the gateway's ServiceAccount gw.
+func startIssuerWith(t testing.TB, client kubernetes.Interface, gw *issuer.ServiceAccount) (string, *ca.Authority) {
+	t.Helper()
 	root, err := ca.GenerateRoot(td, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -52,6 +58,7 @@ func startIssuer(t testing.TB, client kubernetes.Interface) (string, *ca.Authori
 	cfg := issuer.DefaultConfig()
 	cfg.Address = "127.0.0.1:0"
 	cfg.Namespaces = issuer.MeshNamespaces{Client: client, MeshName: "meshfed"}
+	cfg.Gateway = gw
 	srv, err := issuer.NewServer(cfg, auth, issuer.NewTokenReviewer(client, trust.DefaultAudience), serving)
 	if err != nil {
 		t.Fatal(err)
@@ -256,5 +263,37 @@ func TestIssuerRefusesUnmeshedNamespace(t *testing.T) {
 	}
 	if _, err := client.Sign(ctx, kubetest.MustToken(t, kube, "bookstore", "bookstore", trust.DefaultAudience), csr(t)); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("bookstore after namespace remove: got %v, want PermissionDenied", err)
+	}
+}
+
+// TestIssuerSignsForTheGatewayAlone: the control plane's namespace is not
+// part of the mesh, yet the east-west gateway's ServiceAccount there gets
+// its SVID; no other account of that namespace does.
+func TestIssuerSignsForTheGatewayAlone(t *testing.T) {
+	kube := kubetest.StartAPIServer(t)
+	kubetest.CreateServiceAccount(t, kube, "meshfed-system", "meshfed-gateway")
+	kubetest.CreateServiceAccount(t, kube, "meshfed-system", "default")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	addr, auth := startIssuerWith(t, kube, &issuer.ServiceAccount{Namespace: "meshfed-system", Name: "meshfed-gateway"})
+	cc, err := issuer.Dial(addr, auth, td, issuerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := issuer.NewClient(cc)
+	resp, err := client.Sign(ctx, kubetest.MustToken(t, kube, "meshfed-system", "meshfed-gateway", trust.DefaultAudience), csr(t))
+	if err != nil {
+		t.Fatalf("gateway refused: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(resp.CertificateChain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := leaf.URIs[0].String(), "spiffe://"+td.Name()+"/ns/meshfed-system/sa/meshfed-gateway"; got != want {
+		t.Errorf("gateway SVID for %s, want %s", got, want)
+	}
+	if _, err := client.Sign(ctx, kubetest.MustToken(t, kube, "meshfed-system", "default", trust.DefaultAudience), csr(t)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("another account of the control plane's namespace: got %v, want PermissionDenied", err)
 	}
 }
