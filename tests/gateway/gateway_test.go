@@ -75,7 +75,17 @@ func runClient() int {
 		fmt.Println("fatal", err)
 		return 1
 	}
-	cc, err := grpc.NewClient("xds:///"+target, grpc.WithTransportCredentials(creds))
+	dial, calls, pause := target, 20, time.Duration(0)
+	if v := os.Getenv(clientEnv + "_TARGET"); v != "" {
+		dial = v
+	}
+	if v := os.Getenv(clientEnv + "_CALLS"); v != "" {
+		fmt.Sscan(v, &calls)
+	}
+	if v := os.Getenv(clientEnv + "_PAUSE"); v != "" {
+		pause, _ = time.ParseDuration(v)
+	}
+	cc, err := grpc.NewClient("xds:///"+dial, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		fmt.Println("fatal", err)
 		return 1
@@ -98,7 +108,8 @@ func runClient() int {
 		line = call()
 	}
 	fmt.Println(line)
-	for i := 0; i < 20; i++ {
+	for i := 0; i < calls; i++ {
+		time.Sleep(pause)
 		fmt.Println(call())
 	}
 	return 0
@@ -195,6 +206,13 @@ func update(t testing.TB, srv *server.Server, s mesh.State) {
 // ID of the caller it authenticated.
 func startPod(t testing.TB, p *pki, xdsAddr, ip string) (netip.AddrPort, <-chan struct{}) {
 	t.Helper()
+	return startNamedPod(t, p, xdsAddr, ip, "west-pod", bookstoreID)
+}
+
+// startNamedPod is startPod for a pod called name serving as id, with
+// extra server options.
+func startNamedPod(t testing.TB, p *pki, xdsAddr, ip, name string, id mesh.Identity, opts ...grpc.ServerOption) (netip.AddrPort, <-chan struct{}) {
+	t.Helper()
 	lis, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -203,13 +221,13 @@ func startPod(t testing.TB, p *pki, xdsAddr, ip string) (netip.AddrPort, <-chan 
 	if err != nil {
 		t.Fatal(err)
 	}
-	contents, err := os.ReadFile(p.bootstrap(t, bookstoreID, xdsAddr))
+	contents, err := os.ReadFile(p.bootstrap(t, id, xdsAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
 	serving := make(chan struct{})
 	closed := false
-	srv, err := xds.NewGRPCServer(grpc.Creds(creds), xds.BootstrapContentsForTesting(contents),
+	srv, err := xds.NewGRPCServer(append(opts, grpc.Creds(creds), xds.BootstrapContentsForTesting(contents),
 		xds.ServingModeCallback(func(_ net.Addr, args xds.ServingModeChangeArgs) {
 			if args.Mode == connectivity.ServingModeServing && !closed {
 				closed = true
@@ -223,9 +241,9 @@ func startPod(t testing.TB, p *pki, xdsAddr, ip string) (netip.AddrPort, <-chan 
 					caller = info.State.PeerCertificates[0].URIs[0].String()
 				}
 			}
-			_ = grpc.SetHeader(ctx, metadata.Pairs("backend", "west-pod", "caller", caller))
+			_ = grpc.SetHeader(ctx, metadata.Pairs("backend", name, "caller", caller))
 			return h(ctx, req)
-		}))
+		}))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,12 +257,9 @@ func startPod(t testing.TB, p *pki, xdsAddr, ip string) (netip.AddrPort, <-chan 
 // grpc-go's SNI switch as given, and returns the lines it printed. wait is
 // how long it waits for a first answer: long where one is expected, short
 // where every call should fail (it starts with the configuration current).
-func runClientProcess(t *testing.T, p *pki, id mesh.Identity, xdsAddr string, sni bool, wait time.Duration) []string {
+func runClientProcess(t *testing.T, p *pki, id mesh.Identity, xdsAddr string, sni bool, wait time.Duration, env ...string) []string {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), clientEnv+"="+wait.String(), "GRPC_XDS_BOOTSTRAP="+p.bootstrap(t, id, xdsAddr),
-		fmt.Sprintf("GRPC_EXPERIMENTAL_XDS_SNI=%v", sni))
-	cmd.Stderr = os.Stderr
+	cmd := clientCommand(t, p, id, xdsAddr, sni, wait, env...)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("client %s: %v\n%s", id, err, out)
@@ -258,6 +273,16 @@ func runClientProcess(t *testing.T, p *pki, id mesh.Identity, xdsAddr string, sn
 		t.Fatalf("client %s printed nothing", id)
 	}
 	return lines
+}
+
+// clientCommand is the client process's command (see runClientProcess).
+func clientCommand(t *testing.T, p *pki, id mesh.Identity, xdsAddr string, sni bool, wait time.Duration, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), clientEnv+"="+wait.String(), "GRPC_XDS_BOOTSTRAP="+p.bootstrap(t, id, xdsAddr),
+		fmt.Sprintf("GRPC_EXPERIMENTAL_XDS_SNI=%v", sni)), env...)
+	cmd.Stderr = os.Stderr
+	return cmd
 }
 
 // Two clusters on two networks: east's clients know west's bookstore only
