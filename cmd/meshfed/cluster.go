@@ -214,6 +214,9 @@ func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) 
 		if len(m.Gateways) > 0 {
 			fmt.Fprintf(w, "%s gateways: %s\n", mesh.Quote(m.Name), quoteAll(m.Gateways))
 		}
+		if m.Unreachable != "" {
+			fmt.Fprintf(w, "%s unreachable: %s\n", mesh.Quote(m.Name), printable(m.Unreachable))
+		}
 		if len(m.Services) > 0 {
 			more := ""
 			if m.ServiceCount > len(m.Services) {

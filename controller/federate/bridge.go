@@ -370,11 +370,13 @@ func (b *Bridge) reportUnreachable(now map[string]string) {
 	for c, why := range now {
 		if b.unreachable[c] != why {
 			b.log.Warn("federate: cluster unreachable from this network; its services get no endpoints here", "cluster", mesh.Quote(c), "reason", why)
+			b.events.onMeshConfig(b.cfg, corev1.EventTypeWarning, ReasonClusterUnreachable, why+"; its services get no endpoints here")
 		}
 	}
 	for c := range b.unreachable {
 		if _, ok := now[c]; !ok {
 			b.log.Info("federate: cluster reachable again", "cluster", mesh.Quote(c))
+			b.events.onMeshConfig(b.cfg, corev1.EventTypeNormal, ReasonClusterReachable, "cluster "+mesh.Quote(c)+" is reachable again")
 		}
 	}
 	b.unreachable = now

@@ -39,4 +39,14 @@ func exportRef(se *mcsv1beta1.ServiceExport) *corev1.ObjectReference {
 	}
 }
 
+// onMeshConfig records an Event on the MeshConfig: what concerns the
+// federation as a whole rather than one export.
+func (e *events) onMeshConfig(cfg Config, typ, reason, msg string) {
+	if cfg.MeshConfigName == "" {
+		return
+	}
+	e.recorder.Event(&corev1.ObjectReference{APIVersion: MeshConfigGVR.GroupVersion().String(), Kind: "MeshConfig",
+		Namespace: cfg.Namespace, Name: cfg.MeshConfigName}, typ, reason, msg)
+}
+
 func (e *events) shutdown() { e.stopOnce.Do(e.broadcaster.Shutdown) }

@@ -21,6 +21,11 @@ const (
 	// ReasonExportProblemGone (Normal) withdraws an earlier warning: the
 	// export is valid again, or no remote export conflicts with it any more.
 	ReasonExportProblemGone = "ExportProblemGone"
+	// ReasonClusterUnreachable (Warning, on the MeshConfig): a cluster on
+	// another network lists no usable east-west gateway;
+	// ReasonClusterReachable (Normal) when that is over.
+	ReasonClusterUnreachable = "ClusterUnreachable"
+	ReasonClusterReachable   = "ClusterReachable"
 )
 
 // desiredConditions returns the MCS conditions of one ServiceExport:

@@ -330,9 +330,18 @@ type childSpec struct {
 	ChainPEM  string                    `json:"chainPEM"`
 	RootPEM   string                    `json:"rootPEM"`
 	Services  []catalog.ExportedService `json:"services"`
+	Network   string                    `json:"network"`
+	Gateways  []string                  `json:"gateways"`
 }
 
 func startChildMember(t *testing.T, name string, root *ca.Root, gossipKey []byte, seed string, services ...catalog.ExportedService) *remoteMember {
+	t.Helper()
+	return startChildMemberOn(t, name, "flat", nil, root, gossipKey, seed, services...)
+}
+
+// startChildMemberOn is startChildMember for a cluster on network with
+// the east-west gateway addresses gateways.
+func startChildMemberOn(t *testing.T, name, network string, gateways []string, root *ca.Root, gossipKey []byte, seed string, services ...catalog.ExportedService) *remoteMember {
 	t.Helper()
 	inter, err := root.NewIntermediate(name, 24*time.Hour, nil)
 	if err != nil {
@@ -350,6 +359,7 @@ func startChildMember(t *testing.T, name string, root *ca.Root, gossipKey []byte
 		Name: name, Seed: seed, GossipKey: base64.StdEncoding.EncodeToString(gossipKey),
 		KeyPEM: string(keyPEM), ChainPEM: string(ca.EncodeCertificatesPEM(chain)),
 		RootPEM: string(ca.EncodeCertificatesPEM([]*x509.Certificate{root.Certificate})), Services: services,
+		Network: network, Gateways: gateways,
 	})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
@@ -405,7 +415,8 @@ func runChild(specJSON string) error {
 	pool := x509.NewCertPool()
 	pool.AddCert(roots[0])
 	cfg := federation.DefaultConfig()
-	cfg.ClusterName, cfg.Network, cfg.TrustDomain = spec.Name, "flat", trustDomain
+	cfg.ClusterName, cfg.Network, cfg.TrustDomain = spec.Name, spec.Network, trustDomain
+	cfg.Gateways = spec.Gateways
 	cfg.BindAddr, cfg.BindPort, cfg.AdvertiseAddr = "127.0.0.1", 0, "127.0.0.1"
 	cfg.Seeds = []string{spec.Seed}
 	cfg.GossipKeys = [][]byte{gk}

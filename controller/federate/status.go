@@ -35,6 +35,9 @@ type MemberStatus struct {
 	// reach it through them).
 	Network  string   `json:"network,omitempty"`
 	Gateways []string `json:"gateways,omitempty"`
+	// Unreachable says why clients here cannot reach its services (it is
+	// on another network and lists no usable gateway); empty otherwise.
+	Unreachable string `json:"unreachable,omitempty"`
 	// State is alive, suspect, dead, left or unknown.
 	State string `json:"state"`
 	// Since is when State last changed.
@@ -127,6 +130,7 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 		if st.Members[i].Local {
 			st.Members[i].Network, st.Members[i].Gateways = b.cfg.Network, b.cfg.Gateways
 		}
+		st.Members[i].Unreachable = b.unreachable[st.Members[i].Name]
 		inv := b.invalid[st.Members[i].Name]
 		st.Members[i].InvalidCount = inv.count
 		for _, err := range inv.problems {
