@@ -408,6 +408,21 @@ func (s *loopState) recoverEpoch(v uint64) {
 // epochStoreTimeout bounds a write to the epoch store from the loop.
 const epochStoreTimeout = 10 * time.Second
 
+// liveNodes returns copies of the other members that are alive or suspect,
+// as the loop last saw them. (memberlist's Members returns its own nodes,
+// which it goes on updating under its lock: reading their addresses later
+// races with it.)
+func (s *loopState) liveNodes() []*memberlist.Node {
+	var out []*memberlist.Node
+	for _, c := range s.clusters {
+		if c.known && c.name != s.self && (c.mstate == StateAlive || c.mstate == StateSuspect) {
+			n := c.node
+			out = append(out, &n)
+		}
+	}
+	return out
+}
+
 // fanOut sends this cluster's own notice straight to every member by UDP,
 // one small packet each, so that a change reaches everyone in about one
 // round trip; gossip (announce) and push/pull cover packets that are lost.

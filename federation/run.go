@@ -77,7 +77,7 @@ func (f *Federation) Run(ctx context.Context) error {
 		f.sendRestartNote(ml, st, &wg)
 	}
 	if runErr == nil && !f.abrupt.Load() {
-		f.leave(ml, &wg)
+		f.leave(ml, st.liveNodes(), &wg)
 	}
 	if err := ml.Shutdown(); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("federation %s: shutdown: %w", f.cfg.ClusterName, err))
@@ -103,7 +103,7 @@ func (f *Federation) sendRestartNote(ml *memberlist.Memberlist, st *loopState, o
 		f.log.Error("cannot sign the restart note; peers will withdraw this cluster's services after their withdrawAfter", "err", err)
 		return
 	}
-	f.sendToAll(ml, others(ml, f.cfg.ClusterName), append([]byte{kindRestart}, note...), "restart note", outer)
+	f.sendToAll(ml, st.liveNodes(), append([]byte{kindRestart}, note...), "restart note", outer)
 	f.log.Info("restart note sent", "catalog", FormatVersion(st.localSigned.Version))
 }
 
@@ -116,8 +116,7 @@ func (f *Federation) sendRestartNote(ml *memberlist.Memberlist, st *loopState, o
 // What is guaranteed: every member reachable by stream during the leave
 // records it as left; one that is not reachable sees it fail and later,
 // when any notice reaches it, as left (docs/federation.md).
-func (f *Federation) leave(ml *memberlist.Memberlist, outer *sync.WaitGroup) {
-	peers := others(ml, f.cfg.ClusterName)
+func (f *Federation) leave(ml *memberlist.Memberlist, peers []*memberlist.Node, outer *sync.WaitGroup) {
 	msg := encodeMsg(kindLeave, notice{Cluster: f.cfg.ClusterName})
 	f.bcast.QueueBroadcast(&noticeBroadcast{n: notice{Cluster: leaveMarker}, msg: msg})
 	f.sendToAll(ml, peers, msg, "leave notice", outer)
@@ -143,17 +142,6 @@ func (f *Federation) leave(ml *memberlist.Memberlist, outer *sync.WaitGroup) {
 	case <-time.After(f.cfg.LeaveTimeout):
 		f.log.Warn("leave not confirmed to every member in time")
 	}
-}
-
-// others returns the live members other than self.
-func others(ml *memberlist.Memberlist, self string) []*memberlist.Node {
-	var out []*memberlist.Node
-	for _, m := range ml.Members() {
-		if m.Name != self {
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 // sendToAll sends msg to each of to by stream, in parallel, and waits at
