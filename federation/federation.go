@@ -138,6 +138,7 @@ type Federation struct {
 
 type publishReq struct {
 	services []catalog.ExportedService
+	gateways []string
 	reply    chan publishResult
 }
 
@@ -192,7 +193,20 @@ func (f *Federation) numNodes() int {
 // so before Run starts it waits. It never calls back into the caller. The
 // services slice is copied.
 func (f *Federation) Publish(ctx context.Context, services []catalog.ExportedService) (uint64, error) {
-	req := publishReq{services: cloneServices(services), reply: make(chan publishResult, 1)}
+	return f.PublishWithGateways(ctx, services, f.cfg.Gateways)
+}
+
+// PublishWithGateways is Publish with the gateway addresses the catalog
+// lists: Config.Gateways while the cluster's gateway serves, none while it
+// does not (other networks then know the cluster is unreachable). Each
+// must be one of Config.Gateways.
+func (f *Federation) PublishWithGateways(ctx context.Context, services []catalog.ExportedService, gateways []string) (uint64, error) {
+	for _, g := range gateways {
+		if !slices.Contains(f.cfg.Gateways, g) {
+			return 0, fmt.Errorf("publish catalog of %s: gateway %q is not one of the configured gateways %v", f.cfg.ClusterName, g, f.cfg.Gateways)
+		}
+	}
+	req := publishReq{services: cloneServices(services), gateways: slices.Clone(gateways), reply: make(chan publishResult, 1)}
 	select {
 	case f.publishCh <- req:
 	case <-ctx.Done():

@@ -114,7 +114,7 @@ func (s *loopState) loop(ctx context.Context) error {
 				}
 			}
 		case req := <-s.f.publishCh:
-			v, err := s.publish(req.services)
+			v, err := s.publish(req.services, req.gateways)
 			req.reply <- publishResult{version: v, err: err}
 		case <-tick.C:
 			if err := s.tick(); err != nil {
@@ -399,7 +399,7 @@ func (s *loopState) recoverEpoch(v uint64) {
 	s.f.log.Warn("catalog epoch recovered from peers (the epoch store was lost or rolled back)", "found", FormatVersion(v), "epoch", epoch)
 	s.epoch, s.seq = max(epoch, epochOf(v)+1), 0
 	if s.local != nil {
-		if _, err := s.publish(s.local.Services); err != nil {
+		if _, err := s.publish(s.local.Services, s.local.Gateways); err != nil {
 			s.f.log.Error("republishing after recovering the catalog epoch", "err", err)
 		}
 	}
@@ -687,7 +687,7 @@ func (s *loopState) storeLocalState() {
 }
 
 // publish signs and announces this cluster's new catalog.
-func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) {
+func (s *loopState) publish(services []catalog.ExportedService, gateways []string) (uint64, error) {
 	cfg := &s.f.cfg
 	key, chain, err := cfg.Signer.CatalogSigner()
 	if err != nil {
@@ -700,7 +700,7 @@ func (s *loopState) publish(services []catalog.ExportedService) (uint64, error) 
 		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
 	}
 	cat := &catalog.Catalog{
-		Format: catalog.FormatVersion, Cluster: s.self, Network: cfg.Network, Gateways: cfg.Gateways, Version: version,
+		Format: catalog.FormatVersion, Cluster: s.self, Network: cfg.Network, Gateways: gateways, Version: version,
 		GeneratedAt: now.UTC(), TrustBundleFingerprint: fp, Services: services,
 	}
 	signed, err := catalog.Sign(cat, key, chain)

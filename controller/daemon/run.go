@@ -130,10 +130,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		ClusterName: ms.ClusterName, TrustDomain: ms.TrustDomain,
 		Signer: &clusterSigner{authority: authority, cluster: ms.ClusterName}, Bundle: authorityBundle{authority},
 		Registerer: reg, Logger: fedLog, Retry: 5 * time.Second, Informers: shared}
-	lifecycle, err := federate.NewLifecycle(lcfg, junction)
-	if err != nil {
-		return err
-	}
 	kcfg.Registerer, kcfg.Logger = reg, log
 	watcher, err := kube.New(kcfg)
 	if err != nil {
@@ -152,6 +148,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// SDS: each sidecar gets its own identity's SVID from this cluster's CA.
 	xcfg.Secrets = server.NewAuthoritySecrets(authority, ms.SVIDTTL)
 	if xds, err = server.New(xcfg); err != nil {
+		return err
+	}
+	// The cluster's gateway addresses are published while a gateway
+	// replica is connected to this server.
+	lcfg.Presence = xds
+	lifecycle, err := federate.NewLifecycle(lcfg, junction)
+	if err != nil {
 		return err
 	}
 	icfg := issuer.DefaultConfig()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,15 +70,17 @@ type Bridge struct {
 	local   chan struct{}
 
 	// Owned by Run's goroutine.
-	published     []catalog.ExportedService
-	havePublished bool
-	remoteSince   time.Time // first unhandled federation signal
-	catalogSeen   map[string]uint64
-	reported      map[string]exportReport
-	leftOut       map[string]string // cluster "\x00" key → conflict logged
-	unreachable   map[string]string // cluster → why it has no gateway, logged
-	exportsSeen   *firstSeen
-	statusAt      time.Time
+	published         []catalog.ExportedService
+	havePublished     bool
+	publishedGateways []string  // the gateway addresses of the last catalog published
+	gatewayGraceEnds  time.Time // see Config.GatewayGrace
+	remoteSince       time.Time // first unhandled federation signal
+	catalogSeen       map[string]uint64
+	reported          map[string]exportReport
+	leftOut           map[string]string // cluster "\x00" key → conflict logged
+	unreachable       map[string]string // cluster → why it has no gateway, logged
+	exportsSeen       *firstSeen
+	statusAt          time.Time
 	// checked holds, per remote cluster, the services skipped from the
 	// catalog version last checked; invalid those of the last snapshot
 	// that had any.
@@ -271,6 +274,15 @@ func (b *Bridge) Run(ctx context.Context) error {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	var gatewayCh <-chan struct{}
+	var graceC <-chan time.Time
+	if b.cfg.Presence != nil {
+		gatewayCh = b.cfg.Presence.GatewayChanges()
+		b.gatewayGraceEnds = time.Now().Add(b.cfg.GatewayGrace)
+		grace := time.NewTimer(b.cfg.GatewayGrace)
+		defer grace.Stop()
+		graceC = grace.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -287,6 +299,10 @@ func (b *Bridge) Run(ctx context.Context) error {
 				b.remoteSince = time.Now()
 			}
 			arm()
+		case <-gatewayCh:
+			debounce.Reset(0)
+		case <-graceC:
+			debounce.Reset(0)
 		case <-retry.C:
 			arm()
 		case <-resync.C:
@@ -394,6 +410,16 @@ func (b *Bridge) podInfo(ns, name string) (kube.PodInfo, bool) {
 	return kube.PodInfo{ServiceAccount: sa}, true
 }
 
+// servingGateways are the gateway addresses to publish: all of them while
+// a gateway replica is connected (or nothing says, or within the grace
+// after start), none otherwise.
+func (b *Bridge) servingGateways() []string {
+	if b.cfg.Presence != nil && b.cfg.Presence.GatewaysConnected() == 0 && !time.Now().Before(b.gatewayGraceEnds) {
+		return nil
+	}
+	return b.cfg.Gateways
+}
+
 // reconcile does one full pass: exports → Publish, conditions, imports,
 // remote state. It returns an error when something must be retried.
 func (b *Bridge) reconcile(ctx context.Context) error {
@@ -408,17 +434,25 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	b.reportUnreachable(routeThroughGateways(&v.remote, b.cfg.Network, snap))
 
 	var errs []error
-	if !b.havePublished || !reflect.DeepEqual(v.published, b.published) {
+	gateways := b.servingGateways()
+	if !b.havePublished || !reflect.DeepEqual(v.published, b.published) || !slices.Equal(gateways, b.publishedGateways) {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		version, err := b.cfg.Federation.Publish(pctx, v.published)
+		version, err := b.cfg.Federation.PublishWithGateways(pctx, v.published, gateways)
 		cancel()
 		if err != nil {
 			b.metrics.publishes.WithLabelValues("error").Inc()
 			errs = append(errs, fmt.Errorf("publish %d exported services: %w", len(v.published), err))
 		} else {
 			b.metrics.publishes.WithLabelValues("ok").Inc()
-			b.published, b.havePublished = v.published, true
-			b.log.Info("federate: published catalog", "version", version, "services", len(v.published))
+			if len(b.cfg.Gateways) > 0 && len(gateways) != len(b.publishedGateways) {
+				if len(gateways) == 0 {
+					b.log.Warn("federate: no gateway replica is connected: this cluster's gateway addresses are withdrawn from its catalog, and clusters on other networks stop routing to it until one connects", "gateways", b.cfg.Gateways)
+				} else {
+					b.log.Info("federate: a gateway replica is connected: this cluster's gateway addresses are in its catalog", "gateways", gateways)
+				}
+			}
+			b.published, b.publishedGateways, b.havePublished = v.published, gateways, true
+			b.log.Info("federate: published catalog", "version", version, "services", len(v.published), "gateways", len(gateways))
 		}
 	}
 	b.metrics.exports.WithLabelValues("published").Set(float64(len(v.published)))

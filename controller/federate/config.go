@@ -18,13 +18,22 @@ import (
 )
 
 // Federation is what the bridge needs of a federation member;
-// *federation.Federation implements it. Publish may block until the member
-// runs (see federation.Federation.Publish); Subscribe and Snapshot never
-// block.
+// *federation.Federation implements it. PublishWithGateways may block until
+// the member runs (see federation.Federation.Publish); Subscribe and
+// Snapshot never block.
 type Federation interface {
-	Publish(ctx context.Context, services []catalog.ExportedService) (uint64, error)
+	PublishWithGateways(ctx context.Context, services []catalog.ExportedService, gateways []string) (uint64, error)
 	Subscribe() (<-chan struct{}, func())
 	Snapshot() *federation.RemoteView
+}
+
+// GatewayPresence is what the bridge needs to know of the cluster's
+// east-west gateway; *server.Server implements it.
+type GatewayPresence interface {
+	// GatewaysConnected is how many gateway replicas are connected.
+	GatewaysConnected() int
+	// GatewayChanges receives a value when that may have changed.
+	GatewayChanges() <-chan struct{}
 }
 
 // Config configures a Bridge.
@@ -39,9 +48,19 @@ type Config struct {
 	ClusterName string
 	// Network is the network this cluster's pod addresses are on.
 	Network string
-	// Gateways are this cluster's east-west gateway addresses, shown in
-	// its status (the federation member publishes them).
+	// Gateways are this cluster's east-west gateway addresses. They are
+	// published while Presence says a gateway serves (always, with no
+	// Presence), and shown in the cluster's status.
 	Gateways []string
+	// Presence says whether this cluster's gateway is serving: the xDS
+	// server counts its open ADS streams. Nil: the gateways are always
+	// published.
+	Presence GatewayPresence
+	// GatewayGrace is how long after the bridge starts the gateways are
+	// published before any replica has connected (a controller that
+	// restarts does not withdraw its cluster while its gateways
+	// reconnect). Default 10 s.
+	GatewayGrace time.Duration
 	// TrustDomain makes endpoint identities from Pods' ServiceAccounts.
 	// Required.
 	TrustDomain string
@@ -94,6 +113,7 @@ func DefaultConfig() Config {
 		Debounce:       100 * time.Millisecond,
 		MaxDelay:       time.Second,
 		Resync:         5 * time.Minute,
+		GatewayGrace:   10 * time.Second,
 		Component:      "meshfed-controller",
 	}
 }

@@ -54,6 +54,9 @@ type LifecycleConfig struct {
 	// Informers are the controller's shared informers, given to each
 	// bridge (nil: each bridge runs its own).
 	Informers *kube.Informers
+	// Presence says whether this cluster's gateway serves (see
+	// Config.Presence); nil: its addresses are always published.
+	Presence GatewayPresence
 	// Member and Bridge, if set, adjust the member's and bridge's
 	// configuration before each start (tests tune gossip timings).
 	Member func(*federation.Config)
@@ -305,7 +308,7 @@ func (l *Lifecycle) start(ctx context.Context, fs meshconfig.Federation, keys []
 	bcfg := DefaultConfig()
 	bcfg.Client, bcfg.Dynamic, bcfg.Federation = l.cfg.Client, l.cfg.Dynamic, fed
 	bcfg.ClusterName, bcfg.Network, bcfg.TrustDomain = l.cfg.ClusterName, fs.Network, l.cfg.TrustDomain
-	bcfg.Gateways = fs.GatewayAddresses
+	bcfg.Gateways, bcfg.Presence = fs.GatewayAddresses, l.cfg.Presence
 	bcfg.Namespace, bcfg.MeshConfigName = l.cfg.Namespace, l.cfg.MeshConfigName
 	bcfg.Registerer, bcfg.Logger = reg, l.log
 	bcfg.Informers = l.cfg.Informers

@@ -128,7 +128,7 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 	st := StatusFrom(b.cfg.ClusterName, b.validRemote(b.cfg.Federation.Snapshot()), published, time.Now())
 	for i := range st.Members {
 		if st.Members[i].Local {
-			st.Members[i].Network, st.Members[i].Gateways = b.cfg.Network, b.cfg.Gateways
+			st.Members[i].Network, st.Members[i].Gateways = b.cfg.Network, b.publishedGateways
 		}
 		st.Members[i].Unreachable = b.unreachable[st.Members[i].Name]
 		inv := b.invalid[st.Members[i].Name]

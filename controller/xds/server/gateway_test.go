@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -130,5 +131,39 @@ func TestGatewayGetsTheSNIRoutesOfExportedServices(t *testing.T) {
 	side := sidecarConfig(t, m, bookbuyerID, &corev3.Node{UserAgentName: "envoy"})
 	if slices.Contains(side.listeners, generate.GatewayListenerName) || slices.ContainsFunc(side.clusters, func(c string) bool { return len(c) > 8 && c[:8] == "gateway|" }) {
 		t.Errorf("bookbuyer's sidecar got gateway configuration: listeners %v, clusters %v", side.listeners, side.clusters)
+	}
+}
+
+// The server counts the gateway's open streams, one per replica, and
+// signals each change: the federation publishes the cluster's gateway
+// addresses only while one is connected. Workloads' streams do not count.
+func TestGatewayStreamsAreCounted(t *testing.T) {
+	m := startSDSMesh(t)
+	exportBookstore(t, m)
+	waitFor := func(want int) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for m.srv.GatewaysConnected() != want {
+			select {
+			case <-m.srv.GatewayChanges():
+			case <-time.After(50 * time.Millisecond):
+			case <-deadline:
+				t.Fatalf("gateways connected: %d, want %d", m.srv.GatewaysConnected(), want)
+			}
+		}
+	}
+	if n := m.srv.GatewaysConnected(); n != 0 {
+		t.Fatalf("no gateway has connected, the server counts %d", n)
+	}
+	sidecarConfig(t, m, bookbuyerID, &corev3.Node{UserAgentName: "envoy"})
+	gatewayConfig(t, m, gatewayID, "envoy")
+	waitFor(1)
+	t.Run("SecondReplica", func(t *testing.T) {
+		gatewayConfig(t, m, gatewayID, "envoy")
+		waitFor(2)
+	}) // its stream ends with the subtest
+	waitFor(1)
+	if n := m.srv.GatewaysConnected(); n != 1 {
+		t.Errorf("a workload's stream was counted as a gateway: %d", n)
 	}
 }

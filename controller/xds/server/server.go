@@ -155,6 +155,11 @@ type Server struct {
 	secretsPending map[mesh.Identity]bool
 	secretsAll     bool
 	secretsWake    chan struct{}
+
+	// gatewayStreams counts the gateway's open streams (under mu);
+	// gatewayWake signals a change to GatewayChanges' reader.
+	gatewayStreams int
+	gatewayWake    chan struct{}
 }
 
 type streamState struct {
@@ -173,11 +178,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		metrics: newMetrics(cfg.Registerer),
-		builder: newBuilder(cfg.WarmDelay),
-		keys:    map[proxyKey]*keyState{},
-		streams: map[int64]*streamState{},
+		cfg:         cfg,
+		metrics:     newMetrics(cfg.Registerer),
+		builder:     newBuilder(cfg.WarmDelay),
+		keys:        map[proxyKey]*keyState{},
+		streams:     map[int64]*streamState{},
+		gatewayWake: make(chan struct{}, 1),
 
 		secretsPending: map[mesh.Identity]bool{},
 		secretsWake:    make(chan struct{}, 1),
@@ -374,6 +380,10 @@ func (s *Server) acquire(key proxyKey) {
 		s.keys[key] = ks
 	}
 	ks.refs++
+	if key.kind == KindGateway {
+		s.gatewayStreams++
+		s.wakeGateway()
+	}
 	if ks.refs == 1 && s.builder.ix != nil {
 		_ = s.publish(key, ks) // logged
 	}
@@ -388,10 +398,33 @@ func (s *Server) release(key proxyKey) {
 	if ks == nil {
 		return
 	}
+	if key.kind == KindGateway {
+		s.gatewayStreams--
+		s.wakeGateway()
+	}
 	ks.refs--
 	if ks.refs <= 0 {
 		delete(s.keys, key)
 		s.queue(cacheWrite{key: key.String()})
+	}
+}
+
+// GatewaysConnected is how many ADS streams the cluster's east-west
+// gateway (Config.GatewayIdentity) has open: one per serving replica.
+func (s *Server) GatewaysConnected() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gatewayStreams
+}
+
+// GatewayChanges receives a value after GatewaysConnected changes. The
+// signals coalesce (room for one); there is one reader.
+func (s *Server) GatewayChanges() <-chan struct{} { return s.gatewayWake }
+
+func (s *Server) wakeGateway() {
+	select {
+	case s.gatewayWake <- struct{}{}:
+	default:
 	}
 }
 
