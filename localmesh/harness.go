@@ -70,6 +70,13 @@ type Config struct {
 	// waits for a burst of Kubernetes changes to end before it builds.
 	// Default: the controller's (100 ms).
 	Debounce time.Duration
+	// SeparateNetworks puts each cluster on its own network: its pods in a
+	// network namespace of their own with no route to the other clusters'
+	// pods, meshfed installed with `--network <cluster>` and an east-west
+	// gateway (the stand-in for Envoy, two replicas) at GatewayAddress,
+	// the only address of a cluster the other networks reach, through a
+	// link (CutLink, RestoreLink). False: one flat network for all.
+	SeparateNetworks bool
 }
 
 // Step applies one manifest (a file or directory under
@@ -88,6 +95,7 @@ type Cluster struct {
 	Installer  *installer.Client
 
 	gossipPort  int
+	gateway     string // host:port of its gateway, on separate networks
 	metrics     string // host:port of /metrics
 	xdsSock     string
 	issuerSock  string
@@ -109,6 +117,10 @@ type process struct {
 // /readyz and /healthz: host:port on 127.0.0.1.
 func (c *Cluster) MetricsAddress() string { return c.metrics }
 
+// GatewayAddress is where the other networks reach the cluster's
+// east-west gateway (host:port), "" on a flat network.
+func (c *Cluster) GatewayAddress() string { return c.gateway }
+
 // ControllerLogPath is the file the cluster's controller logs to, every
 // run of it appended.
 func (c *Cluster) ControllerLogPath() string { return c.ctrlLogPath }
@@ -118,12 +130,15 @@ type Harness struct {
 	cfg      Config
 	dir      string
 	bins     binaries
-	net      *workloads.UserNetwork
+	nets     map[string]*workloads.UserNetwork // by cluster; one for all on a flat network
 	runner   *workloads.Runner
 	sb       *sandbox.Sandbox
 	clusters map[string]*Cluster
 	stats    *Stats
 	log      *os.File
+
+	linksMu sync.Mutex
+	links   map[[2]string]*process // [from, to] network → the link process
 }
 
 // binaries are the programs the harness runs.
@@ -160,7 +175,8 @@ func Start(ctx context.Context, cfg Config) (h *Harness, err error) {
 	if cfg.Keep == 0 {
 		cfg.Keep = 10 * time.Minute
 	}
-	h = &Harness{cfg: cfg, dir: cfg.Dir, clusters: map[string]*Cluster{}, stats: NewStats(cfg.Keep)}
+	h = &Harness{cfg: cfg, dir: cfg.Dir, clusters: map[string]*Cluster{}, stats: NewStats(cfg.Keep),
+		nets: map[string]*workloads.UserNetwork{}, links: map[[2]string]*process{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, h.Stop())
@@ -231,19 +247,28 @@ func (h *Harness) start(ctx context.Context) error {
 		}
 	}
 
-	// One flat pod network for every cluster, made without root: only
-	// loopback, with each pod's address on it.
+	// Pod networks made without root: only loopback, with each pod's
+	// address on it. One for every cluster, or one each with the gateways'
+	// addresses reachable through links.
 	cidrs := map[string]string{}
 	var all []string
 	for i, name := range h.cfg.Clusters {
 		cidrs[name] = fmt.Sprintf("10.244.%d.0/24", i+1)
 		all = append(all, cidrs[name])
 	}
-	if h.net, err = workloads.CreateUserNetwork(all...); err != nil {
+	if err := h.createNetworks(cidrs, all); err != nil {
 		return err
 	}
+	h.stats.via = h.via
+	images := map[string]workloads.Program{"meshfed/bookapp": h.bins.bookapp}
+	if h.cfg.SeparateNetworks {
+		if err := os.MkdirAll(h.linkDir(), 0o755); err != nil {
+			return err
+		}
+		images[envoyRepository] = workloads.Program{Path: h.bins.meshfed, Args: []string{"gateway-standin", "--link-dir", h.linkDir()}}
+	}
 	h.runner = workloads.New(workloads.Config{
-		Images:  map[string]workloads.Program{"meshfed/bookapp": h.bins.bookapp},
+		Images:  images,
 		Meshfed: h.bins.meshfed,
 		Dir:     filepath.Join(h.dir, "pods"),
 		Env:     []string{fmt.Sprintf("BOOKAPP_INTERVAL=%s", h.cfg.Interval)},
@@ -283,7 +308,7 @@ func (h *Harness) start(ctx context.Context) error {
 		}
 		h.clusters[name] = &Cluster{
 			Name: name, PodCIDR: cidrs[name], Sandbox: sc, Installer: inst, Kubeconfig: sc.KubeconfigPath,
-			gossipPort: port, metrics: fmt.Sprintf("127.0.0.1:%d", mport),
+			gossipPort: port, metrics: fmt.Sprintf("127.0.0.1:%d", mport), gateway: h.gatewayAddress(name),
 			xdsSock:     filepath.Join(h.dir, name+"-xds.sock"),
 			issuerSock:  filepath.Join(h.dir, name+"-issuer.sock"),
 			ctrlLogPath: filepath.Join(h.dir, name+"-controller.log"),
@@ -297,6 +322,17 @@ func (h *Harness) start(ctx context.Context) error {
 	for _, name := range h.cfg.Clusters {
 		if err := h.StartController(ctx, name); err != nil {
 			return err
+		}
+	}
+	if h.cfg.SeparateNetworks {
+		for _, from := range h.cfg.Clusters {
+			for _, to := range h.cfg.Clusters {
+				if from != to {
+					if err := h.RestoreLink(from, to); err != nil {
+						return err
+					}
+				}
+			}
 		}
 	}
 	return nil
@@ -346,6 +382,9 @@ func (h *Harness) install(ctx context.Context) error {
 		c := h.clusters[name]
 		o := deploy.DefaultOptions()
 		o.ClusterName = name
+		if h.cfg.SeparateNetworks {
+			o.Network, o.GatewayAddresses = name, []string{c.gateway}
+		}
 		src := installer.CASource{}
 		if c != first {
 			src.RootFrom = first.Sandbox.Client()
@@ -499,7 +538,7 @@ func (h *Harness) registerCluster(ctx context.Context, c *Cluster) error {
 		return fmt.Errorf("trust bundle of %s: %w", c.Name, err)
 	}
 	h.runner.AddCluster(c.Name, workloads.Cluster{
-		Client: c.Sandbox.Client(), Network: h.net,
+		Client: c.Sandbox.Client(), Network: h.nets[c.Name],
 		IssuerAddress: "unix://" + c.issuerSock, XDSAddress: "unix://" + c.xdsSock,
 		TrustDomain: deploy.DefaultTrustDomain, IssuerID: "spiffe://" + deploy.DefaultTrustDomain + "/ns/" + deploy.DefaultNamespace + "/sa/" + deploy.ControllerName, BundlePEM: []byte(bundle.Data[ca.BundleKey]),
 	})
@@ -652,6 +691,12 @@ func (h *Harness) Stop() error {
 	if h.runner != nil {
 		h.runner.StopAll()
 	}
+	h.linksMu.Lock()
+	for k, p := range h.links {
+		p.stop()
+		delete(h.links, k)
+	}
+	h.linksMu.Unlock()
 	for _, c := range h.clusters {
 		h.StopController(c.Name)
 		if c.ctrlLog != nil {
@@ -664,12 +709,16 @@ func (h *Harness) Stop() error {
 		}
 		h.sb = nil
 	}
-	if h.net != nil {
-		if err := h.net.Close(); err != nil {
-			errs = append(errs, err)
+	closed := map[*workloads.UserNetwork]bool{}
+	for _, n := range h.nets {
+		if !closed[n] {
+			closed[n] = true
+			if err := n.Close(); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		h.net = nil
 	}
+	h.nets = nil
 	if h.log != nil {
 		h.log.Close()
 	}

@@ -24,9 +24,16 @@ type Outcome struct {
 	Version string // bookstore version that answered (OK only)
 	Cluster string // cluster that answered (OK only)
 	Code    string // gRPC code (not OK only), e.g. PERMISSION_DENIED
+	// Via names what carried the RPC into the answering cluster, as its
+	// server saw the connection: "" (straight from the client) or
+	// "<cluster>'s gateway" (OK only; on separate networks).
+	Via string
 }
 
 func (o Outcome) String() string {
+	if o.OK && o.Via != "" {
+		return fmt.Sprintf("bookstore-%s @ %s via %s", o.Version, o.Cluster, o.Via)
+	}
 	if o.OK {
 		return fmt.Sprintf("bookstore-%s @ %s", o.Version, o.Cluster)
 	}
@@ -53,6 +60,10 @@ type sample struct {
 // Stats keeps recent RPC results from every client workload. Safe for
 // concurrent use: Record is called from the workloads' output goroutines.
 type Stats struct {
+	// via names what a server saw an RPC's connection come from (a peer
+	// address); nil: nothing. Set before any result is recorded.
+	via func(peer string) string
+
 	mu      sync.Mutex
 	keep    time.Duration
 	samples []sample
@@ -76,6 +87,9 @@ func (s *Stats) Record(source string, r Result, at time.Time) {
 	o := Outcome{Code: r.Code}
 	if r.Code == "OK" {
 		o = Outcome{OK: true, Version: r.Version, Cluster: r.Cluster}
+		if s.via != nil && r.Peer != "" {
+			o.Via = s.via(r.Peer)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"flag"
+	"os"
 	"os/signal"
 	"syscall"
 
@@ -10,12 +11,15 @@ import (
 
 	"github.com/meshfed/meshfed/controller/daemon"
 	"github.com/meshfed/meshfed/demo/bookapp"
+	"github.com/meshfed/meshfed/localmesh/gateway"
 )
 
 // The roles a meshfed binary plays in `meshfed demo`, so that a released
 // binary runs the demo with nothing else: the controller
-// (meshfed-controller's flags) and the bookstore workload. Hidden: users
-// run meshfed-controller in their clusters and the bookapp image.
+// (meshfed-controller's flags), the bookstore workload, and the local
+// clusters' stand-in for the gateway's Envoy with the link that joins two
+// of their networks. Hidden: users run meshfed-controller in their
+// clusters, the bookapp image and Envoy.
 
 func newControllerCommand() *cobra.Command {
 	return &cobra.Command{
@@ -47,6 +51,34 @@ func newBookappCommand() *cobra.Command {
 				return nil
 			}
 			return err
+		},
+	}
+}
+
+func newGatewayStandInCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                "gateway-standin --link-dir DIR [Envoy's flags]",
+		Short:              "Run the local clusters' stand-in for the gateway's Envoy",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return gateway.Main(ctx, args, os.Stderr)
+		},
+	}
+}
+
+func newGatewayLinkCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                "gateway-link --listen HOST:PORT --to GLOB",
+		Short:              "Join one local network to another's gateway",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return gateway.LinkMain(ctx, args)
 		},
 	}
 }

@@ -66,6 +66,8 @@ func newRootCommand() *cobra.Command {
 		newCertificateCommand(kf),
 		newControllerCommand(),
 		newBookappCommand(),
+		newGatewayStandInCommand(),
+		newGatewayLinkCommand(),
 	)
 	return root
 }

@@ -448,7 +448,7 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 				if len(gateways) == 0 {
 					b.log.Warn("federate: no gateway replica is connected: this cluster's gateway addresses are withdrawn from its catalog, and clusters on other networks stop routing to it until one connects", "gateways", b.cfg.Gateways)
 				} else {
-					b.log.Info("federate: a gateway replica is connected: this cluster's gateway addresses are in its catalog", "gateways", gateways)
+					b.log.Info("federate: this cluster's gateway addresses are in its catalog", "gateways", gateways, "replicas connected", b.cfg.Presence != nil && b.cfg.Presence.GatewaysConnected() > 0)
 				}
 			}
 			b.published, b.publishedGateways, b.havePublished = v.published, gateways, true

@@ -34,9 +34,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
 )
@@ -58,11 +61,15 @@ type BookRequest struct {
 
 // BookReply says who answered.
 type BookReply struct {
-	Pod      string   `json:"pod"`
-	Version  string   `json:"version"`
-	Cluster  string   `json:"cluster"`
-	Identity string   `json:"identity"`
-	Books    []string `json:"books,omitempty"`
+	Pod      string `json:"pod"`
+	Version  string `json:"version"`
+	Cluster  string `json:"cluster"`
+	Identity string `json:"identity"`
+	// Caller is the SPIFFE ID the server saw on the caller's certificate;
+	// Peer the address the connection came from.
+	Caller string   `json:"caller,omitempty"`
+	Peer   string   `json:"peer,omitempty"`
+	Books  []string `json:"books,omitempty"`
 }
 
 // Full method names; an HTTPRouteGroup's pathRegex matches these.
@@ -79,14 +86,16 @@ type bookstoreServer interface {
 	list(context.Context, *BookRequest) (*BookReply, error)
 }
 
-func (b *bookstore) buy(_ context.Context, req *BookRequest) (*BookReply, error) {
+func (b *bookstore) buy(ctx context.Context, req *BookRequest) (*BookReply, error) {
 	r := b.reply
+	r.Caller, r.Peer = peerOf(ctx)
 	r.Books = []string{req.Title}
 	return &r, nil
 }
 
-func (b *bookstore) list(context.Context, *BookRequest) (*BookReply, error) {
+func (b *bookstore) list(ctx context.Context, _ *BookRequest) (*BookReply, error) {
 	r := b.reply
+	r.Caller, r.Peer = peerOf(ctx)
 	r.Books = []string{"The Go Programming Language", "Site Reliability Engineering", "Kubernetes Patterns"}
 	return &r, nil
 }
@@ -121,6 +130,7 @@ func Main(args []string) error {
 	methods := fs.String("methods", "BuyBook", "client: methods to call in turn (BuyBook, ListBooks)")
 	interval := fs.Duration("interval", durationEnv("BOOKAPP_INTERVAL", time.Second), "client: pause between calls")
 	version := fs.String("version", envOr("VERSION", "v1"), "server: version reported in answers")
+	maxAge := fs.Duration("max-connection-age", 0, "server: end each client connection after this long (0: never), so that clients reaching it through an east-west gateway spread over the pods (docs/gateway.md)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -129,24 +139,29 @@ func Main(args []string) error {
 	defer stop()
 	switch *mode {
 	case "server":
-		return serve(ctx, *listen, BookReply{Pod: os.Getenv("POD_NAME"), Version: *version, Cluster: os.Getenv("CLUSTER_NAME"), Identity: ownIdentity()})
+		return serve(ctx, *listen, *maxAge, BookReply{Pod: os.Getenv("POD_NAME"), Version: *version, Cluster: os.Getenv("CLUSTER_NAME"), Identity: ownIdentity()})
 	case "client":
 		return callLoop(ctx, *target, strings.Split(*methods, ","), *interval)
 	}
 	return fmt.Errorf("--mode %q: want server or client", *mode)
 }
 
-func serve(ctx context.Context, addr string, reply BookReply) error {
+func serve(ctx context.Context, addr string, maxAge time.Duration, reply BookReply) error {
 	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
 	if err != nil {
 		return err
 	}
-	srv, err := xds.NewGRPCServer(grpc.Creds(creds), xds.ServingModeCallback(func(a net.Addr, args xds.ServingModeChangeArgs) {
+	opts := []grpc.ServerOption{grpc.Creds(creds)}
+	if maxAge > 0 {
+		// Calls in flight finish; the client reconnects for the next ones.
+		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: maxAge, MaxConnectionAgeGrace: 10 * time.Second}))
+	}
+	srv, err := xds.NewGRPCServer(append(opts, xds.ServingModeCallback(func(a net.Addr, args xds.ServingModeChangeArgs) {
 		log.Printf("serving mode on %s: %v (%v)", a, args.Mode, args.Err)
 		if args.Mode == connectivity.ServingModeServing {
 			emit(map[string]any{"event": "serving", "address": a.String()})
 		}
-	}))
+	}))...)
 	if err != nil {
 		return err
 	}
@@ -160,6 +175,28 @@ func serve(ctx context.Context, addr string, reply BookReply) error {
 	return srv.Serve(lis)
 }
 
+// peerOf returns the SPIFFE ID on the caller's verified certificate ("" if
+// none) and the address its connection came from.
+func peerOf(ctx context.Context) (id, addr string) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", ""
+	}
+	if p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	return spiffeID(p.AuthInfo), addr
+}
+
+// spiffeID is the URI SAN of the leaf certificate of a TLS peer.
+func spiffeID(ai credentials.AuthInfo) string {
+	info, ok := ai.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 || len(info.State.PeerCertificates[0].URIs) != 1 {
+		return ""
+	}
+	return info.State.PeerCertificates[0].URIs[0].String()
+}
+
 // Result is one RPC as the client reports it on stdout.
 type Result struct {
 	Seq     int64  `json:"seq"`
@@ -169,6 +206,11 @@ type Result struct {
 	Backend string `json:"backend,omitempty"`
 	Version string `json:"version,omitempty"`
 	Cluster string `json:"cluster,omitempty"`
+	// Server is the SPIFFE ID on the certificate the client verified;
+	// Caller and Peer are what the server saw of the client (BookReply).
+	Server string `json:"server,omitempty"`
+	Caller string `json:"caller,omitempty"`
+	Peer   string `json:"peer,omitempty"`
 }
 
 func callLoop(ctx context.Context, target string, methods []string, interval time.Duration) error {
@@ -188,7 +230,8 @@ func callLoop(ctx context.Context, target string, methods []string, interval tim
 			method := "/" + ServiceName + "/" + strings.TrimSpace(m)
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			reply := new(BookReply)
-			err := cc.Invoke(rctx, method, &BookRequest{Title: "Kubernetes Patterns"}, reply)
+			var p peer.Peer
+			err := cc.Invoke(rctx, method, &BookRequest{Title: "Kubernetes Patterns"}, reply, grpc.Peer(&p))
 			cancel()
 			if ctx.Err() != nil {
 				return nil
@@ -198,6 +241,7 @@ func callLoop(ctx context.Context, target string, methods []string, interval tim
 				r.Error = status.Convert(err).Message()
 			} else {
 				r.Backend, r.Version, r.Cluster = reply.Pod, reply.Version, reply.Cluster
+				r.Server, r.Caller, r.Peer = spiffeID(p.AuthInfo), reply.Caller, reply.Peer
 			}
 			emit(r)
 		}

@@ -37,6 +37,9 @@ type Config struct {
 	// Listen opens the listener the controller configures on port
 	// (default: every address, that port).
 	Listen func(port uint32) (net.Listener, error)
+	// Dialer dials the endpoints (default: a 5 s timeout from any local
+	// address); the local clusters bind it to the gateway pod's address.
+	Dialer *net.Dialer
 	Logger *slog.Logger
 }
 
@@ -72,6 +75,12 @@ func New(cfg Config) *Gateway {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if cfg.Dialer.Timeout == 0 {
+		cfg.Dialer.Timeout = 5 * time.Second
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: map[uint32]net.Listener{}, acked: map[string]string{}}
 	g.table.Store(&table{routes: map[uint32]map[string]string{}, clusters: map[string]string{}, endpoints: map[string][]netip.AddrPort{}})
@@ -369,7 +378,7 @@ func (g *Gateway) serve(c net.Conn, port uint32) {
 		return
 	}
 	ep := eps[g.rr.Add(1)%uint64(len(eps))]
-	up, err := net.DialTimeout("tcp", ep.String(), 5*time.Second)
+	up, err := g.cfg.Dialer.Dial("tcp", ep.String())
 	if err != nil {
 		g.log.Info("gateway: connection closed: upstream unreachable", "cluster", cluster, "endpoint", ep.String(), "err", err)
 		return
@@ -379,6 +388,12 @@ func (g *Gateway) serve(c net.Conn, port uint32) {
 	if _, err := up.Write(rec.buf.Bytes()); err != nil {
 		return
 	}
+	splice(c, up)
+}
+
+// splice copies both ways between a and b until both directions end,
+// passing each half-close on.
+func splice(a, b net.Conn) {
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
 		_, _ = io.Copy(dst, src)
@@ -387,8 +402,8 @@ func (g *Gateway) serve(c net.Conn, port uint32) {
 		}
 		done <- struct{}{}
 	}
-	go pipe(up, c)
-	go pipe(c, up)
+	go pipe(b, a)
+	go pipe(a, b)
 	<-done
 	<-done
 }

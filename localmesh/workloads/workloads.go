@@ -6,9 +6,13 @@
 // arguments and environment, inside a network namespace where the Pod's
 // address exists (see PodNetwork).
 //
-// It runs only Pods whose app container's image is one of Config.Images
-// (the demo's meshfed/bookapp); every other Pod is left as the sandbox
-// made it. Used by the end-to-end tests and by `meshfed demo`.
+// It runs only Pods with a container whose image is one of Config.Images
+// (the demo's meshfed/bookapp, the gateway's Envoy played by the local
+// clusters' stand-in); every other Pod is left as the sandbox made it.
+// Pods of one cluster share its network namespace, so each process is told
+// its pod's address (MESHFED_POD_IP) to listen and dial from, as a pod's
+// own network would make it. Used by the end-to-end tests and by
+// `meshfed demo`.
 package workloads
 
 import (
@@ -40,15 +44,12 @@ type Program struct {
 	Args []string
 }
 
-// AppContainer is the name of the container whose image and arguments the
-// runner runs.
-const AppContainer = "app"
-
 // Config configures a Runner.
 type Config struct {
 	// Images maps an image repository (the image without its tag) to the
 	// local program that plays it, e.g. "meshfed/bookapp" → bookapp; the
-	// container's arguments follow the program's own.
+	// container's arguments follow the program's own. The first of a Pod's
+	// containers whose image is here is run.
 	Images map[string]Program
 	// Meshfed is the meshfed CLI binary, for `meshfed agent`.
 	Meshfed string
@@ -108,6 +109,8 @@ type Runner struct {
 }
 
 type proc struct {
+	w          Workload
+	ip         string
 	agent, app *exec.Cmd
 	done       chan struct{} // closed when the app has exited and its output is read
 }
@@ -133,6 +136,18 @@ func (r *Runner) Hooks() sandbox.PodHooks {
 	return sandbox.PodHooks{Start: r.start, Stop: r.stop}
 }
 
+// At returns the running workload with pod address ip.
+func (r *Runner) At(ip string) (Workload, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.running {
+		if p.ip == ip {
+			return p.w, true
+		}
+	}
+	return Workload{}, false
+}
+
 // StopAll stops every workload (tests' cleanup).
 func (r *Runner) StopAll() {
 	r.mu.Lock()
@@ -144,30 +159,25 @@ func (r *Runner) StopAll() {
 	}
 }
 
-func appContainer(pod *corev1.Pod) *corev1.Container {
+// played returns the Pod's container the runner runs and the program that
+// plays it (nil, zero Program: none).
+func (r *Runner) played(pod *corev1.Pod) (*corev1.Container, Program) {
 	for i := range pod.Spec.Containers {
-		if pod.Spec.Containers[i].Name == AppContainer {
-			return &pod.Spec.Containers[i]
+		c := &pod.Spec.Containers[i]
+		repo := c.Image
+		if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+			repo = repo[:i]
+		}
+		if p, ok := r.cfg.Images[repo]; ok {
+			return c, p
 		}
 	}
-	return nil
-}
-
-func (r *Runner) binaryFor(pod *corev1.Pod) Program {
-	c := appContainer(pod)
-	if c == nil {
-		return Program{}
-	}
-	repo := c.Image
-	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
-		repo = repo[:i]
-	}
-	return r.cfg.Images[repo]
+	return nil, Program{}
 }
 
 func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) error {
-	bin := r.binaryFor(pod)
-	if bin.Path == "" {
+	container, bin := r.played(pod)
+	if container == nil {
 		return nil // not ours to run
 	}
 	r.mu.Lock()
@@ -222,9 +232,10 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 		kill(agent)
 		return fmt.Errorf("workloads: %s: no certificate from the issuer: %w", key, err)
 	}
-	app := r.command(netns, bin.Path, append(slices.Clone(bin.Args), appContainer(pod).Args...)...)
-	app.Env = append(append(os.Environ(), podEnv(pod, cluster)...), r.cfg.Env...)
-	app.Env = append(app.Env, "GRPC_XDS_BOOTSTRAP="+bootstrapFile, "MESHFED_CERT_DIR="+certs, "CLUSTER_NAME="+cluster)
+	app := r.command(netns, bin.Path, append(slices.Clone(bin.Args), container.Args...)...)
+	app.Env = append(append(os.Environ(), podEnv(pod, container)...), r.cfg.Env...)
+	app.Env = append(app.Env, "GRPC_XDS_BOOTSTRAP="+bootstrapFile, "MESHFED_CERT_DIR="+certs, "CLUSTER_NAME="+cluster,
+		"MESHFED_POD_IP="+pod.Status.PodIP)
 	app.Stderr = prefixed(r.cfg.Log, key+": ")
 	out, err := app.StdoutPipe()
 	if err != nil {
@@ -235,7 +246,7 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 		kill(agent)
 		return fmt.Errorf("workloads: %s: %w", key, err)
 	}
-	p := &proc{agent: agent, app: app, done: make(chan struct{})}
+	p := &proc{w: w, ip: pod.Status.PodIP, agent: agent, app: app, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		sc := bufio.NewScanner(out)
@@ -300,11 +311,10 @@ func (r *Runner) StopCluster(cluster string) {
 	}
 }
 
-// podEnv evaluates the app container's environment: values and the
-// downward-API fields a workload needs (pod name, namespace, IP, SA).
-func podEnv(pod *corev1.Pod, cluster string) []string {
+// podEnv evaluates a container's environment: values and the downward-API
+// fields a workload needs (pod name, namespace, IP, SA).
+func podEnv(pod *corev1.Pod, c *corev1.Container) []string {
 	var env []string
-	c := appContainer(pod)
 	for _, e := range c.Env {
 		v := e.Value
 		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
