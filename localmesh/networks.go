@@ -1,8 +1,10 @@
 package localmesh
 
 import (
+	"context"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -125,4 +127,31 @@ func (h *Harness) via(peer string) string {
 		return w.Cluster + "'s gateway"
 	}
 	return ""
+}
+
+// NetworkCommand returns a command that runs name inside a cluster's pod
+// network, as a process in one of its pods would.
+func (h *Harness) NetworkCommand(cluster, name string, args ...string) (*exec.Cmd, error) {
+	n := h.nets[cluster]
+	if n == nil {
+		return nil, fmt.Errorf("localmesh: no cluster %q", cluster)
+	}
+	cmd := n.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+// StopGateway kills the processes of a cluster's gateway Pods, as losing
+// every gateway replica would. Its API server still says they run;
+// RestartGateway makes new ones.
+func (h *Harness) StopGateway(cluster string) {
+	h.runner.StopMatching(func(w workloads.Workload) bool {
+		return w.Cluster == cluster && w.Labels[deploy.LabelName] == deploy.GatewayName
+	})
+}
+
+// RestartGateway deletes a cluster's gateway Pods; their Deployment makes
+// new ones, which the stand-in runs.
+func (h *Harness) RestartGateway(ctx context.Context, cluster string) error {
+	return h.Kubectl(ctx, cluster, "delete", "pods", "-n", deploy.DefaultNamespace, "-l", deploy.LabelName+"="+deploy.GatewayName, "--wait=false")
 }

@@ -55,6 +55,8 @@ type sample struct {
 	key     Key
 	backend string // the pod that answered (OK only)
 	err     string // the client's error (not OK only)
+	// server and caller are the identities each side verified (OK only).
+	server, caller string
 }
 
 // Stats keeps recent RPC results from every client workload. Safe for
@@ -95,7 +97,7 @@ func (s *Stats) Record(source string, r Result, at time.Time) {
 	defer s.mu.Unlock()
 	x := sample{at: at, key: Key{Source: source, Method: r.Method, Outcome: o}}
 	if o.OK {
-		x.backend = r.Backend
+		x.backend, x.server, x.caller = r.Backend, r.Server, r.Caller
 	} else {
 		x.err = r.Error
 	}
@@ -127,6 +129,10 @@ type Call struct {
 	At      time.Time
 	Outcome Outcome
 	Error   string // the client's error message (not OK only)
+	// Backend is the pod that answered; Server the SPIFFE ID on the
+	// certificate the client verified; Caller the one the server saw on
+	// the client's (OK only).
+	Backend, Server, Caller string
 }
 
 // Calls returns source's calls of method recorded at or after from, in the
@@ -137,7 +143,7 @@ func (s *Stats) Calls(source, method string, from time.Time) []Call {
 	var out []Call
 	for _, x := range s.samples {
 		if x.key.Source == source && x.key.Method == method && !x.at.Before(from) {
-			out = append(out, Call{At: x.at, Outcome: x.key.Outcome, Error: x.err})
+			out = append(out, Call{At: x.at, Outcome: x.key.Outcome, Error: x.err, Backend: x.backend, Server: x.server, Caller: x.caller})
 		}
 	}
 	return out

@@ -369,18 +369,18 @@ func (g *Gateway) serve(c net.Conn, port uint32) {
 	t := g.table.Load()
 	cluster, ok := t.routes[port][sni]
 	if sni == "" || !ok {
-		g.log.Info("gateway: connection closed: no route for its server name", "port", port, "sni", sni, "from", c.RemoteAddr().String())
+		g.log.Warn("gateway: connection closed: no route for its server name", "port", port, "sni", sni, "from", c.RemoteAddr().String())
 		return
 	}
 	eps := t.endpoints[t.clusters[cluster]]
 	if len(eps) == 0 {
-		g.log.Info("gateway: connection closed: no healthy endpoint", "cluster", cluster)
+		g.log.Warn("gateway: connection closed: no healthy endpoint", "cluster", cluster)
 		return
 	}
 	ep := eps[g.rr.Add(1)%uint64(len(eps))]
 	up, err := g.cfg.Dialer.Dial("tcp", ep.String())
 	if err != nil {
-		g.log.Info("gateway: connection closed: upstream unreachable", "cluster", cluster, "endpoint", ep.String(), "err", err)
+		g.log.Warn("gateway: connection closed: upstream unreachable", "cluster", cluster, "endpoint", ep.String(), "err", err)
 		return
 	}
 	defer up.Close()

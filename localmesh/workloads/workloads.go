@@ -295,12 +295,17 @@ func (r *Runner) command(network PodNetwork, name string, args ...string) *exec.
 }
 
 // StopCluster stops every workload of one cluster, as losing the cluster
-// would; their pod addresses are taken away where the network allows it.
+// would.
 func (r *Runner) StopCluster(cluster string) {
+	r.StopMatching(func(w Workload) bool { return w.Cluster == cluster })
+}
+
+// StopMatching stops every workload match accepts.
+func (r *Runner) StopMatching(match func(Workload) bool) {
 	r.mu.Lock()
 	var stop []*proc
 	for key, p := range r.running {
-		if strings.HasPrefix(key, cluster+"/") {
+		if match(p.w) {
 			stop = append(stop, p)
 			delete(r.running, key)
 		}
