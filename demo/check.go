@@ -16,7 +16,6 @@ var (
 	bookbuyer = localmesh.SourceLabel("bookbuyer", "east")
 	bookthief = localmesh.SourceLabel("bookthief", "east")
 	v1East    = localmesh.Outcome{OK: true, Version: "v1", Cluster: "east"}
-	v2West    = localmesh.Outcome{OK: true, Version: "v2", Cluster: "west"}
 )
 
 // waitUntil polls cond until it holds or limit passes, and says so.
@@ -42,12 +41,13 @@ func (e *env) check(ctx context.Context) error {
 		}
 	}
 	stats := e.h.Stats()
+	v2West := e.v2West()
 	recent := func(now time.Time, src, method string) localmesh.Tally {
 		return stats.Recent(now, 2*time.Second, src, method)
 	}
 
 	// 1. Both clusters answer bookbuyer: federation, export and split work.
-	if err := e.waitUntil(ctx, 3*time.Minute, "bookbuyer in east reaches bookstore-v1 in east and bookstore-v2 in west", func(now time.Time) (bool, string) {
+	if err := e.waitUntil(ctx, 3*time.Minute, "bookbuyer in east reaches bookstore-v1 in east and "+v2West.String(), func(now time.Time) (bool, string) {
 		t := recent(now, bookbuyer, "BuyBook")
 		return t.By[v1East] > 0 && t.By[v2West] > 0, fmt.Sprint(t.By)
 	}); err != nil {

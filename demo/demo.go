@@ -25,6 +25,10 @@ type Config struct {
 	Interval time.Duration
 	// Refresh is how often the table is redrawn. Default 1 s.
 	Refresh time.Duration
+	// FlatNetwork puts both clusters' pods on one network, with no
+	// gateways. Default: each cluster on its own network, west reached
+	// only through its east-west gateway.
+	FlatNetwork bool
 	// Self is a meshfed binary that plays every role (localmesh.Config.Self):
 	// `meshfed demo` passes its own, so it needs no checkout. Empty: the
 	// programs are built from the checkout the process runs in.
@@ -41,6 +45,16 @@ var placement = []localmesh.Step{
 	{Cluster: "west", Manifest: "apps/bookstore.yaml"}, {Cluster: "west", Manifest: "apps/bookstore-v2.yaml"},
 	{Cluster: "west", Manifest: "access"}, {Cluster: "west", Manifest: "export/bookstore-v2.yaml"},
 	{Cluster: "east", Manifest: "split/bookstore-50-50.yaml"},
+}
+
+// v2West is bookstore-v2 answering from west: through west's gateway on
+// separate networks.
+func (e *env) v2West() localmesh.Outcome {
+	o := localmesh.Outcome{OK: true, Version: "v2", Cluster: "west"}
+	if !e.cfg.FlatNetwork {
+		o.Via = "west's gateway"
+	}
+	return o
 }
 
 // env is a running demo.
@@ -70,6 +84,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	e.h, err = localmesh.Start(ctx, localmesh.Config{
 		Clusters: []string{"east", "west"}, Dir: cfg.Dir, Logf: e.say, Progress: cfg.Out,
 		Interval: cfg.Interval, WithdrawAfter: 5 * time.Second, Keep: 2 * time.Minute, Self: cfg.Self,
+		SeparateNetworks: !cfg.FlatNetwork,
 	})
 	if err != nil {
 		return err
@@ -79,6 +94,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			err = cerr
 		}
 	}()
+	if !cfg.FlatNetwork {
+		e.say("east and west are on separate networks: east's pods reach west's only through west's east-west gateway (%s)", e.h.Cluster("west").GatewayAddress())
+	}
 	e.say("applying the bookstore: bookbuyer, bookthief, bookstore-v1 in east; bookstore-v2 in west, exported")
 	if err := e.h.ApplyAll(ctx, placement); err != nil {
 		return err

@@ -28,12 +28,16 @@ Press Ctrl-C to stop everything.
 `, e.h.KubectlPath(), east.Kubeconfig, west.Kubeconfig,
 		e.h.Manifest("split/bookstore-0-100.yaml"), e.h.Manifest("split/bookstore-50-50.yaml"),
 		e.h.Manifest("access"), e.h.ControllerPID("west"))
+	networks := ", on separate networks (west through its gateway " + west.GatewayAddress() + ")"
+	if e.cfg.FlatNetwork {
+		networks = ", on one network"
+	}
 	tick := time.NewTicker(e.cfg.Refresh)
 	defer tick.Stop()
 	for {
 		var buf bytes.Buffer
 		buf.WriteString("\x1b[H\x1b[2J")
-		fmt.Fprintf(&buf, "meshfed demo — clusters east and west, federated; the bookstore split across them (%s)\n\n", time.Now().Format("15:04:05"))
+		fmt.Fprintf(&buf, "meshfed demo — clusters east and west, federated%s; the bookstore split across them (%s)\n\n", networks, time.Now().Format("15:04:05"))
 		localmesh.Render(&buf, e.h.Stats().Rows(time.Now(), window), window)
 		buf.WriteString("\n" + help)
 		if _, err := e.cfg.Out.Write(buf.Bytes()); err != nil {

@@ -20,8 +20,10 @@ federates them, applies the demo's manifests (docs/example/manifests, carried
 in the binary: bookbuyer, bookthief and
 bookstore-v1 in east; bookstore-v2 in west, exported; TrafficTargets; a 50/50
 TrafficSplit in east) and runs every demo Pod as a local process with mTLS
-certificates from meshfed agent, in a network namespace of its own made
-without root. It then shows, live, each client's RPCs per second to each
+certificates from meshfed agent. Each cluster's pods are on a network of
+their own (network namespaces made without root): east reaches west only
+through west's east-west gateway, played by a stand-in for Envoy
+(--flat-network puts both on one network, with no gateways). It then shows, live, each client's RPCs per second to each
 backend and cluster and its denied RPCs, and the commands to change them.
 Ctrl-C stops everything.
 
@@ -42,6 +44,7 @@ exits non-zero on any miss.`,
 	f := cmd.Flags()
 	f.BoolVar(&cfg.Check, "check", false, "run the scenario unattended, check its outcomes, exit non-zero on any miss")
 	f.StringVar(&cfg.Dir, "dir", "", "where the demo keeps its clusters, logs and sockets (default: ~/.cache/meshfed/demo)")
+	f.BoolVar(&cfg.FlatNetwork, "flat-network", false, "put both clusters' pods on one network, with no east-west gateways")
 	f.DurationVar(&cfg.Interval, "interval", 50*time.Millisecond, "pause between a client's RPCs")
 	return cmd
 }
