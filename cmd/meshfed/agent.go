@@ -20,7 +20,7 @@ import (
 func newAgentCommand() *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var token, bootstrapPath, xdsAddress, nodeID, zone string
-	var once bool
+	var once, sni bool
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Keep a proxyless gRPC workload's SPIFFE certificate files fresh (and write its xDS bootstrap)",
@@ -48,7 +48,7 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 				if err := os.MkdirAll(cfg.OutputDir, 0o700); err != nil {
 					return err
 				}
-				if err := bootstrap.Write(bootstrapPath, bootstrap.Config{XDSAddress: xdsAddress, CertDir: cfg.OutputDir, NodeID: nodeID, Zone: zone}); err != nil {
+				if err := bootstrap.Write(bootstrapPath, bootstrap.Config{XDSAddress: xdsAddress, CertDir: cfg.OutputDir, NodeID: nodeID, Zone: zone, SNI: sni}); err != nil {
 					return err
 				}
 			}
@@ -82,6 +82,7 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 	f.StringVar(&xdsAddress, "xds-address", "meshfed-controller.meshfed-system.svc:15128", "the controller's xDS address for --bootstrap")
 	f.StringVar(&nodeID, "node-id", "", "node ID for --bootstrap (informational)")
 	f.StringVar(&zone, "zone", "", "locality zone for --bootstrap")
+	f.BoolVar(&sni, "xds-sni", false, "declare in --bootstrap's node metadata that the workload runs with GRPC_EXPERIMENTAL_XDS_SNI=true; only such workloads get endpoints reached through east-west gateways")
 	f.BoolVar(&once, "once", false, "fetch one certificate, write it and exit")
 	return cmd
 }

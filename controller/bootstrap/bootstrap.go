@@ -31,6 +31,11 @@ type Config struct {
 	Zone string
 	// RefreshInterval is how often grpc-go re-reads the files (e.g. "60s").
 	RefreshInterval string
+	// SNI declares, in the node's metadata, that the workload runs with
+	// GRPC_EXPERIMENTAL_XDS_SNI=true and so sends the server names
+	// east-west gateways route by; only such workloads are given endpoints
+	// reached through a gateway.
+	SNI bool
 }
 
 // JSON returns the bootstrap file's contents.
@@ -50,6 +55,9 @@ func JSON(c Config) ([]byte, error) {
 	node := map[string]any{"id": c.NodeID}
 	if c.Zone != "" {
 		node["locality"] = map[string]any{"zone": c.Zone}
+	}
+	if c.SNI {
+		node["metadata"] = map[string]any{generate.NodeMetadataSNI: true}
 	}
 	return json.MarshalIndent(map[string]any{
 		"xds_servers": []any{map[string]any{

@@ -224,6 +224,9 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 		"--token="+tr.Status.Token, "--bundle-file="+bundleFile, "--out-dir="+certs,
 		"--bootstrap="+bootstrapFile, "--xds-address="+c.XDSAddress,
 		"--node-id="+pod.Namespace+"/"+pod.Name, "--min-retry=200ms", "--max-retry=5s")
+	if agentArg(pod, "--xds-sni") {
+		agent.Args = append(agent.Args, "--xds-sni")
+	}
 	agent.Stdout, agent.Stderr = prefixed(r.cfg.Log, key+" agent: "), prefixed(r.cfg.Log, key+" agent: ")
 	if err := agent.Start(); err != nil {
 		return fmt.Errorf("workloads: meshfed agent for %s: %w", key, err)
@@ -314,6 +317,18 @@ func (r *Runner) StopMatching(match func(Workload) bool) {
 	for _, p := range stop {
 		p.terminate()
 	}
+}
+
+// agentArg says whether the Pod's meshfed agent container (a native
+// sidecar or a container) is given arg: the runner runs its own agent with
+// the local clusters' addresses, and passes on what the Pod declares.
+func agentArg(pod *corev1.Pod, arg string) bool {
+	for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		if len(c.Args) > 0 && c.Args[0] == "agent" && slices.Contains(c.Args, arg) {
+			return true
+		}
+	}
+	return false
 }
 
 // podEnv evaluates a container's environment: values and the downward-API

@@ -6,9 +6,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/meshfed/meshfed/controller/xds/generate"
 	"github.com/meshfed/meshfed/deploy"
@@ -153,6 +158,7 @@ func TestTwoNetworks(t *testing.T) {
 		{"SplitAcrossNetworksHoldsAndMovesWithoutFailures", testSplit},
 		{"GatewaySpreadsConnectionsOverPods", testSpread},
 		{"ClusterSetNameReachesWestThroughItsGateway", testClusterSet},
+		{"EndpointChangeInWestReachesEastThroughTheGateway", testEndpointChange},
 		{"LostGatewayIsWithdrawnAndReturns", testLostGateway},
 		{"LostLinkIsWithdrawnAndReturns", testLostLink},
 	}
@@ -368,6 +374,90 @@ func testClusterSet(t *testing.T, ctx context.Context, h *localmesh.Harness) {
 	} else {
 		t.Logf("bookbuyer (east) → bookstore.bookstore.svc.clusterset.local: %d answers in east, %d through west's gateway", r.By[v1East], r.By[v2West])
 	}
+}
+
+// Remote endpoint change → client through the gateway (issue 11's
+// benchmark, reported, not asserted): bookstore-v2 in west goes from no
+// Pod to one; from the moment its Pod is Ready in west's API server to the
+// first of east's bookbuyer's calls it answers through west's gateway:
+// west's catalog (the service has ready endpoints again), gossip, east's
+// controller routing it through the gateway, the xDS push, the client's
+// connection through the gateway, and west's gateway's own endpoints.
+func testEndpointChange(t *testing.T, ctx context.Context, h *localmesh.Harness) {
+	runs := 5
+	if testing.Short() {
+		runs = 2
+	}
+	st := h.Stats()
+	west := h.Cluster("west").Sandbox.Client()
+	scale := func(n int) error {
+		return h.Kubectl(ctx, "west", "scale", "deployment", "bookstore-v2", "-n", "bookstore", fmt.Sprintf("--replicas=%d", n))
+	}
+	defer func() {
+		if err := scale(1); err != nil {
+			t.Error(err)
+		}
+	}()
+	var firsts []time.Duration
+	var lines []string
+	for i := range runs {
+		if err := scale(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := localmesh.WaitUntil(ctx, time.Minute, "bookstore-v2 gone: every answer from east", func(now time.Time) (bool, string) {
+			r := st.Recent(now, time.Second, buyerEast, "BuyBook")
+			return r.Total > 5 && r.By[v1East] == r.Total, fmt.Sprint(r.By)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		pods, err := west.CoreV1().Pods("bookstore").List(ctx, metav1.ListOptions{LabelSelector: "app=bookstore,version=v2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := west.CoreV1().Pods("bookstore").Watch(ctx, metav1.ListOptions{LabelSelector: "app=bookstore,version=v2", ResourceVersion: pods.ResourceVersion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := scale(1); err != nil {
+			t.Fatal(err)
+		}
+		var pod string
+		var ready time.Time
+		timeout := time.After(time.Minute)
+		for ready.IsZero() {
+			select {
+			case ev := <-w.ResultChan():
+				if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type != watch.Deleted && p.DeletionTimestamp == nil && podReady(p) {
+					pod, ready = p.Name, time.Now()
+				}
+			case <-timeout:
+				t.Fatal("no bookstore-v2 Pod became Ready within a minute")
+			}
+		}
+		w.Stop()
+		var first time.Time
+		if err := localmesh.WaitUntil(ctx, time.Minute, pod+" answers east through the gateway", func(time.Time) (bool, string) {
+			var ok bool
+			first, ok = st.FirstAnswer(buyerEast, pod, ready)
+			return ok, "no answer yet"
+		}); err != nil {
+			t.Fatal(err)
+		}
+		firsts = append(firsts, first.Sub(ready))
+		lines = append(lines, fmt.Sprintf("run %d: %s ready → first answer in east through west's gateway: %d ms", i+1, pod, first.Sub(ready).Milliseconds()))
+	}
+	slices.Sort(firsts)
+	t.Logf("endpoint change in west → east's client through the gateway (bookbuyer sends a BuyBook every %s, half to west):\n%s\nmedian %d ms, min %d ms, max %d ms",
+		2*25*time.Millisecond, strings.Join(lines, "\n"), firsts[len(firsts)/2].Milliseconds(), firsts[0].Milliseconds(), firsts[len(firsts)-1].Milliseconds())
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // lossAndReturn checks what follows a loss at lost: east's bookbuyer is

@@ -54,3 +54,8 @@ func fqdn(svc mesh.NamespacedName) string {
 func ServerListenerName(ip string, port uint32) string {
 	return ServerListenerNamePrefix + net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10))
 }
+
+// NodeMetadataSNI is the node metadata field by which a proxyless workload
+// declares, in its bootstrap, that it runs with GRPC_EXPERIMENTAL_XDS_SNI
+// set and so sends the server names east-west gateways route by.
+const NodeMetadataSNI = "meshfed.io/xds-sni"

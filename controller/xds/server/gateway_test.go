@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"net/netip"
+
 	"fmt"
+	"google.golang.org/protobuf/types/known/structpb"
 	"slices"
 	"testing"
 	"time"
@@ -39,7 +42,13 @@ type servedGateway struct {
 
 func gatewayConfig(t *testing.T, m *sdsMesh, id mesh.Identity, userAgent string) servedGateway {
 	t.Helper()
-	a := dialADS(t, m, id, userAgent)
+	return servedTo(t, dialADS(t, m, id, userAgent))
+}
+
+// servedTo asks for every listener and cluster and then for the load
+// assignments the clusters name, and returns what a got.
+func servedTo(t *testing.T, a *adsStream) servedGateway {
+	t.Helper()
 	a.request(resourcev3.ClusterType, nil, nil)
 	a.request(resourcev3.ListenerType, nil, nil)
 	var out servedGateway
@@ -165,5 +174,47 @@ func TestGatewayStreamsAreCounted(t *testing.T) {
 	waitFor(1)
 	if n := m.srv.GatewaysConnected(); n != 1 {
 		t.Errorf("a workload's stream was counted as a gateway: %d", n)
+	}
+}
+
+// A proxyless node that does not declare, in its bootstrap's node
+// metadata, that it sends server names gets no endpoint reached through a
+// gateway (its connection would be closed there); one that declares it
+// gets them. Both get the local endpoints.
+func TestProxylessNodesWithoutSNIGetNoGatewayEndpoints(t *testing.T) {
+	m := startSDSMesh(t)
+	s := m.state
+	west := s.Services[0]
+	west.Cluster = "west"
+	west.Endpoints = []mesh.Endpoint{{Address: "10.9.0.1", TargetPorts: map[string]uint32{"grpc": 9000}, Cluster: "west", Network: "net-west", Ready: true, Identity: bookstoreID}}
+	west = mesh.ThroughGateways(west, []netip.AddrPort{netip.MustParseAddrPort("203.0.113.9:15443")})
+	s.Remote = map[string]mesh.ClusterCatalog{"west": {Cluster: "west", Network: "net-west", Services: []mesh.Service{west}}}
+	s.Imports = []mesh.Import{{Namespace: "bookstore", Name: "bookstore", Ports: s.Services[0].Ports, Clusters: []string{"east", "west"}}}
+	if problems, err := m.srv.Update(s); err != nil || len(problems) > 0 {
+		t.Fatalf("Update: problems %v, err %v", problems, err)
+	}
+	addresses := func(sg servedGateway) []string {
+		var out []string
+		for _, eps := range sg.endpoints {
+			out = append(out, eps...)
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	with := dialADS(t, m, bookbuyerID, "grpc-go")
+	with.node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{generate.NodeMetadataSNI: structpb.NewBoolValue(true)}}
+	if got := addresses(servedTo(t, with)); !slices.Contains(got, "203.0.113.9:15443") || !slices.Contains(got, "10.0.0.1:9000") {
+		t.Errorf("a node that sends server names got endpoints %v, want west's gateway and the local pod", got)
+	}
+	without := dialADS(t, m, bookbuyerID, "grpc-go")
+	if got := addresses(servedTo(t, without)); slices.Contains(got, "203.0.113.9:15443") || !slices.Contains(got, "10.0.0.1:9000") {
+		t.Errorf("a node that sends no server name got endpoints %v, want the local pod only", got)
+	}
+	// The declaration is read per stream: the same identity declaring it
+	// again gets the gateway.
+	again := dialADS(t, m, bookbuyerID, "grpc-go")
+	again.node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{generate.NodeMetadataSNI: structpb.NewBoolValue(true)}}
+	if got := addresses(servedTo(t, again)); !slices.Contains(got, "203.0.113.9:15443") {
+		t.Errorf("a second node that sends server names got endpoints %v", got)
 	}
 }

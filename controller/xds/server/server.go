@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -238,11 +237,10 @@ func (subscribingCache) Fetch(context.Context, *cachev3.Request) (cachev3.Respon
 // makes node IDs, from the certificate) and subscriptions over the limits.
 func (s *Server) subscribe(nodeID, typeURL string, sub cachev3.Subscription) error {
 	t := responseType(typeURL)
-	i := strings.LastIndex(nodeID, "|")
-	if t == types.UnknownType || i < 0 {
+	key, ok := parseProxyKey(nodeID)
+	if t == types.UnknownType || !ok {
 		return status.Errorf(codes.InvalidArgument, "xds: no watch for type %q of node %q", truncate(typeURL, 128), truncate(nodeID, 128))
 	}
-	key := proxyKey{id: mesh.Identity(nodeID[:i]), kind: Kind(nodeID[i+1:])}
 	defer s.flush()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -372,6 +370,12 @@ func (s *Server) acquire(key proxyKey) {
 		defer s.wantSecrets(key.id)
 	}
 	defer s.flush()
+	warnNoSNI := false
+	defer func() { // after the lock is released
+		if warnNoSNI {
+			s.cfg.Logger.Warn("xds: a proxyless workload does not declare that it sends server names, so it gets no endpoint reached through an east-west gateway; run it with GRPC_EXPERIMENTAL_XDS_SNI=true and meshfed agent --xds-sni", "identity", key.id)
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ks, ok := s.keys[key]
@@ -380,6 +384,7 @@ func (s *Server) acquire(key proxyKey) {
 		s.keys[key] = ks
 	}
 	ks.refs++
+	warnNoSNI = key.noSNI && ks.refs == 1 && len(s.builder.gatewayAddresses()) > 0
 	if key.kind == KindGateway {
 		s.gatewayStreams++
 		s.wakeGateway()
@@ -607,7 +612,7 @@ func (w *identityStream) stamp(node *corev3.Node) {
 	case node.GetUserAgentName() == "envoy":
 		kind = KindSidecar
 	}
-	key := proxyKey{id: w.id, kind: kind}
+	key := proxyKey{id: w.id, kind: kind, noSNI: kind == KindProxyless && !declaresSNI(node)}
 	w.key = &key
 	w.node = &corev3.Node{}
 	if node != nil {

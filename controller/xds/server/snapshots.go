@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -38,9 +39,30 @@ const (
 type proxyKey struct {
 	id   mesh.Identity
 	kind Kind
+	// noSNI marks a proxyless node that sends no server name (sni.go): it
+	// gets no endpoint reached through a gateway.
+	noSNI bool
 }
 
-func (k proxyKey) String() string { return string(k.id) + "|" + string(k.kind) }
+// parseProxyKey reads a key from its String.
+func parseProxyKey(s string) (proxyKey, bool) {
+	var k proxyKey
+	s, k.noSNI = strings.CutSuffix(s, noSNISuffix)
+	i := strings.LastIndex(s, "|")
+	if i < 0 {
+		return proxyKey{}, false
+	}
+	k.id, k.kind = mesh.Identity(s[:i]), Kind(s[i+1:])
+	return k, true
+}
+
+func (k proxyKey) String() string {
+	s := string(k.id) + "|" + string(k.kind)
+	if k.noSNI {
+		s += noSNISuffix
+	}
+	return s
+}
 
 // The resource types a snapshot holds, in xDS order.
 var snapshotTypes = [...]types.ResponseType{types.Cluster, types.Endpoint, types.Listener, types.Route}
@@ -271,6 +293,12 @@ type builder struct {
 	// items list is not kept (res.Items is the set).
 	eds      versioned
 	edsCache map[edsKey]*upstreamEDS
+	// noSNI is eds without the endpoints reached through gateways, as of
+	// eds version of (sni.go).
+	noSNI struct {
+		of string
+		v  versioned
+	}
 	// clusterSets caches the load assignments of clusterset names
 	// (clusterset.go).
 	clusterSets map[mesh.NamespacedName]*clusterSetEDS
@@ -695,6 +723,9 @@ func (b *builder) snapshot(key proxyKey, ks *keyState) (*cachev3.Snapshot, bool,
 		var base versioned
 		if t == types.Endpoint {
 			base = b.eds
+			if key.noSNI {
+				base = b.edsWithoutGateways()
+			}
 		} else {
 			base = sk.types[t]
 		}
