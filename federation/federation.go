@@ -34,6 +34,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/meshfed/meshfed/federation/catalog"
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // ErrDuplicateName is returned by Run when another member already uses this
@@ -197,13 +198,16 @@ func (f *Federation) Publish(ctx context.Context, services []catalog.ExportedSer
 }
 
 // PublishWithGateways is Publish with the gateway addresses the catalog
-// lists: Config.Gateways while the cluster's gateway serves, none while it
-// does not (other networks then know the cluster is unreachable). Each
-// must be one of Config.Gateways.
+// lists: those of the cluster's gateway while it serves (configured, or
+// its load balancer's), none while it does not (other networks then know
+// the cluster is unreachable). They are checked as Config.Gateways are.
 func (f *Federation) PublishWithGateways(ctx context.Context, services []catalog.ExportedService, gateways []string) (uint64, error) {
+	if len(gateways) > catalog.MaxGateways {
+		return 0, fmt.Errorf("publish catalog of %s: %d gateway addresses, at most %d", f.cfg.ClusterName, len(gateways), catalog.MaxGateways)
+	}
 	for _, g := range gateways {
-		if !slices.Contains(f.cfg.Gateways, g) {
-			return 0, fmt.Errorf("publish catalog of %s: gateway %q is not one of the configured gateways %v", f.cfg.ClusterName, g, f.cfg.Gateways)
+		if err := mesh.CheckGatewayAddress(g); err != nil {
+			return 0, fmt.Errorf("publish catalog of %s: gateway %q: %w", f.cfg.ClusterName, g, err)
 		}
 	}
 	req := publishReq{services: cloneServices(services), gateways: slices.Clone(gateways), reply: make(chan publishResult, 1)}

@@ -74,6 +74,7 @@ type Bridge struct {
 	havePublished     bool
 	publishedGateways []string  // the gateway addresses of the last catalog published
 	gatewayGraceEnds  time.Time // see Config.GatewayGrace
+	unusableIngress   string    // last reported (gatewayAddresses)
 	remoteSince       time.Time // first unhandled federation signal
 	catalogSeen       map[string]uint64
 	reported          map[string]exportReport
@@ -154,8 +155,27 @@ func New(cfg Config) (*Bridge, error) {
 			b.synced = append(b.synced, inf.HasSynced)
 		}
 	}
-	for _, inf := range watched {
-		reg, err := inf.AddEventHandler(handler)
+	handlers := make([]cache.ResourceEventHandler, len(watched))
+	for i := range watched {
+		handlers[i] = handler
+	}
+	if !b.own && len(cfg.Gateways) == 0 && cfg.GatewayService != "" {
+		// The gateway's Service is outside the meshed namespaces the
+		// watcher passes on: its load balancer's addresses are watched here.
+		watched = append(watched, core.Services().Informer())
+		handlers = append(handlers, cache.FilteringResourceEventHandler{
+			FilterFunc: func(obj any) bool {
+				if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+					obj = d.Obj
+				}
+				s, ok := obj.(*corev1.Service)
+				return ok && s.Namespace == cfg.Namespace && s.Name == cfg.GatewayService
+			},
+			Handler: handler,
+		})
+	}
+	for i, inf := range watched {
+		reg, err := inf.AddEventHandler(handlers[i])
 		if err != nil {
 			b.removeHandlers()
 			return nil, err
@@ -417,7 +437,7 @@ func (b *Bridge) servingGateways() []string {
 	if b.cfg.Presence != nil && b.cfg.Presence.GatewaysConnected() == 0 && !time.Now().Before(b.gatewayGraceEnds) {
 		return nil
 	}
-	return b.cfg.Gateways
+	return b.gatewayAddresses()
 }
 
 // reconcile does one full pass: exports → Publish, conditions, imports,
@@ -444,9 +464,9 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("publish %d exported services: %w", len(v.published), err))
 		} else {
 			b.metrics.publishes.WithLabelValues("ok").Inc()
-			if len(b.cfg.Gateways) > 0 && len(gateways) != len(b.publishedGateways) {
+			if len(gateways) != len(b.publishedGateways) {
 				if len(gateways) == 0 {
-					b.log.Warn("federate: no gateway replica is connected: this cluster's gateway addresses are withdrawn from its catalog, and clusters on other networks stop routing to it until one connects", "gateways", b.cfg.Gateways)
+					b.log.Warn("federate: this cluster's gateway addresses are withdrawn from its catalog (no gateway replica connected, or no address): clusters on other networks stop routing to it", "gateways", b.publishedGateways)
 				} else {
 					b.log.Info("federate: this cluster's gateway addresses are in its catalog", "gateways", gateways, "replicas connected", b.cfg.Presence != nil && b.cfg.Presence.GatewaysConnected() > 0)
 				}

@@ -50,8 +50,12 @@ type Config struct {
 	Network string
 	// Gateways are this cluster's east-west gateway addresses. They are
 	// published while Presence says a gateway serves (always, with no
-	// Presence), and shown in the cluster's status.
+	// Presence), and shown in the cluster's status. Empty: the addresses
+	// are read from the load balancer status of Service GatewayService in
+	// Namespace (IP ingress points, the Service's port), if there is one.
 	Gateways []string
+	// GatewayService is the gateway's Service. Default "meshfed-gateway".
+	GatewayService string
 	// Presence says whether this cluster's gateway is serving: the xDS
 	// server counts its open ADS streams. Nil: the gateways are always
 	// published.
@@ -114,6 +118,7 @@ func DefaultConfig() Config {
 		MaxDelay:       time.Second,
 		Resync:         5 * time.Minute,
 		GatewayGrace:   10 * time.Second,
+		GatewayService: "meshfed-gateway",
 		Component:      "meshfed-controller",
 	}
 }

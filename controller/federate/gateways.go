@@ -2,11 +2,14 @@ package federate
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/meshfed/meshfed/federation"
+	"github.com/meshfed/meshfed/federation/catalog"
 	"github.com/meshfed/meshfed/mesh"
 )
 
@@ -79,4 +82,42 @@ func parseGateways(listed []string) ([]netip.AddrPort, []string) {
 	}
 	slices.SortFunc(out, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	return slices.Compact(out), problems
+}
+
+// gatewayAddresses are this cluster's gateway addresses: the configured
+// ones, or else those of its gateway Service's load balancer (each IP
+// ingress point at the Service's port), sorted. Ingress points given only
+// by host name cannot be published (a catalog holds IPs) and are reported.
+func (b *Bridge) gatewayAddresses() []string {
+	if len(b.cfg.Gateways) > 0 || b.cfg.GatewayService == "" {
+		return b.cfg.Gateways
+	}
+	svc, err := b.services.Services(b.cfg.Namespace).Get(b.cfg.GatewayService)
+	if err != nil || len(svc.Spec.Ports) == 0 {
+		return nil
+	}
+	port := svc.Spec.Ports[0].Port
+	var out, names []string
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP == "" {
+			names = append(names, in.Hostname)
+			continue
+		}
+		a := net.JoinHostPort(in.IP, strconv.Itoa(int(port)))
+		if err := mesh.CheckGatewayAddress(a); err != nil {
+			names = append(names, a+" ("+err.Error()+")")
+			continue
+		}
+		if len(out) < catalog.MaxGateways {
+			out = append(out, a)
+		}
+	}
+	slices.Sort(out)
+	if why := strings.Join(names, ", "); why != b.unusableIngress {
+		b.unusableIngress = why
+		if why != "" {
+			b.log.Warn("federate: the gateway's load balancer gives addresses a catalog cannot carry; set them with meshfed install --gateway-address IP:PORT", "service", b.cfg.Namespace+"/"+b.cfg.GatewayService, "unusable", why)
+		}
+	}
+	return out
 }

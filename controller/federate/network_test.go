@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -70,5 +71,65 @@ func TestClustersOnOtherNetworksAreReachedThroughTheirGateways(t *testing.T) {
 			}
 		}
 		return false, fmt.Sprintf("no %s Event on the MeshConfig among %d", federate.ReasonClusterUnreachable, len(evs.Items))
+	})
+}
+
+// A cluster installed with --network and no --gateway-address publishes
+// the addresses its gateway Service's load balancer gives (IPs, at the
+// Service's port) as they come and go; a load balancer that gives only a
+// host name, which a catalog cannot carry, is reported in the log.
+func TestGatewayAddressesComeFromTheLoadBalancer(t *testing.T) {
+	sb := sandboxtest.Start(t, "east")
+	root, gossipKey := newFederationKeys(t)
+	east := startMember(t, sb.Cluster("east"), root, gossipKey)
+	ctx := testContext(t)
+	svcs := east.kube.CoreV1().Services(deploy.DefaultNamespace)
+	svc, err := svcs.Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: deploy.GatewayName},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "gw"},
+			Ports: []corev1.ServicePort{{Name: "gateway", Port: 15443}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownGateways := func() string {
+		u, err := east.dyn.Resource(federate.MeshConfigGVR).Namespace(deploy.DefaultNamespace).Get(ctx, deploy.MeshConfigName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		members, _, _ := unstructured.NestedSlice(u.Object, "status", "federation", "members")
+		for _, m := range members {
+			if m := m.(map[string]any); m["name"] == "east" {
+				return fmt.Sprint(m["gateways"])
+			}
+		}
+		return "east not in its own status"
+	}
+	setIngress := func(in ...corev1.LoadBalancerIngress) {
+		t.Helper()
+		svc.Status.LoadBalancer.Ingress = in
+		if svc, err = svcs.UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	setIngress(corev1.LoadBalancerIngress{IP: "192.0.2.21"}, corev1.LoadBalancerIngress{IP: "192.0.2.20"}, corev1.LoadBalancerIngress{Hostname: "gw.example"})
+	eventually(t, time.Minute, func() (bool, string) {
+		got := ownGateways()
+		return got == "[192.0.2.20:15443 192.0.2.21:15443]", "east's own gateways in its status: " + got
+	})
+	eventually(t, 10*time.Second, func() (bool, string) {
+		for _, r := range east.logs.find(map[string]string{"unusable": "gw.example"}) {
+			if strings.Contains(r.Msg, "--gateway-address") {
+				return true, ""
+			}
+		}
+		return false, "the host name ingress point was not reported"
+	})
+
+	setIngress()
+	eventually(t, time.Minute, func() (bool, string) {
+		got := ownGateways()
+		return got == "<nil>" || got == "[]", "east's own gateways once the load balancer has none: " + got
 	})
 }
