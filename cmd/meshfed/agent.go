@@ -66,6 +66,7 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 			return agent.Run(ctx, cfg)
 		},
 	}
+	cmd.AddCommand(newAgentReadyCommand())
 	f := cmd.Flags()
 	f.StringVar(&cfg.IssuerAddress, "issuer-address", cfg.IssuerAddress, "the controller's issuer, host:port")
 	f.StringVar(&cfg.IssuerID, "issuer-id", cfg.IssuerID, "SPIFFE ID the issuer must present (default: the controller of --mesh-namespace, spiffe://<trust-domain>/ns/<mesh-namespace>/sa/meshfed-controller)")
@@ -84,5 +85,24 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 	f.StringVar(&zone, "zone", "", "locality zone for --bootstrap")
 	f.BoolVar(&sni, "xds-sni", false, "declare in --bootstrap's node metadata that the workload runs with GRPC_EXPERIMENTAL_XDS_SNI=true; only such workloads get endpoints reached through east-west gateways")
 	f.BoolVar(&once, "once", false, "fetch one certificate, write it and exit")
+	return cmd
+}
+
+func newAgentReadyCommand() *cobra.Command {
+	var dir, boot string
+	cmd := &cobra.Command{
+		Use:   "ready",
+		Short: "Exit 0 once the agent has written the SVID (and the bootstrap): an injected agent's startup probe",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var also []string
+			if boot != "" {
+				also = append(also, boot)
+			}
+			return agent.Ready(dir, also...)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "out-dir", agent.DefaultConfig().OutputDir, "the agent's --out-dir")
+	cmd.Flags().StringVar(&boot, "bootstrap", "", "the agent's --bootstrap, if it writes one")
 	return cmd
 }

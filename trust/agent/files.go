@@ -140,3 +140,15 @@ func ProviderConfig(dir, refreshInterval string) json.RawMessage {
 	b, _ := json.Marshal(cfg)
 	return b
 }
+
+// Ready says whether dir holds an SVID and bundle (as WriteFiles writes
+// them) and every file in also exists: what a workload needs before it
+// starts. An injected agent's startup probe runs it.
+func Ready(dir string, also ...string) error {
+	for _, f := range append([]string{filepath.Join(dir, CertificateFile), filepath.Join(dir, PrivateKeyFile), filepath.Join(dir, CACertificateFile)}, also...) {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("agent: not ready: %w", err)
+		}
+	}
+	return nil
+}
