@@ -66,6 +66,7 @@ var MeshConfigGVR = schema.GroupVersionResource{Group: "config.meshfed.io", Vers
 const (
 	PortXDS     = 15128 // xDS and SDS for proxies (mTLS)
 	PortIssuer  = 15129 // workload certificate issuing (TLS, token-authenticated)
+	PortWebhook = 15130 // the sidecar injector (TLS, called by the API server)
 	PortMetrics = 9091  // Prometheus metrics
 	PortGossip  = 7946  // federation gossip, TCP and UDP
 )

@@ -164,6 +164,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 	svcPorts := []corev1.ServicePort{
 		{Name: "xds", Port: PortXDS, TargetPort: intstr.FromString("xds")},
 		{Name: "issuer", Port: PortIssuer, TargetPort: intstr.FromString("issuer")},
+		{Name: "webhook", Port: PortWebhook, TargetPort: intstr.FromString("webhook")},
 		{Name: "metrics", Port: PortMetrics, TargetPort: intstr.FromString("metrics")},
 		{Name: "gossip-tcp", Port: PortGossip, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromString("gossip-tcp")},
 		{Name: "gossip-udp", Port: PortGossip, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromString("gossip-udp")},
@@ -197,6 +198,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 						Ports: []corev1.ContainerPort{
 							{Name: "xds", ContainerPort: PortXDS},
 							{Name: "issuer", ContainerPort: PortIssuer},
+							{Name: "webhook", ContainerPort: PortWebhook},
 							{Name: "metrics", ContainerPort: PortMetrics},
 							{Name: "gossip-tcp", ContainerPort: PortGossip, Protocol: corev1.ProtocolTCP},
 							{Name: "gossip-udp", ContainerPort: PortGossip, Protocol: corev1.ProtocolUDP},

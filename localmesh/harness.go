@@ -97,6 +97,7 @@ type Cluster struct {
 	gossipPort  int
 	gateway     string // host:port of its gateway, on separate networks
 	metrics     string // host:port of /metrics
+	webhook     string // host:port of the sidecar injector
 	xdsSock     string
 	issuerSock  string
 	ctrlLogPath string
@@ -306,9 +307,14 @@ func (h *Harness) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		wport, err := FreePort()
+		if err != nil {
+			return err
+		}
 		h.clusters[name] = &Cluster{
 			Name: name, PodCIDR: cidrs[name], Sandbox: sc, Installer: inst, Kubeconfig: sc.KubeconfigPath,
 			gossipPort: port, metrics: fmt.Sprintf("127.0.0.1:%d", mport), gateway: h.gatewayAddress(name),
+			webhook: fmt.Sprintf("127.0.0.1:%d", wport),
 			xdsSock:     filepath.Join(h.dir, name+"-xds.sock"),
 			issuerSock:  filepath.Join(h.dir, name+"-issuer.sock"),
 			ctrlLogPath: filepath.Join(h.dir, name+"-controller.log"),
@@ -471,6 +477,7 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 		"--xds-address", "unix://"+c.xdsSock,
 		"--issuer-address", "unix://"+c.issuerSock,
 		"--metrics-address", c.metrics,
+		"--webhook-address", c.webhook,
 		"--serving-name", "localhost",
 		"--log-level", "info",
 	)

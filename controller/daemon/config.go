@@ -27,6 +27,9 @@ type Config struct {
 	XDSAddress     string
 	IssuerAddress  string
 	MetricsAddress string
+	// WebhookAddress is where the sidecar injector is served (TLS with the
+	// serving certificate; the API server calls it). Empty: not served.
+	WebhookAddress string
 	// ServingNames are extra DNS names or IP addresses put into the
 	// controller's serving certificate, so that clients verifying the
 	// hostname they dial (grpc-go's xDS "tls" channel credentials) accept
@@ -56,6 +59,7 @@ func DefaultConfig() Config {
 		XDSAddress:      fmt.Sprintf(":%d", deploy.PortXDS),
 		IssuerAddress:   fmt.Sprintf(":%d", deploy.PortIssuer),
 		MetricsAddress:  fmt.Sprintf(":%d", deploy.PortMetrics),
+		WebhookAddress:  fmt.Sprintf(":%d", deploy.PortWebhook),
 		BundleConfigMap: "meshfed-ca-bundle",
 		Debounce:        100 * time.Millisecond,
 		MaxDelay:        time.Second,
@@ -77,6 +81,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.XDSAddress, "xds-address", c.XDSAddress, "listen address of the xDS server (mTLS)")
 	fs.StringVar(&c.IssuerAddress, "issuer-address", c.IssuerAddress, "listen address of the certificate issuer (TLS, ServiceAccount tokens)")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of /metrics, /readyz and /healthz")
+	fs.StringVar(&c.WebhookAddress, "webhook-address", c.WebhookAddress, `listen address of the sidecar injector (TLS, called by the API server); "" serves none`)
 	fs.StringSliceVar(&c.ServingNames, "serving-name", c.ServingNames, "extra DNS name or IP address for the controller's serving certificate (repeatable)")
 	fs.StringVar(&c.BundleConfigMap, "bundle-configmap", c.BundleConfigMap, "ConfigMap the trust bundle is published to")
 	fs.DurationVar(&c.LeadingDelay, "leading-delay", c.LeadingDelay, "wait this long before building a change that follows a quiet period (no change for --debounce); 0 builds it at once")

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/bundle"
 	"github.com/meshfed/meshfed/controller/federate"
+	"github.com/meshfed/meshfed/controller/inject"
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/controller/xds/server"
@@ -174,6 +176,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	var webhookLis net.Listener
+	if cfg.WebhookAddress != "" {
+		if webhookLis, err = listen(cfg.WebhookAddress); err != nil {
+			return fmt.Errorf("sidecar injector: %w", err)
+		}
+		defer webhookLis.Close()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -201,6 +210,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	start("federation junction", junction.Run)
 	start("federation", lifecycle.Run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
+	if webhookLis != nil {
+		injector := &inject.Webhook{
+			Config: inject.Config{Namespace: cfg.Namespace, TrustDomain: ms.TrustDomain, AgentImage: deploy.AgentImage()},
+			NamespaceAnnotations: func(ctx context.Context, name string) (map[string]string, error) {
+				ns, err := client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return nil, err
+				}
+				return ns.Annotations, nil
+			},
+			Logger: log,
+		}
+		// The API server presents no mesh certificate: TLS, not mTLS.
+		start("sidecar injector", func(ctx context.Context) error {
+			return injector.Serve(ctx, webhookLis, tlsconfig.TLSServerConfig(serving))
+		})
+	}
 	bcfg := bundle.DefaultConfig()
 	bcfg.Client, bcfg.MeshName, bcfg.ConfigMapName, bcfg.Log = client, cfg.MeshName, cfg.BundleConfigMap, log
 	bcfg.Bundle = func() *x509bundle.Bundle { return authority.Current().Bundle() }

@@ -2,11 +2,15 @@ package inject
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -114,4 +118,21 @@ func jsonPatch(before, after *corev1.Pod) ([]byte, error) {
 	add("/spec/volumes", after.Spec.Volumes)
 	add("/metadata/annotations", after.Annotations)
 	return json.Marshal(ops)
+}
+
+// Serve serves the webhook at Path on lis with TLS until ctx ends.
+func (wh *Webhook) Serve(ctx context.Context, lis net.Listener, tlsCfg *tls.Config) error {
+	mux := http.NewServeMux()
+	mux.Handle(Path, wh)
+	srv := &http.Server{Handler: mux, TLSConfig: tlsCfg, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.ServeTLS(lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

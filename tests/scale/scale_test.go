@@ -180,12 +180,12 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 	t.Logf("populated %d Services and EndpointSlices in %v", n, res.populate)
 
 	// The controller, on loopback only.
-	ports := freePorts(t, 3)
+	ports := freePorts(t, 4)
 	xdsAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", ports[2])
 	args := []string{"--kubeconfig=" + cl.KubeconfigPath, "--xds-address=" + xdsAddr,
 		fmt.Sprintf("--issuer-address=127.0.0.1:%d", ports[1]), fmt.Sprintf("--metrics-address=127.0.0.1:%d", ports[2]),
-		"--serving-name=127.0.0.1", "--log-level=warn"}
+		fmt.Sprintf("--webhook-address=127.0.0.1:%d", ports[3]), "--serving-name=127.0.0.1", "--log-level=warn"}
 	if d := os.Getenv("MESHFED_SCALE_DEBOUNCE"); d != "" {
 		args = append(args, "--debounce="+d)
 	}
