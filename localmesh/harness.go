@@ -314,7 +314,7 @@ func (h *Harness) start(ctx context.Context) error {
 		h.clusters[name] = &Cluster{
 			Name: name, PodCIDR: cidrs[name], Sandbox: sc, Installer: inst, Kubeconfig: sc.KubeconfigPath,
 			gossipPort: port, metrics: fmt.Sprintf("127.0.0.1:%d", mport), gateway: h.gatewayAddress(name),
-			webhook: fmt.Sprintf("127.0.0.1:%d", wport),
+			webhook:     fmt.Sprintf("127.0.0.1:%d", wport),
 			xdsSock:     filepath.Join(h.dir, name+"-xds.sock"),
 			issuerSock:  filepath.Join(h.dir, name+"-issuer.sock"),
 			ctrlLogPath: filepath.Join(h.dir, name+"-controller.log"),
