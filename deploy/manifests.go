@@ -28,6 +28,11 @@ type Options struct {
 	// TrustDomain is the SPIFFE trust domain shared by the federation.
 	// Default "meshfed.local".
 	TrustDomain string
+	// Injector writes the MutatingWebhookConfiguration that sends Pod
+	// creations in the mesh's namespaces to meshfed-controller's sidecar
+	// injector (InjectorWebhook). `meshfed install` sets it unless
+	// --sidecar-injector=false; the default here is off.
+	Injector bool
 	// Permissive allows all meshed traffic (still mTLS) instead of only
 	// what TrafficTargets allow.
 	Permissive bool

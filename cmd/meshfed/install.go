@@ -75,6 +75,7 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 	f.StringVar(&o.Network, "network", "", "name of the network this cluster's pod addresses are on; clusters on other networks reach it through its east-west gateway")
 	f.Var(newServiceTypeValue(&o.GatewayServiceType), "gateway-service-type", "how the east-west gateway's Service is exposed (with --network): LoadBalancer, NodePort or ClusterIP")
 	f.StringSliceVar(&o.GatewayAddresses, "gateway-address", nil, "IP:port at which clusters on other networks reach this cluster's east-west gateway (repeatable; needs --network)")
+	f.BoolVar(&o.Injector, "sidecar-injector", true, "register meshfed-controller's sidecar injector (a MutatingWebhookConfiguration for Pod creation in the mesh's namespaces; see docs/injection.md)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the manifests instead of applying them")
 	f.StringVar(&rootFrom.kubeconfig, "root-from-kubeconfig", "", "join the federation root of the cluster this kubeconfig points at (its root signs this cluster's intermediate; the root key is not copied)")
 	f.StringVar(&rootFrom.context, "root-from-context", "", "kubeconfig context of the cluster to share the root with")

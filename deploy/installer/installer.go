@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/meshconfig"
 	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // FieldManager is the server-side apply field manager for what install
@@ -128,7 +130,37 @@ func (c *Client) InstallWithCA(ctx context.Context, o deploy.Options, src CASour
 	if res.CA, err = c.InstallCA(ctx, o, src); err != nil {
 		return res, err
 	}
+	if o.Injector {
+		wh, err := c.installInjector(ctx, o)
+		if err != nil {
+			return res, err
+		}
+		res.Applied = append(res.Applied, wh)
+	}
 	return res, nil
+}
+
+// installInjector writes the injector's MutatingWebhookConfiguration, its
+// caBundle the mesh's root (the controller's serving certificate chains
+// to it).
+func (c *Client) installInjector(ctx context.Context, o deploy.Options) (string, error) {
+	sec, err := c.kube.CoreV1().Secrets(o.Namespace).Get(ctx, deploy.RootSecretName, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("sidecar injector: the mesh's root: %w", err)
+	}
+	root := sec.Data[ca.RootCertKey]
+	if len(root) == 0 {
+		return "", fmt.Errorf("sidecar injector: Secret %s/%s holds no %s", o.Namespace, deploy.RootSecretName, ca.RootCertKey)
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(deploy.InjectorWebhook(o, root))
+	if err != nil {
+		return "", err
+	}
+	u := &unstructured.Unstructured{Object: obj}
+	if err := c.apply(ctx, u); err != nil {
+		return "", err
+	}
+	return describe(u), nil
 }
 
 func describe(u *unstructured.Unstructured) string {
@@ -285,6 +317,10 @@ func (c *Client) Uninstall(ctx context.Context, o UninstallOptions) error {
 		return err
 	}
 	var errs []error
+	whName := deploy.InjectorWebhook(opts, nil).Name
+	if err := c.kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, whName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete the sidecar injector's MutatingWebhookConfiguration %s: %w", whName, err))
+	}
 	for i := len(objs) - 1; i >= 0; i-- {
 		obj := objs[i]
 		if obj.GetKind() == "Namespace" && !o.DeleteNamespace {

@@ -316,9 +316,23 @@ func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
 	// With a network: the API server takes the east-west gateway's
 	// objects, and uninstall removes them too.
 	o := opts("mesh-u", "mesh-u-system", "east")
-	o.Network = "net-east"
+	o.Network, o.Injector = "net-east", true
 	if _, err := c.Install(ctx(t), o); err != nil {
 		t.Fatal(err)
+	}
+	// The injector's webhook trusts the mesh's root, and only for the
+	// mesh's namespaces.
+	wh, err := c.Kube().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhook(o, nil).Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("install with the injector made no MutatingWebhookConfiguration: %v", err)
+	}
+	root, err := c.Kube().CoreV1().Secrets("mesh-u-system").Get(ctx(t), deploy.RootSecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := wh.Webhooks[0]; string(w.ClientConfig.CABundle) != string(root.Data["ca.crt"]) || w.NamespaceSelector.MatchLabels[deploy.LabelMonitoredBy] != "mesh-u" ||
+		*w.FailurePolicy != "Fail" || *w.SideEffects != "None" || w.ClientConfig.Service.Namespace != "mesh-u-system" {
+		t.Errorf("injector webhook %+v", w)
 	}
 	if _, err := c.Kube().PolicyV1().PodDisruptionBudgets("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{}); err != nil {
 		t.Fatalf("install with a network made no gateway PodDisruptionBudget: %v", err)
@@ -343,6 +357,7 @@ func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
 	_, checks["gateway Deployment"] = kube.AppsV1().Deployments("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
 	_, checks["gateway Service"] = kube.CoreV1().Services("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
 	_, checks["gateway PodDisruptionBudget"] = kube.PolicyV1().PodDisruptionBudgets("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
+	_, checks["MutatingWebhookConfiguration"] = kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhook(o, nil).Name, metav1.GetOptions{})
 	for kind, err := range checks {
 		if !apierrors.IsNotFound(err) {
 			t.Errorf("%s still present after uninstall (err=%v)", kind, err)
