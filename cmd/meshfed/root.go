@@ -61,6 +61,7 @@ func newRootCommand() *cobra.Command {
 		newSandboxCommand(),
 		newVersionCommand(),
 		newAgentCommand(),
+		newCaptureCommand(),
 		newDemoCommand(),
 		newClusterCommand(kf),
 		newCertificateCommand(kf),
