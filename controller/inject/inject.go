@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/meshfed/meshfed/capture"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
 )
@@ -93,6 +94,9 @@ func Decide(nsAnnotations map[string]string, pod *corev1.Pod) (Decision, error) 
 	case ProxyEnvoy:
 	default:
 		return Decision{}, fmt.Errorf("annotation %s: %q is not a data plane: want %s or %s", AnnotationProxy, proxy, ProxyProxyless, ProxyEnvoy)
+	}
+	if _, err := capture.FromAnnotations(capture.DefaultConfig(), pod.Annotations); err != nil {
+		return Decision{}, err
 	}
 	switch {
 	case !on:

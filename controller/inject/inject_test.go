@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshfed/meshfed/capture"
 	"github.com/meshfed/meshfed/controller/inject"
 	"github.com/meshfed/meshfed/deploy"
 )
@@ -48,6 +49,8 @@ func TestDecide(t *testing.T) {
 		{"envoy not yet", enabled, plainPod(map[string]string{inject.AnnotationProxy: "envoy"}), false, "not available yet"},
 		{"bad pod annotation", enabled, plainPod(map[string]string{deploy.AnnotationInjection: "yes"}), false, deploy.AnnotationInjection},
 		{"bad namespace annotation", map[string]string{deploy.AnnotationInjection: "true"}, plainPod(nil), false, "namespace annotation"},
+		{"malformed port exclusion", enabled, plainPod(map[string]string{capture.AnnotationOutboundPortExclusions: "5432,postgres"}), false, capture.AnnotationOutboundPortExclusions},
+		{"malformed CIDR exclusion", enabled, plainPod(map[string]string{capture.AnnotationOutboundCIDRExclusions: "10.0.0.0/33"}), false, capture.AnnotationOutboundCIDRExclusions},
 	} {
 		d, err := inject.Decide(tc.ns, tc.pod)
 		switch {
