@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -20,7 +19,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/localmesh"
-	"github.com/meshfed/meshfed/localmesh/workloads"
+	"github.com/meshfed/meshfed/tests/internal/suite"
 )
 
 // withdrawAfter is every cluster's spec.federation.withdrawAfter in the
@@ -60,34 +59,14 @@ var (
 // the bookstore as real grpc-go processes with mTLS. The subtests share
 // the federation and run in order; each leaves it as it found it.
 func TestThreeClusterFederation(t *testing.T) {
-	if err := workloads.CanCreateUserNetworks(); err != nil {
-		t.Skipf("the federation suite needs unprivileged user and network namespaces: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	dir := os.Getenv("MESHFED_TEST_DIR") // kept for reading after a failure
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	h, err := localmesh.Start(ctx, localmesh.Config{
-		Clusters: []string{"east", "west", "north"}, Dir: dir,
-		Logf: t.Logf, Interval: 25 * time.Millisecond,
+	h := suite.Start(ctx, t, localmesh.Config{
+		Clusters:      []string{"east", "west", "north"},
+		Interval:      25 * time.Millisecond,
 		WithdrawAfter: withdrawAfter, FailStatic: []string{"north"},
 		Namespaces: []string{"bookstore", "bookbuyer", "bookthief"},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := h.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs: %s and the controllers' logs beside it (set MESHFED_TEST_DIR to keep them)", h.LogPath())
-		}
-	}()
 	if err := h.ApplyAll(ctx, placement); err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/localmesh"
-	"github.com/meshfed/meshfed/localmesh/workloads"
+	"github.com/meshfed/meshfed/tests/internal/suite"
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
@@ -37,32 +37,12 @@ const rotationSVIDTTL = time.Minute
 // old root. No RPC may fail; at the end every workload's certificate files
 // chain to the new root and trust it alone.
 func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
-	if err := workloads.CanCreateUserNetworks(); err != nil {
-		t.Skipf("the federation suite needs unprivileged user and network namespaces: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	dir := os.Getenv("MESHFED_TEST_DIR")
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	h, err := localmesh.Start(ctx, localmesh.Config{
-		Clusters: []string{"east", "west"}, Dir: dir, Logf: t.Logf, Interval: 25 * time.Millisecond,
+	h := suite.Start(ctx, t, localmesh.Config{
+		Clusters: []string{"east", "west"}, Interval: 25 * time.Millisecond,
 		Namespaces: []string{"bookstore", "bookbuyer", "bookthief"}, SVIDTTL: rotationSVIDTTL, Keep: 30 * time.Minute,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := h.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs: %s and the controllers' logs beside it (set MESHFED_TEST_DIR to keep them)", h.LogPath())
-		}
-	}()
 	if err := h.ApplyAll(ctx, []localmesh.Step{
 		{Cluster: "east", Manifest: "apps/bookstore.yaml"}, {Cluster: "east", Manifest: "apps/bookstore-v1.yaml"},
 		{Cluster: "east", Manifest: "apps/bookbuyer.yaml"}, {Cluster: "east", Manifest: "access"},

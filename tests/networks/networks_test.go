@@ -18,8 +18,8 @@ import (
 	"github.com/meshfed/meshfed/controller/xds/generate"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/localmesh"
-	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/mesh"
+	"github.com/meshfed/meshfed/tests/internal/suite"
 )
 
 // withdrawAfter is both clusters' spec.federation.withdrawAfter.
@@ -109,33 +109,13 @@ func dial(t *testing.T, h *localmesh.Harness, cluster, mode, addr, sni string) s
 // processes; the bookstore as real grpc-go processes with mTLS. The
 // subtests share the federation and run in order; each leaves it whole.
 func TestTwoNetworks(t *testing.T) {
-	if err := workloads.CanCreateUserNetworks(); err != nil {
-		t.Skipf("the suite needs unprivileged user and network namespaces: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	dir := os.Getenv("MESHFED_TEST_DIR") // kept for reading after a failure
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	h, err := localmesh.Start(ctx, localmesh.Config{
-		Clusters: []string{"east", "west"}, Dir: dir, Logf: t.Logf, Interval: 25 * time.Millisecond,
+	h := suite.Start(ctx, t, localmesh.Config{
+		Clusters: []string{"east", "west"}, Interval: 25 * time.Millisecond,
 		WithdrawAfter: withdrawAfter, SeparateNetworks: true,
 		Namespaces: []string{"bookstore", "bookbuyer", "bookthief"},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := h.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs: %s and the controllers' logs beside it (set MESHFED_TEST_DIR to keep them)", h.LogPath())
-		}
-	}()
 	if err := h.ApplyAll(ctx, placement); err != nil {
 		t.Fatal(err)
 	}
