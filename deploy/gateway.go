@@ -4,10 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -50,23 +47,11 @@ func gatewayObjects(o Options, meta func(name, ns string) metav1.ObjectMeta, lab
 	if err != nil {
 		return nil, fmt.Errorf("gateway bootstrap: %w", err)
 	}
-	svid, bundle := generate.GatewaySDSSecrets(bo, "certificate.pem", "private_key.pem", "ca_certificate.pem")
-	sdsFile := func(m proto.Message) (string, error) {
-		a, err := anypb.New(m)
-		if err != nil {
-			return "", err
-		}
-		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
-		return string(b), err
-	}
-	svidJSON, err := sdsFile(svid)
+	sds, err := generate.SDSFiles(bo, "certificate.pem", "private_key.pem", "ca_certificate.pem")
 	if err != nil {
 		return nil, err
 	}
-	bundleJSON, err := sdsFile(bundle)
-	if err != nil {
-		return nil, err
-	}
+	svidJSON, bundleJSON := string(sds[generate.GatewaySVIDFile]), string(sds[generate.GatewayBundleFile])
 
 	podLabels := map[string]string{LabelName: GatewayName, LabelMeshName: o.MeshName}
 	sa := &corev1.ServiceAccount{TypeMeta: tm("v1", "ServiceAccount"), ObjectMeta: meta(GatewayName, o.Namespace)}

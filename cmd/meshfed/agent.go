@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshfed/meshfed/controller/bootstrap"
+	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/trust/agent"
 )
 
@@ -21,6 +22,7 @@ func newAgentCommand() *cobra.Command {
 	cfg := agent.DefaultConfig()
 	var token, bootstrapPath, xdsAddress, nodeID, zone string
 	var once, sni bool
+	var envoySDSDir string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Keep a proxyless gRPC workload's SPIFFE certificate files fresh (and write its xDS bootstrap)",
@@ -49,6 +51,11 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 					return err
 				}
 				if err := bootstrap.Write(bootstrapPath, bootstrap.Config{XDSAddress: xdsAddress, CertDir: cfg.OutputDir, NodeID: nodeID, Zone: zone, SNI: sni}); err != nil {
+					return err
+				}
+			}
+			if envoySDSDir != "" {
+				if err := writeEnvoySDS(envoySDSDir, cfg); err != nil {
 					return err
 				}
 			}
@@ -83,6 +90,7 @@ GRPC_XDS_BOOTSTRAP at it) for the controller at --xds-address.`,
 	f.StringVar(&xdsAddress, "xds-address", "meshfed-controller.meshfed-system.svc:15128", "the controller's xDS address for --bootstrap")
 	f.StringVar(&nodeID, "node-id", "", "node ID for --bootstrap (informational)")
 	f.StringVar(&zone, "zone", "", "locality zone for --bootstrap")
+	f.StringVar(&envoySDSDir, "envoy-sds-dir", "", "also write, into this directory, the two file-based SDS secrets an Envoy sidecar's bootstrap reads its SVID and trust bundle from (the injected Envoy data plane)")
 	f.BoolVar(&sni, "xds-sni", false, "declare in --bootstrap's node metadata that the workload runs with GRPC_EXPERIMENTAL_XDS_SNI=true; only such workloads get endpoints reached through east-west gateways")
 	f.BoolVar(&once, "once", false, "fetch one certificate, write it and exit")
 	return cmd
@@ -105,4 +113,13 @@ func newAgentReadyCommand() *cobra.Command {
 	cmd.Flags().StringVar(&dir, "out-dir", agent.DefaultConfig().OutputDir, "the agent's --out-dir")
 	cmd.Flags().StringVar(&boot, "bootstrap", "", "the agent's --bootstrap, if it writes one")
 	return cmd
+}
+
+// writeEnvoySDS writes the SDS files of an Envoy sidecar's bootstrap.
+func writeEnvoySDS(dir string, cfg agent.Config) error {
+	id, err := cfg.IssuerIdentity()
+	if err != nil {
+		return err
+	}
+	return bootstrap.WriteEnvoySDS(dir, cfg.OutputDir, mesh.Identity(id.String()))
 }

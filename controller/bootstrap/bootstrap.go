@@ -4,7 +4,9 @@
 // `meshfed agent` writes them), and the file_watcher certificate providers
 // the generated listeners and clusters name.
 //
-// It owns only the file's shape; it does no I/O besides Write.
+// It owns only the files' shape; it does no I/O besides writing them. It
+// also writes the two SDS files an injected Envoy sidecar's bootstrap
+// reads its own SVID from (WriteEnvoySDS).
 package bootstrap
 
 import (
@@ -14,6 +16,7 @@ import (
 	"path/filepath"
 
 	"github.com/meshfed/meshfed/controller/xds/generate"
+	"github.com/meshfed/meshfed/mesh"
 	"github.com/meshfed/meshfed/trust/agent"
 )
 
@@ -81,4 +84,25 @@ func Write(path string, c Config) error {
 		return err
 	}
 	return os.WriteFile(path, b, 0o644)
+}
+
+// WriteEnvoySDS writes into dir the two file-based SDS secrets an Envoy
+// sidecar's bootstrap (generate.SidecarBootstrap) reads: the SVID and the
+// trust bundle meshfed agent keeps in certDir, the bundle accepting only
+// controllerID from the controller.
+func WriteEnvoySDS(dir, certDir string, controllerID mesh.Identity) error {
+	files, err := generate.SDSFiles(generate.GatewayBootstrapOptions{CertDir: certDir, ControllerID: controllerID},
+		agent.CertificateFile, agent.PrivateKeyFile, agent.CACertificateFile)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -16,9 +16,11 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshfed/meshfed/capture"
+	"github.com/meshfed/meshfed/controller/xds/generate"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/mesh"
 )
@@ -105,8 +107,6 @@ func Decide(nsAnnotations map[string]string, pod *corev1.Pod) (Decision, error) 
 		return Decision{Reason: "hostNetwork Pods are never injected"}, nil
 	case hasAgent(pod):
 		return Decision{Reason: "the Pod already carries " + AgentContainer}, nil
-	case proxy == ProxyEnvoy:
-		return Decision{}, fmt.Errorf("annotation %s: %s: injecting the Envoy data plane is not available yet; use %s (the default)", AnnotationProxy, ProxyEnvoy, ProxyProxyless)
 	}
 	return Decision{Inject: true, Proxy: proxy, Reason: why}, nil
 }
@@ -123,32 +123,7 @@ func hasAgent(pod *corev1.Pod) bool {
 // and on every app container the environment grpc-go needs.
 func Mutate(pod *corev1.Pod, cfg Config) *corev1.Pod {
 	out := pod.DeepCopy()
-	always := corev1.ContainerRestartPolicyAlways
-	controller := fmt.Sprintf("%s.%s.svc", deploy.ControllerName, cfg.Namespace)
-	agent := corev1.Container{
-		Name: AgentContainer, Image: cfg.AgentImage, RestartPolicy: &always,
-		Args: []string{"agent",
-			fmt.Sprintf("--issuer-address=%s:%d", controller, deploy.PortIssuer),
-			"--issuer-id=" + string(mesh.NewIdentity(cfg.TrustDomain, cfg.Namespace, deploy.ControllerName)),
-			"--trust-domain=" + cfg.TrustDomain,
-			fmt.Sprintf("--xds-address=%s:%d", controller, deploy.PortXDS),
-			"--token-file=" + tokenDir + "/token",
-			"--bundle-file=" + bundleDir + "/ca.crt",
-			"--out-dir=" + certDir,
-			"--bootstrap=" + bootstrap,
-			"--xds-sni",
-		},
-		// The app starts once the SVID and the bootstrap are written.
-		StartupProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"meshfed", "agent", "ready", "--out-dir=" + certDir, "--bootstrap=" + bootstrap}}},
-			PeriodSeconds: 1, FailureThreshold: 60,
-		},
-		VolumeMounts: []corev1.VolumeMount{
-			{Name: volShared, MountPath: sharedDir},
-			{Name: volToken, MountPath: tokenDir, ReadOnly: true},
-			{Name: volBundle, MountPath: bundleDir, ReadOnly: true},
-		},
-	}
+	agent := agentContainer(cfg, bootstrap, "--bootstrap="+bootstrap, "--xds-sni")
 	out.Spec.InitContainers = append([]corev1.Container{agent}, out.Spec.InitContainers...)
 	for i := range out.Spec.Containers {
 		c := &out.Spec.Containers[i]
@@ -167,6 +142,104 @@ func Mutate(pod *corev1.Pod, cfg Config) *corev1.Pod {
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: volShared, MountPath: sharedDir, ReadOnly: true})
 		}
 	}
+	addVolumes(out)
+	annotate(out, ProxyProxyless)
+	return out
+}
+
+// Names and users of the Envoy data plane.
+const (
+	CaptureContainer = "meshfed-capture"
+	EnvoyContainer   = "envoy"
+	sdsDir           = sharedDir + "/sds"
+)
+
+// MutateEnvoy returns a copy of pod with the Envoy data plane: an init
+// container that installs the traffic-capture rules cc (meshfed capture,
+// NET_ADMIN), meshfed agent as a native sidecar that keeps the Pod's SVID
+// and writes the SDS files Envoy's bootstrap reads it from, and Envoy as a
+// native sidecar whose bootstrap (generate.SidecarBootstrap, passed inline)
+// points at the controller's ADS over mTLS with that SVID. The agent and
+// Envoy run as cc.ProxyUID, so their own connections are not captured.
+// The app containers are not changed.
+func MutateEnvoy(pod *corev1.Pod, cfg Config, cc capture.Config) (*corev1.Pod, error) {
+	if err := cc.Validate(); err != nil {
+		return nil, err
+	}
+	out := pod.DeepCopy()
+	controller := fmt.Sprintf("%s.%s.svc", deploy.ControllerName, cfg.Namespace)
+	boot, err := protojson.Marshal(generate.SidecarBootstrap(generate.GatewayBootstrapOptions{
+		ControllerHost: controller, XDSPort: deploy.PortXDS,
+		ControllerID: mesh.NewIdentity(cfg.TrustDomain, cfg.Namespace, deploy.ControllerName),
+		CertDir:      certDir, SDSDir: sdsDir,
+	}))
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"capture", fmt.Sprintf("--proxy-uid=%d", cc.ProxyUID),
+		fmt.Sprintf("--outbound-port=%d", cc.OutboundPort), fmt.Sprintf("--inbound-port=%d", cc.InboundPort)}
+	for _, p := range cc.ExcludeOutboundPorts {
+		args = append(args, fmt.Sprintf("--exclude-outbound-port=%d", p))
+	}
+	for _, p := range cc.ExcludeOutboundCIDRs {
+		args = append(args, "--exclude-outbound-cidr="+p.String())
+	}
+	for _, p := range cc.ExcludeInboundPorts {
+		args = append(args, fmt.Sprintf("--exclude-inbound-port=%d", p))
+	}
+	root, no, proxyUID := int64(0), false, int64(cc.ProxyUID)
+	captureC := corev1.Container{
+		Name: CaptureContainer, Image: cfg.AgentImage, Args: args,
+		SecurityContext: &corev1.SecurityContext{RunAsUser: &root, RunAsNonRoot: &no, Capabilities: &corev1.Capabilities{
+			Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}}},
+	}
+	agent := agentContainer(cfg, sdsDir+"/"+generate.GatewaySVIDFile, "--envoy-sds-dir="+sdsDir)
+	agent.SecurityContext = &corev1.SecurityContext{RunAsUser: &proxyUID}
+	always := corev1.ContainerRestartPolicyAlways
+	envoy := corev1.Container{
+		Name: EnvoyContainer, Image: deploy.DefaultEnvoyImage, RestartPolicy: &always,
+		Args:            []string{"--config-yaml", string(boot), "--log-level", "warn"},
+		SecurityContext: &corev1.SecurityContext{RunAsUser: &proxyUID},
+		VolumeMounts:    []corev1.VolumeMount{{Name: volShared, MountPath: sharedDir, ReadOnly: true}},
+	}
+	out.Spec.InitContainers = append([]corev1.Container{captureC, agent, envoy}, out.Spec.InitContainers...)
+	addVolumes(out)
+	annotate(out, ProxyEnvoy)
+	return out, nil
+}
+
+// agentContainer is meshfed agent as a native sidecar whose startup probe
+// waits for the SVID and ready (a file it writes), with extra arguments.
+func agentContainer(cfg Config, ready string, extra ...string) corev1.Container {
+	always := corev1.ContainerRestartPolicyAlways
+	controller := fmt.Sprintf("%s.%s.svc", deploy.ControllerName, cfg.Namespace)
+	return corev1.Container{
+		Name: AgentContainer, Image: cfg.AgentImage, RestartPolicy: &always,
+		Args: append([]string{"agent",
+			fmt.Sprintf("--issuer-address=%s:%d", controller, deploy.PortIssuer),
+			"--issuer-id=" + string(mesh.NewIdentity(cfg.TrustDomain, cfg.Namespace, deploy.ControllerName)),
+			"--trust-domain=" + cfg.TrustDomain,
+			fmt.Sprintf("--xds-address=%s:%d", controller, deploy.PortXDS),
+			"--token-file=" + tokenDir + "/token",
+			"--bundle-file=" + bundleDir + "/ca.crt",
+			"--out-dir=" + certDir,
+		}, extra...),
+		// The next containers start once the SVID (and ready) are written.
+		StartupProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"meshfed", "agent", "ready", "--out-dir=" + certDir, "--bootstrap=" + ready}}},
+			PeriodSeconds: 1, FailureThreshold: 60,
+		},
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: volShared, MountPath: sharedDir},
+			{Name: volToken, MountPath: tokenDir, ReadOnly: true},
+			{Name: volBundle, MountPath: bundleDir, ReadOnly: true},
+		},
+	}
+}
+
+// addVolumes adds the shared directory, the token and the trust bundle,
+// keeping volumes of those names the Pod has.
+func addVolumes(out *corev1.Pod) {
 	expire, optional := int64(3600), true
 	for _, v := range []corev1.Volume{
 		{Name: volShared, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
@@ -180,9 +253,11 @@ func Mutate(pod *corev1.Pod, cfg Config) *corev1.Pod {
 			out.Spec.Volumes = append(out.Spec.Volumes, v)
 		}
 	}
+}
+
+func annotate(out *corev1.Pod, proxy string) {
 	if out.Annotations == nil {
 		out.Annotations = map[string]string{}
 	}
-	out.Annotations[AnnotationInjected] = ProxyProxyless
-	return out
+	out.Annotations[AnnotationInjected] = proxy
 }

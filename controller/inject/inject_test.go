@@ -1,8 +1,12 @@
 package inject_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -10,6 +14,7 @@ import (
 
 	"github.com/meshfed/meshfed/capture"
 	"github.com/meshfed/meshfed/controller/inject"
+	"github.com/meshfed/meshfed/controller/xds/generate"
 	"github.com/meshfed/meshfed/deploy"
 )
 
@@ -46,7 +51,7 @@ func TestDecide(t *testing.T) {
 		{"already injected", enabled, inject.Mutate(plainPod(nil), cfg), false, ""},
 		{"proxyless asked for", enabled, plainPod(map[string]string{inject.AnnotationProxy: "proxyless"}), true, ""},
 		{"unknown data plane", enabled, plainPod(map[string]string{inject.AnnotationProxy: "linkerd"}), false, inject.AnnotationProxy},
-		{"envoy not yet", enabled, plainPod(map[string]string{inject.AnnotationProxy: "envoy"}), false, "not available yet"},
+		{"envoy asked for", enabled, plainPod(map[string]string{inject.AnnotationProxy: "envoy"}), true, ""},
 		{"bad pod annotation", enabled, plainPod(map[string]string{deploy.AnnotationInjection: "yes"}), false, deploy.AnnotationInjection},
 		{"bad namespace annotation", map[string]string{deploy.AnnotationInjection: "true"}, plainPod(nil), false, "namespace annotation"},
 		{"malformed port exclusion", enabled, plainPod(map[string]string{capture.AnnotationOutboundPortExclusions: "5432,postgres"}), false, capture.AnnotationOutboundPortExclusions},
@@ -107,6 +112,55 @@ func TestMutateAddsTheProxylessDataPlane(t *testing.T) {
 		t.Errorf("volumes %+v: want the shared dir, the meshfed-audience token and the bundle", out.Spec.Volumes)
 	}
 	if out.Annotations[inject.AnnotationInjected] != inject.ProxyProxyless {
+		t.Errorf("annotations %v", out.Annotations)
+	}
+}
+
+// The Envoy data plane: the capture init container (NET_ADMIN, the Pod's
+// exclusions), the agent writing Envoy's SDS files, Envoy with a valid
+// bootstrap, both as the proxy's user so their own traffic passes the
+// capture; the app containers unchanged.
+func TestMutateEnvoyAddsTheEnvoyDataPlane(t *testing.T) {
+	pod := plainPod(map[string]string{inject.AnnotationProxy: "envoy"})
+	cc := capture.DefaultConfig()
+	cc.ExcludeOutboundPorts = []int{5432}
+	out, err := inject.MutateEnvoy(pod, cfg, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range out.Spec.InitContainers {
+		names = append(names, c.Name)
+	}
+	if strings.Join(names, ",") != "meshfed-capture,meshfed-agent,envoy" {
+		t.Fatalf("init containers %v", names)
+	}
+	capt, agent, envoy := out.Spec.InitContainers[0], out.Spec.InitContainers[1], out.Spec.InitContainers[2]
+	if capt.RestartPolicy != nil || !slices.Contains(capt.SecurityContext.Capabilities.Add, "NET_ADMIN") || !slices.Contains(capt.Args, "--exclude-outbound-port=5432") {
+		t.Errorf("capture container %+v", capt)
+	}
+	for _, c := range []corev1.Container{agent, envoy} {
+		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways || *c.SecurityContext.RunAsUser != int64(capture.DefaultProxyUID) {
+			t.Errorf("%s is not a native sidecar running as the proxy's user: %+v", c.Name, c)
+		}
+	}
+	if capture.DefaultOutboundPort != generate.SidecarOutboundPort || capture.DefaultInboundPort != generate.SidecarInboundPort {
+		t.Error("the capture rules and the sidecar's listeners disagree on ports")
+	}
+	b := &bootstrapv3.Bootstrap{}
+	if len(envoy.Args) < 2 || envoy.Args[0] != "--config-yaml" {
+		t.Fatalf("envoy args %v", envoy.Args)
+	}
+	if err := protojson.Unmarshal([]byte(envoy.Args[1]), b); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Errorf("envoy's bootstrap: %v", err)
+	}
+	if !equality.Semantic.DeepEqual(out.Spec.Containers, pod.Spec.Containers) {
+		t.Error("the app containers changed")
+	}
+	if out.Annotations[inject.AnnotationInjected] != inject.ProxyEnvoy {
 		t.Errorf("annotations %v", out.Annotations)
 	}
 }

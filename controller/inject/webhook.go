@@ -15,6 +15,8 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshfed/meshfed/capture"
 )
 
 // Path is where the webhook is served.
@@ -89,7 +91,20 @@ func (wh *Webhook) review(ctx context.Context, req *admissionv1.AdmissionRequest
 		wh.Logger.Debug("inject: Pod left as it is", "namespace", req.Namespace, "pod", name, "reason", d.Reason)
 		return allow
 	}
-	patch, err := jsonPatch(&pod, Mutate(&pod, wh.Config))
+	var injected *corev1.Pod
+	switch d.Proxy {
+	case ProxyEnvoy:
+		cc, err := capture.FromAnnotations(capture.DefaultConfig(), pod.Annotations)
+		if err == nil {
+			injected, err = MutateEnvoy(&pod, wh.Config, cc)
+		}
+		if err != nil {
+			return refuse("meshfed: " + err.Error())
+		}
+	default:
+		injected = Mutate(&pod, wh.Config)
+	}
+	patch, err := jsonPatch(&pod, injected)
 	if err != nil {
 		return refuse(fmt.Sprintf("meshfed: %v", err))
 	}

@@ -180,6 +180,20 @@ func TestTheAPIServerInjectsThroughTheWebhook(t *testing.T) {
 			t.Errorf("owner %v", pod.OwnerReferences)
 		}
 	})
+	t.Run("AnEnvoyPodGetsCaptureAgentAndEnvoy", func(t *testing.T) {
+		p, err := client.CoreV1().Pods("bookbuyer").Create(ctx, plainPodIn("bookbuyer", "envoy-app", map[string]string{
+			inject.AnnotationProxy: inject.ProxyEnvoy, "meshfed.io/outbound-port-exclusion-list": "5432"}), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, c := range p.Spec.InitContainers {
+			names = append(names, c.Name)
+		}
+		if strings.Join(names, ",") != "meshfed-capture,meshfed-agent,envoy" || !slices.Contains(p.Spec.InitContainers[0].Args, "--exclude-outbound-port=5432") {
+			t.Errorf("an Envoy Pod was stored with init containers %v (%v)", names, p.Spec.InitContainers)
+		}
+	})
 	t.Run("OtherNamespacesAreUntouched", func(t *testing.T) {
 		p, err := client.CoreV1().Pods("plain").Create(ctx, plainPodIn("plain", "app", map[string]string{deploy.AnnotationInjection: "enabled"}), metav1.CreateOptions{})
 		if err != nil {

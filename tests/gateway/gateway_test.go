@@ -161,7 +161,10 @@ func (p *pki) bootstrap(t testing.TB, id mesh.Identity, addr string) string {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "bootstrap.json")
-	if err := bootstrap.Write(path, bootstrap.Config{XDSAddress: addr, CertDir: dir, NodeID: string(id)}); err != nil {
+	// Every node declares that it sends server names, so that a client
+	// started without grpc-go's switch (the no-SNI test) is still given
+	// the gateway, and the gateway is what refuses it.
+	if err := bootstrap.Write(path, bootstrap.Config{XDSAddress: addr, CertDir: dir, NodeID: string(id), SNI: true}); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -301,3 +301,13 @@ func trustedBundle(td spiffeid.TrustDomain, cfg Config) (*x509bundle.Bundle, err
 	}
 	return ca.Union(bundles...)
 }
+
+// IssuerIdentity is the SPIFFE ID the issuer must present (IssuerID, or
+// the controller of MeshNamespace): the controller, which also serves xDS.
+func (c Config) IssuerIdentity() (spiffeid.ID, error) {
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("trust domain %q: %w", c.TrustDomain, err)
+	}
+	return c.issuerID(td)
+}

@@ -150,3 +150,19 @@ func TestGatewayBootstrap(t *testing.T) {
 		"sds":       toYAMLValue(t, []types.Resource{svid, bundle}),
 	})
 }
+
+// An injected Envoy sidecar's bootstrap (the gateway's, under the
+// sidecar's node name) is valid Envoy configuration and golden-tested.
+func TestSidecarBootstrap(t *testing.T) {
+	o := GatewayBootstrapOptions{ControllerHost: "meshfed-controller.meshfed-system.svc", XDSPort: 15128,
+		ControllerID: mesh.NewIdentity("meshfed.local", "meshfed-system", "meshfed-controller"),
+		CertDir:      "/var/run/meshfed/certs", SDSDir: "/var/run/meshfed/sds"}
+	b := SidecarBootstrap(o)
+	if err := b.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	if b.GetNode().GetId() != "meshfed-sidecar" {
+		t.Errorf("node %v", b.GetNode())
+	}
+	compareGolden(t, "testdata/sidecar-bootstrap.golden.yaml", map[string]any{"bootstrap": toYAMLValue(t, []types.Resource{b})})
+}

@@ -10,7 +10,10 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -35,8 +38,11 @@ type GatewayBootstrapOptions struct {
 	// gateway accepts from it.
 	ControllerID mesh.Identity
 	// CertDir is where meshfed agent writes the SVID files; SDSDir where
-	// the two SDS files (GatewaySDSFiles) are mounted.
+	// the two SDS files (SDSFiles) are.
 	CertDir, SDSDir string
+	// Node names the proxy in its bootstrap (informational: the controller
+	// knows a proxy by its certificate). Default "meshfed-gateway".
+	Node string
 }
 
 // SDS secret names and files of the gateway's bootstrap.
@@ -81,9 +87,13 @@ func GatewayBootstrap(o GatewayBootstrapOptions) *bootstrapv3.Bootstrap {
 		}}},
 		TransportSocket: &corev3.TransportSocket{Name: tlsTransportName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(upstreamTLS)}},
 	}
+	node := o.Node
+	if node == "" {
+		node = "meshfed-gateway"
+	}
 	ads := &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
 	return &bootstrapv3.Bootstrap{
-		Node: &corev3.Node{Id: "meshfed-gateway", Cluster: "meshfed-gateway"},
+		Node: &corev3.Node{Id: node, Cluster: node},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &corev3.ApiConfigSource{
 				ApiType: corev3.ApiConfigSource_GRPC, TransportApiVersion: corev3.ApiVersion_V3,
@@ -113,4 +123,35 @@ func GatewaySDSSecrets(o GatewayBootstrapOptions, certFile, keyFile, bundleFile 
 			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: string(o.ControllerID)}}}},
 	}}}
 	return svid, bundle
+}
+
+// SidecarBootstrap is the bootstrap of an injected Envoy sidecar: the
+// gateway's, under the sidecar's node name. Its listeners, clusters and
+// its workload's certificates come over ADS and SDS from the controller.
+func SidecarBootstrap(o GatewayBootstrapOptions) *bootstrapv3.Bootstrap {
+	if o.Node == "" {
+		o.Node = "meshfed-sidecar"
+	}
+	return GatewayBootstrap(o)
+}
+
+// SDSFiles returns the two files the bootstrap reads its SVID and trust
+// bundle from (GatewaySVIDFile, GatewayBundleFile), as discovery
+// responses, for meshfed agent's files certFile, keyFile and bundleFile
+// in o.CertDir.
+func SDSFiles(o GatewayBootstrapOptions, certFile, keyFile, bundleFile string) (map[string][]byte, error) {
+	svid, bundle := GatewaySDSSecrets(o, certFile, keyFile, bundleFile)
+	out := map[string][]byte{}
+	for file, m := range map[string]proto.Message{GatewaySVIDFile: svid, GatewayBundleFile: bundle} {
+		a, err := anypb.New(m)
+		if err != nil {
+			return nil, err
+		}
+		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
+		if err != nil {
+			return nil, err
+		}
+		out[file] = b
+	}
+	return out, nil
 }
