@@ -32,7 +32,11 @@ type Config struct {
 	NodeID string
 	// Zone is the workload's zone (locality).
 	Zone string
-	// RefreshInterval is how often grpc-go re-reads the files (e.g. "60s").
+	// RefreshInterval is how often grpc-go re-reads the files. Default
+	// "10s": a new handshake must never present an SVID the agent has
+	// already replaced and that may expire (the agent renews at half of
+	// the lifetime, which can be as short as a minute), and servers end
+	// connections often (MaxConnectionAge) behind gateways.
 	RefreshInterval string
 	// SNI declares, in the node's metadata, that the workload runs with
 	// GRPC_EXPERIMENTAL_XDS_SNI=true and so sends the server names
@@ -47,7 +51,7 @@ func JSON(c Config) ([]byte, error) {
 		return nil, errors.New("bootstrap: XDSAddress and CertDir are required")
 	}
 	if c.RefreshInterval == "" {
-		c.RefreshInterval = "60s"
+		c.RefreshInterval = "10s"
 	}
 	files := map[string]any{
 		"certificate_file":    filepath.Join(c.CertDir, agent.CertificateFile),

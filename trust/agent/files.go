@@ -121,7 +121,7 @@ func ensureLink(dir, name string) error {
 //	      "certificate_file":    "<dir>/certificate.pem",
 //	      "private_key_file":    "<dir>/private_key.pem",
 //	      "ca_certificate_file": "<dir>/ca_certificate.pem",
-//	      "refresh_interval":    "60s"
+//	      "refresh_interval":    "10s"
 //	    }
 //	  }
 //	}

@@ -28,9 +28,10 @@ import (
 	"github.com/meshfed/meshfed/trust/ca"
 )
 
-// FileWatcherRefresh is how often a proxyless workload's grpc-go
-// file_watcher re-reads the agent's files (controller/bootstrap's default):
-// a renewed SVID is in use at most this long after the agent wrote it.
+// FileWatcherRefresh bounds how long after the agent wrote a renewed SVID
+// a proxyless workload's grpc-go file_watcher has it in use:
+// controller/bootstrap's default refresh is 10 s; a minute leaves room for
+// workloads whose bootstrap sets a longer one.
 const FileWatcherRefresh = time.Minute
 
 // DefaultTimeout is how long a phase waits for each controller to apply
