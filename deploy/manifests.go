@@ -145,7 +145,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 	cr := &rbacv1.ClusterRole{
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "ClusterRole"),
 		ObjectMeta: meta(o.ClusterRoleName(), ""),
-		Rules:      ClusterRules(),
+		Rules:      ClusterRules(o),
 	}
 	crb := &rbacv1.ClusterRoleBinding{
 		TypeMeta:   tm("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
@@ -279,7 +279,7 @@ func Manifests(o Options) ([]*unstructured.Unstructured, error) {
 // ClusterRules is the controller's ClusterRole: what it needs in every
 // namespace, and no more. SECURITY.md lists each rule and why; keep the two
 // in step.
-func ClusterRules() []rbacv1.PolicyRule {
+func ClusterRules(o Options) []rbacv1.PolicyRule {
 	watch := []string{"list", "watch"}
 	return []rbacv1.PolicyRule{
 		// Meshed namespaces (label meshfed.io/monitored-by); the issuer
@@ -307,6 +307,10 @@ func ClusterRules() []rbacv1.PolicyRule {
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{BundleConfigMapName}, Verbs: []string{"get", "update", "patch"}},
 		// The issuer checks workload tokens.
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+		// The injector's webhook, by name: its caBundle follows the
+		// mesh's trusted roots through a rotation.
+		{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"},
+			ResourceNames: []string{InjectorWebhookName(o)}, Verbs: []string{"get", "update"}},
 	}
 }
 

@@ -1,6 +1,9 @@
 package deploy
 
 import (
+	"crypto/x509"
+	"encoding/pem"
+
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -22,7 +25,7 @@ func InjectorWebhook(o Options, caBundle []byte) *admissionregistrationv1.Mutati
 	scope := admissionregistrationv1.NamespacedScope
 	return &admissionregistrationv1.MutatingWebhookConfiguration{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration"},
-		ObjectMeta: metav1.ObjectMeta{Name: o.ClusterRoleName() + "-injector", Labels: o.Labels()},
+		ObjectMeta: metav1.ObjectMeta{Name: InjectorWebhookName(o), Labels: o.Labels()},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{{
 			Name: "inject.meshfed.io",
 			ClientConfig: admissionregistrationv1.WebhookClientConfig{
@@ -46,4 +49,17 @@ func InjectorWebhook(o Options, caBundle []byte) *admissionregistrationv1.Mutati
 			AdmissionReviewVersions: []string{"v1"},
 		}},
 	}
+}
+
+// InjectorWebhookName names the mesh's injector webhook, unique per mesh
+// and namespace.
+func InjectorWebhookName(o Options) string { return o.ClusterRoleName() + "-injector" }
+
+// CABundlePEM is the PEM of every root in roots, for a webhook's caBundle.
+func CABundlePEM(roots []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range roots {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
 }

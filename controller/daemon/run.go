@@ -210,6 +210,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	start("federation junction", junction.Run)
 	start("federation", lifecycle.Run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
+	injectorOpts := deploy.DefaultOptions()
+	injectorOpts.MeshName, injectorOpts.Namespace = cfg.MeshName, cfg.Namespace
+	injectorName := deploy.InjectorWebhookName(injectorOpts)
+	if err := syncInjectorCABundle(ctx, client, injectorName, authority.Current().Bundle()); err != nil {
+		// Not fatal: the webhook's caBundle is what install wrote.
+		log.Warn("the sidecar injector's caBundle could not be brought up to date", "err", err)
+	}
 	if webhookLis != nil {
 		injector := &inject.Webhook{
 			Config: inject.Config{Namespace: cfg.Namespace, TrustDomain: ms.TrustDomain, AgentImage: deploy.AgentImage()},
@@ -250,7 +257,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			serving.SetSVID(svid)
 			serving.SetBundle(inter.Bundle())
 			xds.RefreshSecrets()
-			return nil
+			return syncInjectorCABundle(ctx, client, injectorName, inter.Bundle())
 		}})
 	if err != nil {
 		return err

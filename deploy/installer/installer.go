@@ -317,7 +317,7 @@ func (c *Client) Uninstall(ctx context.Context, o UninstallOptions) error {
 		return err
 	}
 	var errs []error
-	whName := deploy.InjectorWebhook(opts, nil).Name
+	whName := deploy.InjectorWebhookName(opts)
 	if err := c.kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, whName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		errs = append(errs, fmt.Errorf("delete the sidecar injector's MutatingWebhookConfiguration %s: %w", whName, err))
 	}

@@ -322,7 +322,7 @@ func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
 	}
 	// The injector's webhook trusts the mesh's root, and only for the
 	// mesh's namespaces.
-	wh, err := c.Kube().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhook(o, nil).Name, metav1.GetOptions{})
+	wh, err := c.Kube().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhookName(o), metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("install with the injector made no MutatingWebhookConfiguration: %v", err)
 	}
@@ -357,7 +357,7 @@ func testUninstall(t *testing.T, c *installer.Client, dyn dynamic.Interface) {
 	_, checks["gateway Deployment"] = kube.AppsV1().Deployments("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
 	_, checks["gateway Service"] = kube.CoreV1().Services("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
 	_, checks["gateway PodDisruptionBudget"] = kube.PolicyV1().PodDisruptionBudgets("mesh-u-system").Get(ctx(t), deploy.GatewayName, metav1.GetOptions{})
-	_, checks["MutatingWebhookConfiguration"] = kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhook(o, nil).Name, metav1.GetOptions{})
+	_, checks["MutatingWebhookConfiguration"] = kube.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhookName(o), metav1.GetOptions{})
 	for kind, err := range checks {
 		if !apierrors.IsNotFound(err) {
 			t.Errorf("%s still present after uninstall (err=%v)", kind, err)
