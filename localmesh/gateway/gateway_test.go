@@ -46,9 +46,8 @@ func issue(t *testing.T, inter *ca.Intermediate, id mesh.Identity, dns ...string
 	return cert
 }
 
-// startController runs a real xDS server whose gateway identity is
-// gatewayID, with TLS from a real CA.
-func startController(t *testing.T) *fixture {
+// newIntermediate is a real CA for td.
+func newIntermediate(t *testing.T) *ca.Intermediate {
 	t.Helper()
 	root, err := ca.GenerateRoot(spiffeid.RequireTrustDomainFromString(td), 24*time.Hour)
 	if err != nil {
@@ -58,6 +57,14 @@ func startController(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return inter
+}
+
+// startController runs a real xDS server whose gateway identity is
+// gatewayID, with TLS from a real CA.
+func startController(t *testing.T) *fixture {
+	t.Helper()
+	inter := newIntermediate(t)
 	pool := x509.NewCertPool()
 	for _, c := range inter.Bundle().X509Authorities() {
 		pool.AddCert(c)
