@@ -2,15 +2,11 @@ package gateway
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,18 +15,14 @@ import (
 
 // How the local clusters run the stand-in as a gateway Pod: the kubelet
 // stand-in (localmesh/workloads) plays the Deployment's Envoy container
-// with `meshfed gateway-standin` followed by the container's own arguments
-// (Envoy's -c and --log-level, read and not used: the stand-in takes the
-// controller's address and its SVID from the files meshfed agent keeps for
-// the Pod, which is what the Envoy bootstrap names too). It listens on its
-// Pod's address, and also on a Unix socket in the link directory, which is
+// with `meshfed gateway-standin` followed by the container's own arguments,
+// the path in -c rewritten to where the config volume is on the host. Like
+// Envoy, the stand-in reads that bootstrap and the SDS files it names for
+// the controller's address and the gateway's SVID (ReadEnvoyBootstrap);
+// the Runtime in its environment says where the container's other paths
+// and the cluster's DNS names are here. It listens on its Pod's address
+// (EnvPodIP), and also on a Unix socket in the link directory, which is
 // how the other networks reach it (see LinkMain).
-
-// Environment the kubelet stand-in gives every process it runs.
-const (
-	envBootstrap = "GRPC_XDS_BOOTSTRAP" // the agent's bootstrap: xDS address and SVID files
-	envPodIP     = "MESHFED_POD_IP"
-)
 
 // LinkSocket is the Unix socket a gateway Pod at podIP listens on for port
 // in the link directory.
@@ -42,25 +34,29 @@ func LinkSocket(dir, podIP string, port uint32) string {
 func Main(ctx context.Context, args []string, stderr *os.File) error {
 	fs := flag.NewFlagSet("gateway-standin", flag.ContinueOnError)
 	linkDir := fs.String("link-dir", "", "directory of the Unix sockets the other networks' links dial (required)")
-	_ = fs.String("c", "", "Envoy's bootstrap (not read: the stand-in follows the agent's bootstrap)")
+	bootstrap := fs.String("c", "", "Envoy's bootstrap, on this host (required)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *linkDir == "" {
-		return errors.New("gateway-standin: --link-dir is required")
+	if *linkDir == "" || *bootstrap == "" {
+		return errors.New("gateway-standin: --link-dir and -c are required")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("gateway-standin: --log-level: %w", err)
 	}
-	podIP := os.Getenv(envPodIP)
+	podIP := os.Getenv(EnvPodIP)
 	if net.ParseIP(podIP) == nil {
-		return fmt.Errorf("gateway-standin: %s=%q is not an address", envPodIP, podIP)
+		return fmt.Errorf("gateway-standin: %s=%q is not an address", EnvPodIP, podIP)
 	}
-	addr, tlsCfg, err := fromBootstrap(os.Getenv(envBootstrap))
+	rt, err := RuntimeFromEnv()
 	if err != nil {
-		return err
+		return fmt.Errorf("gateway-standin: %w", err)
+	}
+	addr, tlsCfg, err := ReadEnvoyBootstrap(*bootstrap, rt)
+	if err != nil {
+		return fmt.Errorf("gateway-standin: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	g := New(Config{
@@ -72,56 +68,6 @@ func Main(ctx context.Context, args []string, stderr *os.File) error {
 	})
 	log.Info("gateway stand-in started", "pod-ip", podIP, "xds", addr)
 	return g.Run(ctx)
-}
-
-// fromBootstrap reads the controller's address and the SVID files from a
-// gRPC xDS bootstrap as meshfed agent writes it (controller/bootstrap).
-func fromBootstrap(path string) (string, *tls.Config, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", nil, fmt.Errorf("gateway-standin: the agent's bootstrap (%s): %w", envBootstrap, err)
-	}
-	var boot struct {
-		XDSServers []struct {
-			ServerURI    string `json:"server_uri"`
-			ChannelCreds []struct {
-				Config struct {
-					Cert string `json:"certificate_file"`
-					Key  string `json:"private_key_file"`
-					CA   string `json:"ca_certificate_file"`
-				} `json:"config"`
-			} `json:"channel_creds"`
-		} `json:"xds_servers"`
-	}
-	if err := json.Unmarshal(b, &boot); err != nil || len(boot.XDSServers) == 0 || len(boot.XDSServers[0].ChannelCreds) == 0 {
-		return "", nil, fmt.Errorf("gateway-standin: %s holds no xDS server with credentials (%v)", path, err)
-	}
-	s := boot.XDSServers[0]
-	files := s.ChannelCreds[0].Config
-	// As grpc-go: the server's name is the target's host; a Unix socket's
-	// is "localhost".
-	serverName := "localhost"
-	if u, err := url.Parse(s.ServerURI); err == nil && u.Scheme != "unix" {
-		if h, _, err := net.SplitHostPort(s.ServerURI); err == nil {
-			serverName = h
-		}
-	}
-	caPEM, err := os.ReadFile(files.CA)
-	if err != nil {
-		return "", nil, fmt.Errorf("gateway-standin: trust bundle: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return "", nil, fmt.Errorf("gateway-standin: %s holds no certificate", files.CA)
-	}
-	return s.ServerURI, &tls.Config{
-		ServerName: serverName, RootCAs: pool, MinVersion: tls.VersionTLS12,
-		// Read at every handshake: the agent renews the SVID in place.
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			c, err := tls.LoadX509KeyPair(files.Cert, files.Key)
-			return &c, err
-		},
-	}, nil
 }
 
 // both accepts connections from a TCP and a Unix listener.
