@@ -82,6 +82,11 @@ func gatewayObjects(o Options, meta func(name, ns string) metav1.ObjectMeta, lab
 							"--bundle-file=/var/run/meshfed-root/ca.crt",
 							"--out-dir=" + gatewayCertDir,
 						},
+						// Envoy starts once the SVID is written.
+						StartupProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"meshfed", "agent", "ready", "--out-dir=" + gatewayCertDir}}},
+							PeriodSeconds: 1, FailureThreshold: 60,
+						},
 						VolumeMounts: []corev1.VolumeMount{
 							{Name: "certs", MountPath: gatewayCertDir},
 							{Name: "token", MountPath: "/var/run/secrets/meshfed", ReadOnly: true},
@@ -107,10 +112,12 @@ func gatewayObjects(o Options, meta func(name, ns string) metav1.ObjectMeta, lab
 							LocalObjectReference: corev1.LocalObjectReference{Name: GatewayName}}}},
 						{Name: "token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
 							ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "meshfed", ExpirationSeconds: &expire, Path: "token"}}}}}},
-						// Only the root's certificate, never its key.
-						{Name: "root", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
-							Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: RootSecretName},
-								Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}}}}}}}},
+						// The roots the mesh trusts, which meshfed-controller
+						// publishes in its namespace (a cluster that joined a
+						// federation holds no root Secret; during a rotation
+						// the bundle holds both roots).
+						{Name: "root", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: BundleConfigMapName}}}},
 					},
 				},
 			},

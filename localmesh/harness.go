@@ -26,7 +26,6 @@ import (
 	example "github.com/meshfed/meshfed/docs/example"
 	"github.com/meshfed/meshfed/localmesh/workloads"
 	"github.com/meshfed/meshfed/sandbox"
-	"github.com/meshfed/meshfed/trust/ca"
 )
 
 // Config says which federation to start.
@@ -388,6 +387,7 @@ func (h *Harness) install(ctx context.Context) error {
 		c := h.clusters[name]
 		o := deploy.DefaultOptions()
 		o.ClusterName = name
+		o.Injector = true
 		if h.cfg.SeparateNetworks {
 			o.Network, o.GatewayAddresses = name, []string{c.gateway}
 		}
@@ -397,6 +397,9 @@ func (h *Harness) install(ctx context.Context) error {
 		}
 		if _, err := c.Installer.InstallWithCA(ctx, o, src); err != nil {
 			return fmt.Errorf("install in %s: %w", name, err)
+		}
+		if err := h.routeInjector(ctx, c, o); err != nil {
+			return err
 		}
 		// Gossip on loopback, each cluster on its own port.
 		certificate := ""
@@ -424,6 +427,29 @@ func (h *Harness) install(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("meshfed cluster join %s: %v\n%s", name, err, out)
 		}
+	}
+	return nil
+}
+
+// routeInjector points the API server at the cluster's controller for
+// sidecar injection. `meshfed install` names the controller's Service; the
+// local clusters have no Service network, and the controller runs on this
+// machine's loopback, so the webhook calls it by URL there (its serving
+// certificate names localhost). Everything else about the webhook stays
+// as installed.
+func (h *Harness) routeInjector(ctx context.Context, c *Cluster, o deploy.Options) error {
+	name := deploy.InjectorWebhookName(o)
+	whs := c.Sandbox.Client().AdmissionregistrationV1().MutatingWebhookConfigurations()
+	wh, err := whs.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("the sidecar injector's webhook in %s: %w", c.Name, err)
+	}
+	url := "https://localhost:" + strings.TrimPrefix(c.webhook, "127.0.0.1:") + deploy.InjectorPath
+	for i := range wh.Webhooks {
+		wh.Webhooks[i].ClientConfig.Service, wh.Webhooks[i].ClientConfig.URL = nil, &url
+	}
+	if _, err := whs.Update(ctx, wh, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("route the sidecar injector's webhook in %s to %s: %w", c.Name, url, err)
 	}
 	return nil
 }
@@ -510,7 +536,8 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 			return fmt.Errorf("meshfed-controller for %s did not start serving within 2 minutes; see %s", c.Name, c.ctrlLogPath)
 		}
 	}
-	return h.registerCluster(ctx, c)
+	h.registerCluster(c)
+	return nil
 }
 
 // serving says whether a cluster's controller listens on its issuer socket
@@ -528,33 +555,21 @@ func (c *Cluster) serving() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// RefreshTrustBundle gives Pods started from now on the cluster's current
-// trust bundle ConfigMap, as the kubelet updates a mounted ConfigMap: after
-// a root rotation, a new Pod's agent verifies the issuer with it.
-func (h *Harness) RefreshTrustBundle(ctx context.Context, cluster string) error {
-	c, err := h.cluster(cluster)
-	if err != nil {
-		return err
-	}
-	return h.registerCluster(ctx, c)
-}
-
-func (h *Harness) registerCluster(ctx context.Context, c *Cluster) error {
-	bundle, err := c.Sandbox.Client().CoreV1().ConfigMaps(deploy.DefaultNamespace).Get(ctx, "meshfed-ca-bundle", metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("trust bundle of %s: %w", c.Name, err)
-	}
+func (h *Harness) registerCluster(c *Cluster) {
+	svc := deploy.ControllerName + "." + deploy.DefaultNamespace + ".svc"
 	h.runner.AddCluster(c.Name, workloads.Cluster{
 		Client: c.Sandbox.Client(), Network: h.nets[c.Name],
-		IssuerAddress: "unix://" + c.issuerSock, XDSAddress: "unix://" + c.xdsSock,
-		TrustDomain: deploy.DefaultTrustDomain, IssuerID: "spiffe://" + deploy.DefaultTrustDomain + "/ns/" + deploy.DefaultNamespace + "/sa/" + deploy.ControllerName, BundlePEM: []byte(bundle.Data[ca.BundleKey]),
+		Services: map[string]string{
+			fmt.Sprintf("%s:%d", svc, deploy.PortIssuer): "unix://" + c.issuerSock,
+			fmt.Sprintf("%s:%d", svc, deploy.PortXDS):    "unix://" + c.xdsSock,
+		},
 	})
-	return nil
 }
 
-// PodsDir holds each workload's files: <cluster>/<namespace>/<pod>/certs
-// is where its agent writes certificate.pem, private_key.pem and
-// ca_certificate.pem.
+// PodsDir holds each workload's files: <cluster>/<namespace>/<pod>/volumes
+// has a directory for each of the Pod's volumes (an injected agent writes
+// certificate.pem, private_key.pem and ca_certificate.pem into
+// volumes/meshfed/certs).
 func (h *Harness) PodsDir() string { return filepath.Join(h.dir, "pods") }
 
 // StopController kills a cluster's controller (SIGKILL), as losing its

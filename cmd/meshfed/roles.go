@@ -57,7 +57,7 @@ func newBookappCommand() *cobra.Command {
 
 func newGatewayStandInCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:                "gateway-standin --link-dir DIR [Envoy's flags]",
+		Use:                "gateway-standin --link-dir DIR -c ENVOY_BOOTSTRAP [--log-level LEVEL]",
 		Short:              "Run the local clusters' stand-in for the gateway's Envoy",
 		Hidden:             true,
 		DisableFlagParsing: true,

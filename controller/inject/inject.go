@@ -123,7 +123,8 @@ func hasAgent(pod *corev1.Pod) bool {
 // and on every app container the environment grpc-go needs.
 func Mutate(pod *corev1.Pod, cfg Config) *corev1.Pod {
 	out := pod.DeepCopy()
-	agent := agentContainer(cfg, bootstrap, "--bootstrap="+bootstrap, "--xds-sni")
+	// The node ID names the Pod to the controller's operators (informational).
+	agent := agentContainer(cfg, bootstrap, "--bootstrap="+bootstrap, "--node-id=$(POD_NAMESPACE)/$(POD_NAME)", "--xds-sni")
 	out.Spec.InitContainers = append([]corev1.Container{agent}, out.Spec.InitContainers...)
 	for i := range out.Spec.Containers {
 		c := &out.Spec.Containers[i]
@@ -224,6 +225,10 @@ func agentContainer(cfg Config, ready string, extra ...string) corev1.Container 
 			"--bundle-file=" + bundleDir + "/ca.crt",
 			"--out-dir=" + certDir,
 		}, extra...),
+		Env: []corev1.EnvVar{
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		},
 		// The next containers start once the SVID (and ready) are written.
 		StartupProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"meshfed", "agent", "ready", "--out-dir=" + certDir, "--bootstrap=" + ready}}},

@@ -9,7 +9,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
 	"github.com/meshfed/meshfed/sandbox/sandboxtest"
 	"github.com/meshfed/meshfed/trust/ca"
@@ -48,9 +50,20 @@ func TestInstallSharesTheFederationRoot(t *testing.T) {
 		t.Fatalf("re-install: CA %q, err %v", again.CA, err)
 	}
 
-	res, err = west.InstallWithCA(ctx(t), opts("meshfed", "meshfed-system", "west"), installer.CASource{RootFrom: east.Kube()})
+	// With the sidecar injector: its webhook trusts the federation root,
+	// which west holds only inside its intermediate Secret's bundle.
+	westOpts := opts("meshfed", "meshfed-system", "west")
+	westOpts.Injector = true
+	res, err = west.InstallWithCA(ctx(t), westOpts, installer.CASource{RootFrom: east.Kube()})
 	if err != nil {
 		t.Fatal(err)
+	}
+	wh, err := west.Kube().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx(t), deploy.InjectorWebhookName(westOpts), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ca.ParseCertificatesPEM(wh.Webhooks[0].ClientConfig.CABundle); err != nil || len(got) != 1 || !got[0].Equal(eastRoot.Certificate) {
+		t.Errorf("west's injector webhook caBundle should be east's root alone: %d certificates, %v", len(got), err)
 	}
 	// West got an intermediate signed by east's root, not the root key.
 	if _, err := ca.LoadRoot(ctx(t), west.Kube(), "meshfed-system", installer.RootSecretName, td); !apierrors.IsNotFound(err) {

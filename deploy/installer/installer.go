@@ -141,16 +141,12 @@ func (c *Client) InstallWithCA(ctx context.Context, o deploy.Options, src CASour
 }
 
 // installInjector writes the injector's MutatingWebhookConfiguration, its
-// caBundle the mesh's root (the controller's serving certificate chains
-// to it).
+// caBundle the roots the mesh trusts (the controller's serving certificate
+// chains to one). The controller keeps the caBundle current.
 func (c *Client) installInjector(ctx context.Context, o deploy.Options) (string, error) {
-	sec, err := c.kube.CoreV1().Secrets(o.Namespace).Get(ctx, deploy.RootSecretName, metav1.GetOptions{})
+	root, err := c.trustedRoots(ctx, o.Namespace)
 	if err != nil {
-		return "", fmt.Errorf("sidecar injector: the mesh's root: %w", err)
-	}
-	root := sec.Data[ca.RootCertKey]
-	if len(root) == 0 {
-		return "", fmt.Errorf("sidecar injector: Secret %s/%s holds no %s", o.Namespace, deploy.RootSecretName, ca.RootCertKey)
+		return "", fmt.Errorf("sidecar injector: %w", err)
 	}
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(deploy.InjectorWebhook(o, root))
 	if err != nil {
@@ -161,6 +157,32 @@ func (c *Client) installInjector(ctx context.Context, o deploy.Options) (string,
 		return "", err
 	}
 	return describe(u), nil
+}
+
+// trustedRoots reads the roots the mesh trusts (PEM) where the cluster
+// keeps them: its intermediate Secret's bundle — a cluster that joined a
+// federation holds no root Secret, the root's key staying in one place —
+// or, in the cluster that keeps the root before its controller made the
+// intermediate, the root Secret's bundle (during a rotation) or root.
+func (c *Client) trustedRoots(ctx context.Context, ns string) ([]byte, error) {
+	secrets := c.kube.CoreV1().Secrets(ns)
+	inter, err := secrets.Get(ctx, deploy.IntermediateSecretName, metav1.GetOptions{})
+	if err == nil && len(inter.Data[ca.BundleKey]) > 0 {
+		return inter.Data[ca.BundleKey], nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("the roots the mesh trusts: %w", err)
+	}
+	root, err := secrets.Get(ctx, deploy.RootSecretName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("the roots the mesh trusts: neither Secret %s/%s nor %s/%s: %w", ns, deploy.IntermediateSecretName, ns, deploy.RootSecretName, err)
+	}
+	for _, key := range []string{ca.RootBundleKey, ca.RootCertKey} {
+		if len(root.Data[key]) > 0 {
+			return root.Data[key], nil
+		}
+	}
+	return nil, fmt.Errorf("the roots the mesh trusts: Secret %s/%s holds no %s", ns, deploy.RootSecretName, ca.RootCertKey)
 }
 
 func describe(u *unstructured.Unstructured) string {

@@ -1,14 +1,22 @@
-// Package workloads runs a real process for each Pod a local cluster
-// starts: the sandbox's kubelet stand-in calls Hooks().Start and Stop, and
-// the runner starts `meshfed agent` (an SVID for the Pod's ServiceAccount,
-// from the controller's issuer, with a TokenRequest token bound to the Pod)
-// and the Pod's "app" container as a local program, with the Pod's
-// arguments and environment, inside a network namespace where the Pod's
-// address exists (see PodNetwork).
+// Package workloads runs real processes for each Pod a local cluster
+// starts, from the spec the API server stored: the sandbox's kubelet
+// stand-in calls Hooks().Start and Stop, and the runner plays the Pod's
+// containers as local programs with their arguments and environment —
+// native sidecars (init containers with restartPolicy Always) first, each
+// one's startup probe passing before the next starts, then the app. What
+// a container runtime and cluster DNS would provide is played too (pod.go):
+// every volume is a directory filled as the kubelet fills it (ConfigMaps,
+// Secrets, a projected token from a TokenRequest bound to the Pod), and
+// the paths and Service addresses in arguments and environment are
+// rewritten to those directories and to where the local cluster serves
+// the Service. So a Pod that meshfed's injector gave an agent runs that
+// agent, with the arguments the injector chose.
 //
-// It runs only Pods with a container whose image is one of Config.Images
-// (the demo's meshfed/bookapp, the gateway's Envoy played by the local
-// clusters' stand-in); every other Pod is left as the sandbox made it.
+// It runs only Pods whose containers' images it has a program for
+// (Config.Images: the demo's meshfed/bookapp, meshfed/meshfed, the
+// gateway's Envoy played by the local clusters' stand-in); every other
+// Pod is left as the sandbox made it, and so are Pods injected with the
+// Envoy data plane, which needs an Envoy this machine does not have.
 // Pods of one cluster share its network namespace, so each process is told
 // its pod's address (MESHFED_POD_IP) to listen and dial from, as a pod's
 // own network would make it. Used by the end-to-end tests and by
@@ -18,9 +26,9 @@ package workloads
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,11 +38,10 @@ import (
 	"syscall"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshfed/meshfed/localmesh/gateway"
 	"github.com/meshfed/meshfed/sandbox"
 )
 
@@ -48,12 +55,14 @@ type Program struct {
 type Config struct {
 	// Images maps an image repository (the image without its tag) to the
 	// local program that plays it, e.g. "meshfed/bookapp" → bookapp; the
-	// container's arguments follow the program's own. The first of a Pod's
-	// containers whose image is here is run.
+	// container's arguments follow the program's own. A Pod is run when
+	// one of its containers' images is here; its native sidecars are run
+	// when theirs are.
 	Images map[string]Program
-	// Meshfed is the meshfed CLI binary, for `meshfed agent`.
+	// Meshfed is the meshfed CLI binary: it plays meshfed/meshfed (when
+	// Images does not say otherwise) and the `meshfed` that probes run.
 	Meshfed string
-	// Dir holds each workload's certificates, bootstrap and output.
+	// Dir holds each workload's volumes.
 	Dir string
 	// Env is added to every app's environment (after the Pod's own).
 	Env []string
@@ -67,22 +76,18 @@ type Config struct {
 // Cluster is what the runner needs to know about one cluster; register it
 // with AddCluster once the cluster and its controller are up.
 type Cluster struct {
-	// Client talks to the cluster's API server (TokenRequests).
+	// Client talks to the cluster's API server: volumes' ConfigMaps,
+	// Secrets and TokenRequests.
 	Client kubernetes.Interface
 	// Network is where the cluster's workloads run; each Pod's address is
 	// added to it. Nil runs them in the runner's own network namespace
 	// (then Pod addresses must exist already).
 	Network PodNetwork
-	// IssuerAddress and XDSAddress are the controller's, as reached from
-	// inside Network.
-	IssuerAddress, XDSAddress string
-	// TrustDomain is the mesh's SPIFFE trust domain.
-	TrustDomain string
-	// IssuerID is the SPIFFE ID the controller's issuer presents; the agent
-	// gives its token to no other.
-	IssuerID string
-	// BundlePEM is the trust bundle the agent verifies the issuer with.
-	BundlePEM []byte
+	// Services maps each host:port a Pod reaches through cluster DNS, as
+	// its spec names it (meshfed-controller.meshfed-system.svc:15129), to
+	// the address the local cluster serves it on, in gRPC target syntax
+	// (unix:///path/issuer.sock), as reached from inside Network.
+	Services map[string]string
 }
 
 // PodNetwork is a network namespace that pod addresses are put on and
@@ -109,10 +114,11 @@ type Runner struct {
 }
 
 type proc struct {
-	w          Workload
-	ip         string
-	agent, app *exec.Cmd
-	done       chan struct{} // closed when the app has exited and its output is read
+	w        Workload
+	ip       string
+	sidecars []*exec.Cmd // in the order they started
+	app      *exec.Cmd
+	done     chan struct{} // closed when the app has exited and its output is read
 }
 
 // New returns a Runner.
@@ -120,8 +126,20 @@ func New(cfg Config) *Runner {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
+	images := maps.Clone(cfg.Images)
+	if images == nil {
+		images = map[string]Program{}
+	}
+	if _, ok := images[MeshfedImage]; !ok && cfg.Meshfed != "" {
+		images[MeshfedImage] = Program{Path: cfg.Meshfed}
+	}
+	cfg.Images = images
 	return &Runner{cfg: cfg, clusters: map[string]Cluster{}, running: map[string]*proc{}}
 }
+
+// MeshfedImage is the repository of meshfed's image: the CLI, controller
+// and agent.
+const MeshfedImage = "meshfed/meshfed"
 
 // AddCluster registers a cluster. Pods of clusters not registered yet
 // are retried by the sandbox until they are.
@@ -159,26 +177,41 @@ func (r *Runner) StopAll() {
 	}
 }
 
-// played returns the Pod's container the runner runs and the program that
-// plays it (nil, zero Program: none).
+// program is the local program that plays image, if any.
+func (r *Runner) program(image string) (Program, bool) {
+	repo := image
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	p, ok := r.cfg.Images[repo]
+	return p, ok
+}
+
+// played returns the Pod's container the runner runs as its app and the
+// program that plays it (nil, zero Program: none).
 func (r *Runner) played(pod *corev1.Pod) (*corev1.Container, Program) {
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
-		repo := c.Image
-		if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
-			repo = repo[:i]
-		}
-		if p, ok := r.cfg.Images[repo]; ok {
+		if p, ok := r.program(c.Image); ok {
 			return c, p
 		}
 	}
 	return nil, Program{}
 }
 
+// injectedEnvoy is the annotation meshfed's injector puts on a Pod it gave
+// the Envoy data plane.
+const injectedAnnotation, injectedEnvoy = "meshfed.io/injected", "envoy"
+
 func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) error {
-	container, bin := r.played(pod)
-	if container == nil {
+	app, bin := r.played(pod)
+	if app == nil {
 		return nil // not ours to run
+	}
+	key := cluster + "/" + pod.Namespace + "/" + pod.Name
+	if pod.Annotations[injectedAnnotation] == injectedEnvoy {
+		fmt.Fprintf(r.cfg.Log, "workloads: %s has the Envoy data plane, which needs an Envoy the local clusters do not have: not run\n", key)
+		return nil
 	}
 	r.mu.Lock()
 	c, ok := r.clusters[cluster]
@@ -186,70 +219,66 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 	if !ok {
 		return fmt.Errorf("workloads: cluster %s is not registered yet", cluster)
 	}
-	key := cluster + "/" + pod.Namespace + "/" + pod.Name
-	netns := c.Network
 	if c.Network != nil {
 		if err := c.Network.AddAddress(pod.Status.PodIP); err != nil {
 			return err
 		}
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
 	dir := filepath.Join(r.cfg.Dir, cluster, pod.Namespace, pod.Name)
-	certs := filepath.Join(dir, "certs")
-	if err := os.MkdirAll(certs, 0o700); err != nil {
-		return err
-	}
-	bundleFile := filepath.Join(dir, "bundle.pem")
-	if err := os.WriteFile(bundleFile, c.BundlePEM, 0o600); err != nil {
-		return err
-	}
-	exp := int64(3600)
-	tr, err := c.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			Audiences:         []string{"meshfed"},
-			ExpirationSeconds: &exp,
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
+	vols, err := volumes(ctx, c.Client, pod, dir)
 	if err != nil {
-		return fmt.Errorf("workloads: token for %s/%s: %w", pod.Namespace, sa, err)
+		return fmt.Errorf("workloads: %w", err)
 	}
-	w := Workload{Cluster: cluster, Namespace: pod.Namespace, Pod: pod.Name, ServiceAccount: sa, Labels: pod.Labels}
-	bootstrapFile := filepath.Join(dir, "bootstrap.json")
-	agent := r.command(netns, r.cfg.Meshfed, "agent",
-		"--issuer-address="+c.IssuerAddress, "--issuer-id="+c.IssuerID, "--trust-domain="+c.TrustDomain,
-		"--token="+tr.Status.Token, "--bundle-file="+bundleFile, "--out-dir="+certs,
-		"--bootstrap="+bootstrapFile, "--xds-address="+c.XDSAddress,
-		"--node-id="+pod.Namespace+"/"+pod.Name, "--min-retry=200ms", "--max-retry=5s")
-	if agentArg(pod, "--xds-sni") {
-		agent.Args = append(agent.Args, "--xds-sni")
-	}
-	agent.Stdout, agent.Stderr = prefixed(r.cfg.Log, key+" agent: "), prefixed(r.cfg.Log, key+" agent: ")
-	if err := agent.Start(); err != nil {
-		return fmt.Errorf("workloads: meshfed agent for %s: %w", key, err)
-	}
-	if err := waitForFile(ctx, filepath.Join(certs, "certificate.pem"), 30*time.Second); err != nil {
-		kill(agent)
-		return fmt.Errorf("workloads: %s: no certificate from the issuer: %w", key, err)
-	}
-	app := r.command(netns, bin.Path, append(slices.Clone(bin.Args), container.Args...)...)
-	app.Env = append(append(os.Environ(), podEnv(pod, container)...), r.cfg.Env...)
-	app.Env = append(app.Env, "GRPC_XDS_BOOTSTRAP="+bootstrapFile, "MESHFED_CERT_DIR="+certs, "CLUSTER_NAME="+cluster,
-		"MESHFED_POD_IP="+pod.Status.PodIP)
-	app.Stderr = prefixed(r.cfg.Log, key+": ")
-	out, err := app.StdoutPipe()
-	if err != nil {
-		kill(agent)
-		return err
-	}
-	if err := app.Start(); err != nil {
-		kill(agent)
+	w := Workload{Cluster: cluster, Namespace: pod.Namespace, Pod: pod.Name, ServiceAccount: serviceAccount(pod), Labels: pod.Labels}
+	p := &proc{w: w, ip: pod.Status.PodIP, done: make(chan struct{})}
+	fail := func(err error) error {
+		p.stopSidecars()
 		return fmt.Errorf("workloads: %s: %w", key, err)
 	}
-	p := &proc{w: w, ip: pod.Status.PodIP, agent: agent, app: app, done: make(chan struct{})}
+	extra := []string{"CLUSTER_NAME=" + cluster, gateway.EnvPodIP + "=" + pod.Status.PodIP}
+	// Native sidecars, in order, each started once the one before it
+	// passed its startup probe.
+	for i := range pod.Spec.InitContainers {
+		spec := &pod.Spec.InitContainers[i]
+		prog, ok := r.program(spec.Image)
+		if spec.RestartPolicy == nil || *spec.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+			fmt.Fprintf(r.cfg.Log, "workloads: %s: init container %s is not run (only native sidecars are)\n", key, spec.Name)
+			continue
+		}
+		if !ok {
+			return fail(fmt.Errorf("no program plays sidecar %s's image %s", spec.Name, spec.Image))
+		}
+		ct, err := newContainer(pod, spec, vols, c.Services)
+		if err != nil {
+			return fail(err)
+		}
+		cmd := r.command(c.Network, prog.Path, append(slices.Clone(prog.Args), ct.args(spec.Args)...)...)
+		cmd.Env = append(append(os.Environ(), ct.env...), extra...)
+		prefix := key + " " + spec.Name + ": "
+		cmd.Stdout, cmd.Stderr = prefixed(r.cfg.Log, prefix), prefixed(r.cfg.Log, prefix)
+		if err := cmd.Start(); err != nil {
+			return fail(fmt.Errorf("sidecar %s: %w", spec.Name, err))
+		}
+		p.sidecars = append(p.sidecars, cmd)
+		if err := r.waitStarted(ctx, c.Network, ct); err != nil {
+			return fail(fmt.Errorf("sidecar %s did not pass its startup probe: %w", spec.Name, err))
+		}
+	}
+	ct, err := newContainer(pod, app, vols, c.Services)
+	if err != nil {
+		return fail(err)
+	}
+	cmd := r.command(c.Network, bin.Path, append(slices.Clone(bin.Args), ct.args(app.Args)...)...)
+	cmd.Env = append(append(append(os.Environ(), ct.env...), r.cfg.Env...), extra...)
+	cmd.Stderr = prefixed(r.cfg.Log, key+": ")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return fail(err)
+	}
+	if err := cmd.Start(); err != nil {
+		return fail(err)
+	}
+	p.app = cmd
 	go func() {
 		defer close(p.done)
 		sc := bufio.NewScanner(out)
@@ -259,7 +288,7 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 				r.cfg.OnOutput(w, append([]byte(nil), sc.Bytes()...))
 			}
 		}
-		_ = app.Wait()
+		_ = cmd.Wait()
 	}()
 	r.mu.Lock()
 	old := r.running[key]
@@ -268,8 +297,35 @@ func (r *Runner) start(ctx context.Context, cluster string, pod *corev1.Pod) err
 	if old != nil {
 		old.terminate()
 	}
-	fmt.Fprintf(r.cfg.Log, "workloads: started %s (%s, sa %s, ip %s)\n", key, bin, sa, pod.Status.PodIP)
+	fmt.Fprintf(r.cfg.Log, "workloads: started %s (%s, %d sidecars, sa %s, ip %s)\n", key, bin.Path, len(p.sidecars), w.ServiceAccount, pod.Status.PodIP)
 	return nil
+}
+
+// waitStarted runs a container's startup probe until it passes, as often
+// as every 100 ms (the kubelet waits periodSeconds; the local clusters do
+// not need to), for as long as the probe allows and at least 30 s.
+func (r *Runner) waitStarted(ctx context.Context, network PodNetwork, ct *container) error {
+	p := ct.spec.StartupProbe
+	if p == nil {
+		return nil
+	}
+	limit := max(30*time.Second, time.Duration(p.PeriodSeconds*max(p.FailureThreshold, 1))*time.Second)
+	deadline := time.Now().Add(limit)
+	programs := map[string]string{"meshfed": r.cfg.Meshfed}
+	for {
+		err := ct.probe(ctx, network, programs)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (r *Runner) stop(cluster string, pod *corev1.Pod) {
@@ -319,18 +375,6 @@ func (r *Runner) StopMatching(match func(Workload) bool) {
 	}
 }
 
-// agentArg says whether the Pod's meshfed agent container (a native
-// sidecar or a container) is given arg: the runner runs its own agent with
-// the local clusters' addresses, and passes on what the Pod declares.
-func agentArg(pod *corev1.Pod, arg string) bool {
-	for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
-		if len(c.Args) > 0 && c.Args[0] == "agent" && slices.Contains(c.Args, arg) {
-			return true
-		}
-	}
-	return false
-}
-
 // podEnv evaluates a container's environment: values and the downward-API
 // fields a workload needs (pod name, namespace, IP, SA).
 func podEnv(pod *corev1.Pod, c *corev1.Container) []string {
@@ -357,10 +401,11 @@ func podEnv(pod *corev1.Pod, c *corev1.Container) []string {
 }
 
 func (p *proc) terminate() {
-	for _, c := range []*exec.Cmd{p.app, p.agent} {
-		if c.Process != nil {
-			_ = c.Process.Signal(syscall.SIGTERM)
-		}
+	if p.app.Process != nil {
+		_ = p.app.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range p.sidecars {
+		_ = c.Process.Signal(syscall.SIGTERM)
 	}
 	select {
 	case <-p.done:
@@ -368,7 +413,14 @@ func (p *proc) terminate() {
 		kill(p.app)
 		<-p.done
 	}
-	kill(p.agent)
+	p.stopSidecars()
+}
+
+// stopSidecars kills the Pod's sidecars, last started first.
+func (p *proc) stopSidecars() {
+	for _, c := range slices.Backward(p.sidecars) {
+		kill(c)
+	}
 }
 
 func kill(c *exec.Cmd) {
@@ -378,23 +430,6 @@ func kill(c *exec.Cmd) {
 	_ = c.Process.Kill()
 	if c.ProcessState == nil {
 		_, _ = c.Process.Wait()
-	}
-}
-
-func waitForFile(ctx context.Context, path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("timed out waiting for " + path)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
 }
 

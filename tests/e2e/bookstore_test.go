@@ -19,6 +19,9 @@ package e2e
 import (
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +29,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshfed/meshfed/controller/inject"
 	"github.com/meshfed/meshfed/controller/kube"
 	"github.com/meshfed/meshfed/localmesh"
 )
@@ -49,6 +53,44 @@ const converge = 90 * time.Second
 
 func TestBookstoreAccessIsDeniedByDefaultAllowedByTrafficTargetAndPermissiveMode(t *testing.T) {
 	m := startBookstoreMesh(t)
+
+	t.Run("the plain manifests' Pods are stored injected and run their injected agents", func(t *testing.T) {
+		manifest, err := os.ReadFile(m.h.Manifest("apps/bookbuyer.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(manifest), inject.AgentContainer) || strings.Contains(string(manifest), "volumes:") {
+			t.Fatalf("the demo's manifest should be plain (app container, ServiceAccount, labels):\n%s", manifest)
+		}
+		for _, ns := range []string{"bookbuyer", "bookstore", "bookthief", "bookwarehouse"} {
+			var pods *corev1.PodList
+			m.wait(t, converge, "Pods running in "+ns, func() error {
+				var err error
+				if pods, err = m.east.Sandbox.Client().CoreV1().Pods(ns).List(m.ctx, metav1.ListOptions{}); err != nil {
+					return err
+				}
+				if len(pods.Items) == 0 || slices.ContainsFunc(pods.Items, func(p corev1.Pod) bool { return p.Status.Phase != corev1.PodRunning }) {
+					return fmt.Errorf("%d Pods, not all running", len(pods.Items))
+				}
+				return nil
+			})
+			for _, p := range pods.Items {
+				init := p.Spec.InitContainers
+				if p.Annotations[inject.AnnotationInjected] != inject.ProxyProxyless || len(init) != 1 || init[0].Name != inject.AgentContainer ||
+					init[0].RestartPolicy == nil || *init[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
+					t.Errorf("Pod %s/%s: want the proxyless data plane injected (annotation, %s as a native sidecar), got annotations %v, init containers %d", ns, p.Name, inject.AgentContainer, p.Annotations, len(init))
+				}
+			}
+		}
+		// The agents the local kubelet ran wrote the SVIDs where the
+		// injected volume is: the Pods' traffic below is mTLS with them.
+		// (The kubelet stand-in marks a Pod running once its sidecar's
+		// startup probe passed and its app started.)
+		certs, _ := filepath.Glob(filepath.Join(m.h.PodsDir(), cluster, "bookbuyer", "*", "volumes", "meshfed", "certs", "certificate.pem"))
+		if len(certs) == 0 {
+			t.Errorf("no SVID written by bookbuyer's injected agent under %s", m.h.PodsDir())
+		}
+	})
 
 	t.Run("no TrafficTarget: bookbuyer and bookthief are denied", func(t *testing.T) {
 		m.wait(t, converge, "bookbuyer BuyBook denied", func() error { return m.allCode(fromTheStart, "bookbuyer", buyBook, 20, denied) })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,10 +121,7 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 
 	// A fresh client under the new root against west's servers, some of
 	// them still under the old root: its Pod's agent verifies the issuer
-	// with the bundle ConfigMap as now published.
-	if err := h.RefreshTrustBundle(ctx, "east"); err != nil {
-		t.Fatal(err)
-	}
+	// with the bundle ConfigMap as now published (mounted at its start).
 	restarted := time.Now()
 	if err := h.Kubectl(ctx, "east", "delete", "pods", "--all", "-n", "bookbuyer", "--wait=false"); err != nil {
 		t.Fatal(err)
@@ -176,10 +174,18 @@ func TestRootRotationAcrossClustersFailsNoRPC(t *testing.T) {
 // each certificate must verify against newOnly and not against oldOnly, and
 // each bundle file must equal newOnly.
 func checkCertDirs(dir string, newOnly, oldOnly *x509bundle.Bundle) (int, string) {
-	certs, _ := filepath.Glob(filepath.Join(dir, "*", "*", "*", "certs", "certificate.pem"))
+	// <cluster>/<namespace>/<pod>/volumes/…/certificate.pem, wherever the
+	// Pod's agent writes it.
+	var certs []string
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "certificate.pem" {
+			certs = append(certs, path)
+		}
+		return nil
+	})
 	var bad []string
 	for _, f := range certs {
-		pod := filepath.Dir(filepath.Dir(f))
+		pod, _, _ := strings.Cut(strings.TrimPrefix(f, dir+string(filepath.Separator)), string(filepath.Separator)+"volumes")
 		chainPEM, err1 := os.ReadFile(f)
 		bundlePEM, err2 := os.ReadFile(filepath.Join(filepath.Dir(f), "ca_certificate.pem"))
 		if err1 != nil || err2 != nil {
