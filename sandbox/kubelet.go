@@ -32,6 +32,10 @@ type PodHooks struct {
 	Start func(ctx context.Context, cluster string, pod *corev1.Pod) error
 	// Stop is called when a Pod that Start succeeded for is deleted.
 	Stop func(cluster string, pod *corev1.Pod)
+	// PortForward, if set, connects to a port of a Pod for the API
+	// server's port forwarding (kubectl port-forward). It is called from
+	// the kubelet API's goroutines, one call per forwarded connection.
+	PortForward func(cluster string, pod *corev1.Pod, port int32) (net.Conn, error)
 }
 
 // kubelet plays the scheduler's and kubelet's bookkeeping for one cluster's
@@ -45,6 +49,10 @@ type kubelet struct {
 	factory informers.SharedInformerFactory
 	pods    corelisters.PodLister
 	queue   workqueue.TypedRateLimitingInterface[string]
+
+	// apiPort is where the kubelet API listens on 127.0.0.1 (set before
+	// the Node is registered, then read only).
+	apiPort int
 
 	// Owned by the worker goroutine.
 	ips     map[string]string // pod IP → namespace/name
@@ -136,7 +144,11 @@ func (k *kubelet) updateNodeStatus(ctx context.Context) error {
 	node.Status.Addresses = []corev1.NodeAddress{
 		{Type: corev1.NodeInternalIP, Address: k.nodeIP()},
 		{Type: corev1.NodeHostName, Address: k.cluster.NodeName},
+		// Where the API server reaches the kubelet stand-in's API
+		// (kubeletserver.go): it is told to prefer this address type.
+		{Type: corev1.NodeInternalDNS, Address: "localhost"},
 	}
+	node.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(k.apiPort)
 	node.Status.Capacity = corev1.ResourceList{"pods": resource.MustParse("250"), "cpu": resource.MustParse("64"), "memory": resource.MustParse("256Gi")}
 	node.Status.Allocatable = node.Status.Capacity
 	_, err = k.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})

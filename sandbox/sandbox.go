@@ -108,6 +108,8 @@ type Cluster struct {
 	kcm     *exec.Cmd
 	kcmDone chan error
 	dir     string
+	// kubeletTLS is the API server ↔ kubelet stand-in trust.
+	kubeletTLS kubeletTLS
 }
 
 // RESTConfig returns an admin client configuration for the cluster.
@@ -193,6 +195,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("sandbox: cluster %s: %w", name, err)
 		}
+		if k.apiPort, err = k.serveAPI(runCtx, c.kubeletTLS); err != nil {
+			return nil, fmt.Errorf("sandbox: cluster %s: kubelet API: %w", name, err)
+		}
 		if err := k.registerNode(ctx); err != nil {
 			return nil, fmt.Errorf("sandbox: cluster %s: register node: %w", name, err)
 		}
@@ -252,18 +257,29 @@ func startCluster(ctx context.Context, bin, root, name string, index int, podCID
 	args.Set("advertise-address", "127.0.0.1")
 	args.Set("endpoint-reconciler-type", "none")
 	args.Set("service-cluster-ip-range", fmt.Sprintf("10.96.%d.0/24", index+1))
+	// The API server reaches the kubelet stand-in's API (port forwarding)
+	// at the Node's InternalDNS address, localhost, over TLS both ways.
+	ktls, err := makeKubeletTLS(filepath.Join(dir, "apiserver"))
+	if err != nil {
+		return nil, err
+	}
+	args.Set("kubelet-preferred-address-types", "InternalDNS")
+	args.Set("kubelet-certificate-authority", ktls.CAFile)
+	args.Set("kubelet-client-certificate", ktls.ClientCert)
+	args.Set("kubelet-client-key", ktls.ClientKey)
 	env.ControlPlane.APIServer = api
 	if _, err := env.Start(); err != nil {
 		return nil, fmt.Errorf("start API server: %w", err)
 	}
 	c := &Cluster{
-		Name:     name,
-		Index:    index,
-		Zone:     name + "-a",
-		PodCIDR:  podCIDR,
-		NodeName: "sandbox-" + name,
-		env:      env,
-		dir:      dir,
+		Name:       name,
+		Index:      index,
+		Zone:       name + "-a",
+		PodCIDR:    podCIDR,
+		NodeName:   "sandbox-" + name,
+		env:        env,
+		kubeletTLS: ktls,
+		dir:        dir,
 	}
 	admin, err := env.AddUser(envtest.User{Name: "meshfed-sandbox-admin", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
