@@ -68,7 +68,10 @@ const (
 	PortIssuer  = 15129 // workload certificate issuing (TLS, token-authenticated)
 	PortWebhook = 15130 // the sidecar injector (TLS, called by the API server)
 	PortMetrics = 9091  // Prometheus metrics
-	PortGossip  = 7946  // federation gossip, TCP and UDP
+	// PortDebug is the debug API (controller/debug), on the Pod's loopback
+	// only: reached by port forwarding through the API server.
+	PortDebug  = 15132
+	PortGossip = 7946 // federation gossip, TCP and UDP
 )
 
 // Version is the version of meshfed these manifests install.

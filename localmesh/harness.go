@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -97,6 +98,7 @@ type Cluster struct {
 	gateway     string // host:port of its gateway, on separate networks
 	metrics     string // host:port of /metrics
 	webhook     string // host:port of the sidecar injector
+	debug       string // host:port of the debug API
 	xdsSock     string
 	issuerSock  string
 	ctrlLogPath string
@@ -139,6 +141,11 @@ type Harness struct {
 
 	linksMu sync.Mutex
 	links   map[[2]string]*process // [from, to] network → the link process
+
+	// debugMu guards debug: each cluster's controller debug API address,
+	// read by the sandbox's port forwarding.
+	debugMu sync.Mutex
+	debug   map[string]string
 }
 
 // binaries are the programs the harness runs.
@@ -176,7 +183,7 @@ func Start(ctx context.Context, cfg Config) (h *Harness, err error) {
 		cfg.Keep = 10 * time.Minute
 	}
 	h = &Harness{cfg: cfg, dir: cfg.Dir, clusters: map[string]*Cluster{}, stats: NewStats(cfg.Keep),
-		nets: map[string]*workloads.UserNetwork{}, links: map[[2]string]*process{}}
+		nets: map[string]*workloads.UserNetwork{}, links: map[[2]string]*process{}, debug: map[string]string{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, h.Stop())
@@ -287,7 +294,7 @@ func (h *Harness) start(ctx context.Context) error {
 	h.cfg.Logf("starting clusters %s (etcd, kube-apiserver, kube-controller-manager each)", strings.Join(h.cfg.Clusters, ", "))
 	h.sb, err = sandbox.Start(ctx, sandbox.Config{
 		Clusters: h.cfg.Clusters, Dir: filepath.Join(h.dir, "clusters"), Log: h.log,
-		Hooks: h.runner.Hooks(), PodCIDR: cidrs,
+		Hooks: h.hooks(), PodCIDR: cidrs,
 	})
 	if err != nil {
 		return err
@@ -310,14 +317,22 @@ func (h *Harness) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		dport, err := FreePort()
+		if err != nil {
+			return err
+		}
 		h.clusters[name] = &Cluster{
 			Name: name, PodCIDR: cidrs[name], Sandbox: sc, Installer: inst, Kubeconfig: sc.KubeconfigPath,
 			gossipPort: port, metrics: fmt.Sprintf("127.0.0.1:%d", mport), gateway: h.gatewayAddress(name),
 			webhook:     fmt.Sprintf("127.0.0.1:%d", wport),
+			debug:       fmt.Sprintf("127.0.0.1:%d", dport),
 			xdsSock:     filepath.Join(h.dir, name+"-xds.sock"),
 			issuerSock:  filepath.Join(h.dir, name+"-issuer.sock"),
 			ctrlLogPath: filepath.Join(h.dir, name+"-controller.log"),
 		}
+		h.debugMu.Lock()
+		h.debug[name] = h.clusters[name].debug
+		h.debugMu.Unlock()
 	}
 
 	h.cfg.Logf("installing meshfed in every cluster (sharing %s's root), federating them", h.cfg.Clusters[0])
@@ -341,6 +356,24 @@ func (h *Harness) start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// hooks are the sandbox's: the runner starts and stops Pods; port
+// forwarding to meshfed-controller's Pod reaches the cluster's controller
+// process, which serves its debug API on this machine's loopback as it
+// would on its Pod's.
+func (h *Harness) hooks() sandbox.PodHooks {
+	hooks := h.runner.Hooks()
+	hooks.PortForward = func(cluster string, pod *corev1.Pod, port int32) (net.Conn, error) {
+		h.debugMu.Lock()
+		addr := h.debug[cluster]
+		h.debugMu.Unlock()
+		if addr == "" || pod.Namespace != deploy.DefaultNamespace || pod.Labels[deploy.LabelName] != deploy.ControllerName || port != deploy.PortDebug {
+			return nil, fmt.Errorf("the local clusters forward only meshfed-controller's debug port %d", deploy.PortDebug)
+		}
+		return net.Dial("tcp", addr)
+	}
+	return hooks
 }
 
 // Programs are meshfed's programs built from a checkout.
@@ -504,6 +537,7 @@ func (h *Harness) StartController(ctx context.Context, cluster string) error {
 		"--issuer-address", "unix://"+c.issuerSock,
 		"--metrics-address", c.metrics,
 		"--webhook-address", c.webhook,
+		"--debug-address", c.debug,
 		"--serving-name", "localhost",
 		"--log-level", "info",
 	)

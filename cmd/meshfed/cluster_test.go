@@ -138,7 +138,7 @@ func TestClusterJoinListLeave(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "--kubeconfig", kc(name), "--xds-address", "127.0.0.1:0", "--issuer-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--webhook-address", "127.0.0.1:0")
+		cmd := exec.Command(bin, "--kubeconfig", kc(name), "--xds-address", "127.0.0.1:0", "--issuer-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--webhook-address", "127.0.0.1:0", "--debug-address", "127.0.0.1:0")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -64,6 +64,7 @@ func newRootCommand() *cobra.Command {
 		newCaptureCommand(),
 		newDemoCommand(),
 		newClusterCommand(kf),
+		newProxyCommand(kf),
 		newCertificateCommand(kf),
 		newControllerCommand(),
 		newBookappCommand(),

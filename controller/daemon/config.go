@@ -30,6 +30,9 @@ type Config struct {
 	// WebhookAddress is where the sidecar injector is served (TLS with the
 	// serving certificate; the API server calls it). Empty: not served.
 	WebhookAddress string
+	// DebugAddress is where the debug API (controller/debug) is served:
+	// loopback, reached by port forwarding. Empty: not served.
+	DebugAddress string
 	// ServingNames are extra DNS names or IP addresses put into the
 	// controller's serving certificate, so that clients verifying the
 	// hostname they dial (grpc-go's xDS "tls" channel credentials) accept
@@ -60,6 +63,7 @@ func DefaultConfig() Config {
 		IssuerAddress:   fmt.Sprintf(":%d", deploy.PortIssuer),
 		MetricsAddress:  fmt.Sprintf(":%d", deploy.PortMetrics),
 		WebhookAddress:  fmt.Sprintf(":%d", deploy.PortWebhook),
+		DebugAddress:    fmt.Sprintf("127.0.0.1:%d", deploy.PortDebug),
 		BundleConfigMap: "meshfed-ca-bundle",
 		Debounce:        100 * time.Millisecond,
 		MaxDelay:        time.Second,
@@ -81,6 +85,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.XDSAddress, "xds-address", c.XDSAddress, "listen address of the xDS server (mTLS)")
 	fs.StringVar(&c.IssuerAddress, "issuer-address", c.IssuerAddress, "listen address of the certificate issuer (TLS, ServiceAccount tokens)")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of /metrics, /readyz and /healthz")
+	fs.StringVar(&c.DebugAddress, "debug-address", c.DebugAddress, `listen address of the debug API (proxy status and configuration; keep it on loopback: users reach it by port forwarding, which RBAC authorizes); "" serves none`)
 	fs.StringVar(&c.WebhookAddress, "webhook-address", c.WebhookAddress, `listen address of the sidecar injector (TLS, called by the API server); "" serves none`)
 	fs.StringSliceVar(&c.ServingNames, "serving-name", c.ServingNames, "extra DNS name or IP address for the controller's serving certificate (repeatable)")
 	fs.StringVar(&c.BundleConfigMap, "bundle-configmap", c.BundleConfigMap, "ConfigMap the trust bundle is published to")

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshfed/meshfed/controller/bundle"
+	"github.com/meshfed/meshfed/controller/debug"
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/inject"
 	"github.com/meshfed/meshfed/controller/kube"
@@ -184,6 +185,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer webhookLis.Close()
 	}
 
+	var debugLis net.Listener
+	if cfg.DebugAddress != "" {
+		if debugLis, err = listen(cfg.DebugAddress); err != nil {
+			return fmt.Errorf("debug API: %w", err)
+		}
+		defer debugLis.Close()
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -210,6 +219,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	start("federation junction", junction.Run)
 	start("federation", lifecycle.Run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
+	if debugLis != nil {
+		start("debug API", func(ctx context.Context) error { return debug.Serve(ctx, debugLis, debug.Handler(ms.ClusterName, xds)) })
+	}
 	injectorOpts := deploy.DefaultOptions()
 	injectorOpts.MeshName, injectorOpts.Namespace = cfg.MeshName, cfg.Namespace
 	injectorName := deploy.InjectorWebhookName(injectorOpts)

@@ -185,7 +185,7 @@ func runScale(t *testing.T, bin string, n, rounds int) result {
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d", ports[2])
 	args := []string{"--kubeconfig=" + cl.KubeconfigPath, "--xds-address=" + xdsAddr,
 		fmt.Sprintf("--issuer-address=127.0.0.1:%d", ports[1]), fmt.Sprintf("--metrics-address=127.0.0.1:%d", ports[2]),
-		fmt.Sprintf("--webhook-address=127.0.0.1:%d", ports[3]), "--serving-name=127.0.0.1", "--log-level=warn"}
+		fmt.Sprintf("--webhook-address=127.0.0.1:%d", ports[3]), "--debug-address=127.0.0.1:0", "--serving-name=127.0.0.1", "--log-level=warn"}
 	if d := os.Getenv("MESHFED_SCALE_DEBOUNCE"); d != "" {
 		args = append(args, "--debounce="+d)
 	}

@@ -162,8 +162,9 @@ type Server struct {
 }
 
 type streamState struct {
-	key  string
-	sent map[string]sentResponse // by type URL
+	key, nodeID string
+	opened      time.Time
+	types       map[string]*typeExchange // by type URL
 }
 
 type sentResponse struct {
@@ -619,6 +620,7 @@ func (w *identityStream) stamp(node *corev3.Node) {
 		w.node = proto.Clone(node).(*corev3.Node)
 	}
 	w.node.Id = key.String()
+	claim(w.node, node.GetId())
 	w.server.metrics.connected.WithLabelValues(string(kind)).Inc()
 	w.server.acquire(key)
 }
@@ -642,7 +644,7 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 	return xdsserver.CallbackFuncs{
 		StreamOpenFunc: func(_ context.Context, id int64, _ string) error {
 			s.streamsMu.Lock()
-			s.streams[id] = &streamState{sent: map[string]sentResponse{}}
+			s.streams[id] = &streamState{opened: time.Now(), types: map[string]*typeExchange{}}
 			s.streamsMu.Unlock()
 			return nil
 		},
@@ -652,22 +654,30 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			s.streamsMu.Unlock()
 		},
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
-			if req.GetResponseNonce() == "" {
-				return nil
-			}
 			s.streamsMu.Lock()
 			st := s.streams[id]
-			var sent sentResponse
+			var x *typeExchange
 			if st != nil {
-				st.key = req.GetNode().GetId()
-				sent = st.sent[req.GetTypeUrl()]
+				if st.key == "" {
+					st.key = req.GetNode().GetId()
+					st.nodeID = req.GetNode().GetMetadata().GetFields()[claimedNodeID].GetStringValue()
+				}
+				x = st.types[req.GetTypeUrl()]
 			}
-			s.streamsMu.Unlock()
-			if sent.nonce != req.GetResponseNonce() {
+			if x == nil || req.GetResponseNonce() == "" || x.sent.nonce != req.GetResponseNonce() {
+				s.streamsMu.Unlock()
 				return nil
 			}
+			sent := x.sent
 			typ := shortType(req.GetTypeUrl())
-			if d := req.GetErrorDetail(); d != nil {
+			d := req.GetErrorDetail()
+			if d != nil {
+				x.nack = &NACK{Version: sent.version, Message: truncate(d.GetMessage(), 1024), At: time.Now()}
+			} else {
+				x.acked, x.ackedAt, x.nack = req.GetVersionInfo(), time.Now(), nil
+			}
+			s.streamsMu.Unlock()
+			if d != nil {
 				s.metrics.nacks.WithLabelValues(typ).Inc()
 				s.cfg.Logger.Warn("xds: proxy rejected configuration; it keeps its last good one",
 					"proxy", req.GetNode().GetId(), "type", typ, "version", sent.version, "err", truncate(d.GetMessage(), 1024))
@@ -689,7 +699,12 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			s.metrics.pushedBytes.WithLabelValues(typ).Add(float64(n))
 			s.streamsMu.Lock()
 			if st := s.streams[id]; st != nil {
-				st.sent[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo(), at: time.Now()}
+				x := st.types[resp.GetTypeUrl()]
+				if x == nil {
+					x = &typeExchange{}
+					st.types[resp.GetTypeUrl()] = x
+				}
+				x.sent = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo(), at: time.Now()}
 			}
 			s.streamsMu.Unlock()
 		},
