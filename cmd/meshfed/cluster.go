@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshfed/meshfed/controller/debug"
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/installer"
@@ -133,19 +134,27 @@ func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, ok := c.Status()
-			if !ok {
-				if !c.Spec.Federation.Enabled {
-					return fmt.Errorf("cluster %s is not federated (spec.federation.enabled is false); see `meshfed cluster join`", c.Mesh.ClusterName)
+			// The live view, from the controller's debug API; else what
+			// it last wrote into the MeshConfig's status.
+			st, live, err := liveFederation(cmd.Context(), kf, c.Mesh.Namespace)
+			if err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "meshfed: the live view is not available (%v); showing the status the controller last wrote into MeshConfig %s/%s\n", err, c.Mesh.Namespace, deploy.MeshConfigName)
+				var ok bool
+				if st, ok = c.Status(); !ok {
+					if !c.Spec.Federation.Enabled {
+						return fmt.Errorf("cluster %s is not federated (spec.federation.enabled is false); see `meshfed cluster join`", c.Mesh.ClusterName)
+					}
+					return fmt.Errorf("cluster %s: its controller has not reported federation status yet (MeshConfig %s/%s status.federation)", c.Mesh.ClusterName, c.Mesh.Namespace, deploy.MeshConfigName)
 				}
-				return fmt.Errorf("cluster %s: its controller has not reported federation status yet (MeshConfig %s/%s status.federation)", c.Mesh.ClusterName, c.Mesh.Namespace, deploy.MeshConfigName)
+			} else if !live {
+				return fmt.Errorf("cluster %s is not federated (its controller runs no federation member); see `meshfed cluster join`", c.Mesh.ClusterName)
 			}
 			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			printMembers(cmd.OutOrStdout(), st, c.Spec.Federation.Enabled, time.Now())
+			printMembers(cmd.OutOrStdout(), st, c.Spec.Federation.Enabled, live, time.Now())
 			return nil
 		},
 	}
@@ -153,13 +162,34 @@ func newClusterListCommand(kf *kubeFlags, meshName *string) *cobra.Command {
 	return cmd
 }
 
+// liveFederation reads the federation's status from the controller's
+// debug API (port forwarding through the API server); live is false when
+// its federation is off.
+func liveFederation(ctx context.Context, kf *kubeFlags, namespace string) (st federate.Status, live bool, err error) {
+	cfg, err := kf.restConfig()
+	if err != nil {
+		return st, false, err
+	}
+	c, err := debug.Dial(ctx, cfg, namespace)
+	if err != nil {
+		return st, false, err
+	}
+	defer c.Close()
+	f, err := c.Federation(ctx)
+	return f.Status, f.Federated, err
+}
+
 // printMembers prints the status as a table. Everything in it may come
 // from another cluster (names, addresses, reasons, fingerprints): names
 // are escaped with mesh.Quote and free text with printable, so that no
 // control byte, escape sequence or tab reaches the terminal.
-func printMembers(w io.Writer, st federate.Status, enabled bool, now time.Time) {
+func printMembers(w io.Writer, st federate.Status, enabled, live bool, now time.Time) {
 	age := now.Sub(st.UpdatedAt).Round(time.Second)
-	fmt.Fprintf(w, "seen from %s, reported %s ago", mesh.Quote(st.Cluster), age)
+	if live {
+		fmt.Fprintf(w, "seen from %s, live", mesh.Quote(st.Cluster))
+	} else {
+		fmt.Fprintf(w, "seen from %s, reported %s ago", mesh.Quote(st.Cluster), age)
+	}
 	if !enabled {
 		fmt.Fprint(w, " (federation is now disabled here)")
 	} else if age > time.Minute {

@@ -156,6 +156,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The cluster's gateway addresses are published while a gateway
 	// replica is connected to this server.
 	lcfg.Presence = xds
+	board := &federate.StatusBoard{}
+	lcfg.Board = board
 	lifecycle, err := federate.NewLifecycle(lcfg, junction)
 	if err != nil {
 		return err
@@ -220,7 +222,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	start("federation", lifecycle.Run)
 	start("metrics", func(ctx context.Context) error { return serveMetrics(ctx, metricsLis, reg, watcher) })
 	if debugLis != nil {
-		start("debug API", func(ctx context.Context) error { return debug.Serve(ctx, debugLis, debug.Handler(ms.ClusterName, xds)) })
+		start("debug API", func(ctx context.Context) error {
+			return debug.Serve(ctx, debugLis, debug.Handler(ms.ClusterName, xds, board))
+		})
 	}
 	injectorOpts := deploy.DefaultOptions()
 	injectorOpts.MeshName, injectorOpts.Namespace = cfg.MeshName, cfg.Namespace

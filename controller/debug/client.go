@@ -62,6 +62,12 @@ func (c *Client) Proxies(ctx context.Context) (Proxies, error) {
 	return out, c.get(ctx, PathProxies, &out)
 }
 
+// Federation reads PathFederation.
+func (c *Client) Federation(ctx context.Context) (Federation, error) {
+	var out Federation
+	return out, c.get(ctx, PathFederation, &out)
+}
+
 // Config reads PathConfig for a proxy key.
 func (c *Client) Config(ctx context.Context, key string) (Config, error) {
 	var out Config

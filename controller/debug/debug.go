@@ -22,6 +22,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/xds/server"
 	"github.com/meshfed/meshfed/trust/ca"
 )
@@ -30,12 +31,28 @@ import (
 const (
 	PathProxies = "/debug/proxies"
 	PathConfig  = "/debug/config" // ?key=<proxy key>
+	// PathFederation is the federation's members as this cluster sees
+	// them now (Federation).
+	PathFederation = "/debug/federation"
 )
 
 // Source is what the debug API reads: the controller's xDS server.
 type Source interface {
 	Proxies() []server.ProxyStatus
 	Resources(key string) (map[string]map[string]types.Resource, error)
+}
+
+// FederationSource is the federation's live status (federate.StatusBoard).
+type FederationSource interface {
+	Load() (federate.Status, bool)
+}
+
+// Federation is the answer of PathFederation.
+type Federation struct {
+	Cluster string `json:"cluster"`
+	// Federated is false while this cluster's federation is off.
+	Federated bool            `json:"federated"`
+	Status    federate.Status `json:"status"`
 }
 
 // Proxies is the answer of PathProxies.
@@ -70,9 +87,13 @@ var ShortTypes = map[string]string{
 	resourcev3.EndpointType: "eds", resourcev3.SecretType: "sds",
 }
 
-// Handler serves the debug API for cluster from src.
-func Handler(cluster string, src Source) http.Handler {
+// Handler serves the debug API for cluster from src and fed.
+func Handler(cluster string, src Source, fed FederationSource) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathFederation, func(w http.ResponseWriter, _ *http.Request) {
+		st, ok := fed.Load()
+		writeJSON(w, Federation{Cluster: cluster, Federated: ok, Status: st})
+	})
 	mux.HandleFunc("GET "+PathProxies, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, Proxies{Cluster: cluster, Proxies: src.Proxies()})
 	})

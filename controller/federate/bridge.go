@@ -286,11 +286,12 @@ func (b *Bridge) Run(ctx context.Context) error {
 	resync := time.NewTicker(b.cfg.Resync)
 	defer resync.Stop()
 	var statusC <-chan time.Time
-	if b.cfg.MeshConfigName != "" {
+	if b.cfg.MeshConfigName != "" || b.cfg.Board != nil {
 		st := time.NewTicker(b.cfg.StatusInterval)
 		defer st.Stop()
 		statusC = st.C
 	}
+	defer b.cfg.Board.store(nil)
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
@@ -490,6 +491,8 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	b.setRemote(v.remote, snap, remoteSince)
 	if b.cfg.MeshConfigName != "" && time.Since(b.statusAt) > 2*time.Second {
 		b.writeStatus(ctx)
+	} else {
+		b.publishStatus()
 	}
 	b.metrics.reconcile.Observe(time.Since(start).Seconds())
 	if len(errs) > 0 {

@@ -74,6 +74,9 @@ type Config struct {
 	// list`. Empty MeshConfigName: no status is written.
 	Namespace      string
 	MeshConfigName string
+	// Board, if set, receives the members' status as the bridge computes
+	// it (the debug API's live view).
+	Board *StatusBoard
 	// StatusInterval is how often members are written into the MeshConfig
 	// status even when nothing changed (last contact moves). Default 10 s.
 	StatusInterval time.Duration
@@ -144,7 +147,7 @@ func (c Config) Validate() error {
 	if c.MeshConfigName != "" && c.Namespace == "" {
 		errs = append(errs, errors.New("federate: MeshConfigName is set but Namespace is empty"))
 	}
-	if c.MeshConfigName != "" && c.StatusInterval <= 0 {
+	if (c.MeshConfigName != "" || c.Board != nil) && c.StatusInterval <= 0 {
 		errs = append(errs, fmt.Errorf("federate: StatusInterval %v: must be positive", c.StatusInterval))
 	}
 	if c.Debounce <= 0 {

@@ -57,6 +57,8 @@ type LifecycleConfig struct {
 	// Presence says whether this cluster's gateway serves (see
 	// Config.Presence); nil: its addresses are always published.
 	Presence GatewayPresence
+	// Board, if set, receives the running bridge's status (Config.Board).
+	Board *StatusBoard
 	// Member and Bridge, if set, adjust the member's and bridge's
 	// configuration before each start (tests tune gossip timings).
 	Member func(*federation.Config)
@@ -309,6 +311,7 @@ func (l *Lifecycle) start(ctx context.Context, fs meshconfig.Federation, keys []
 	bcfg.Client, bcfg.Dynamic, bcfg.Federation = l.cfg.Client, l.cfg.Dynamic, fed
 	bcfg.ClusterName, bcfg.Network, bcfg.TrustDomain = l.cfg.ClusterName, fs.Network, l.cfg.TrustDomain
 	bcfg.Gateways, bcfg.Presence = fs.GatewayAddresses, l.cfg.Presence
+	bcfg.Board = l.cfg.Board
 	bcfg.Namespace, bcfg.MeshConfigName = l.cfg.Namespace, l.cfg.MeshConfigName
 	bcfg.Registerer, bcfg.Logger = reg, l.log
 	bcfg.Informers = l.cfg.Informers

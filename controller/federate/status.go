@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -116,11 +117,32 @@ func StatusFrom(cluster string, rv *federation.RemoteView, published []string, n
 	return st
 }
 
-// writeStatus writes the members into the MeshConfig's status.federation
-// (a merge patch of the status subresource). Failures are logged: the
-// status is informational and rewritten every StatusInterval.
-func (b *Bridge) writeStatus(ctx context.Context) {
-	b.statusAt = time.Now()
+// StatusBoard holds the federation status the running bridge last
+// computed — after every reconcile and every StatusInterval — for the
+// controller's debug API: the live view `meshfed cluster list` reads. It
+// is empty while federation is off. Safe for concurrent use.
+type StatusBoard struct{ p atomic.Pointer[Status] }
+
+// Load returns the latest status, false while federation is off.
+func (sb *StatusBoard) Load() (Status, bool) {
+	if sb == nil {
+		return Status{}, false
+	}
+	st := sb.p.Load()
+	if st == nil {
+		return Status{}, false
+	}
+	return *st, true
+}
+
+func (sb *StatusBoard) store(st *Status) {
+	if sb != nil {
+		sb.p.Store(st)
+	}
+}
+
+// status builds the members' status as this cluster sees them now.
+func (b *Bridge) status() Status {
 	published := make([]string, 0, len(b.published))
 	for _, s := range b.published {
 		published = append(published, s.Key())
@@ -136,6 +158,26 @@ func (b *Bridge) writeStatus(ctx context.Context) {
 		for _, err := range inv.problems {
 			st.Members[i].Invalid = append(st.Members[i].Invalid, shorten(err.Error(), maxInvalidMessage))
 		}
+	}
+	return st
+}
+
+// publishStatus puts the current status on the board.
+func (b *Bridge) publishStatus() Status {
+	st := b.status()
+	b.cfg.Board.store(&st)
+	return st
+}
+
+// writeStatus publishes the status and writes it into the MeshConfig's
+// status.federation (a merge patch of the status subresource). Failures
+// are logged: the status is informational and rewritten every
+// StatusInterval.
+func (b *Bridge) writeStatus(ctx context.Context) {
+	b.statusAt = time.Now()
+	st := b.publishStatus()
+	if b.cfg.MeshConfigName == "" {
+		return
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"federation": st}})
 	if err != nil {

@@ -85,6 +85,7 @@ func TestThreeClusterFederation(t *testing.T) {
 		{"SplitInEastSendsHalfToWestAndMovesWithoutFailures", testSplitAcrossClusters},
 		{"TrafficTargetInWestDeniesThiefOfAThirdCluster", testTrafficTargetAcrossClusters},
 		{"EndpointChangeInWestReachesEastClient", testEndpointChangeLatency},
+		{"ClusterListIsTheControllersLiveView", testClusterListIsLive},
 		{"ControlPlaneLossKeepsTrafficFlowing", testControlPlaneLoss},
 		{"LostClusterIsWithdrawnAndReturns", testLostCluster},
 		{"ClusterSetNameBalancesOverExportingClusters", testClusterSetName},
@@ -361,6 +362,39 @@ func podReady(p *corev1.Pod) bool {
 }
 
 // clusterList is `meshfed cluster list` in a cluster, for the log.
+// `meshfed cluster list` reads the controller's live view through the API
+// server (port forwarding to its debug API): every member alive, west's
+// exported bookstore-v2 listed, and nothing said about falling back to
+// the MeshConfig's status.
+func testClusterListIsLive(t *testing.T, ctx context.Context, h *localmesh.Harness) {
+	out, err := h.Meshfed(ctx, "east", "cluster", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("meshfed cluster list (east):\n%s", out)
+	if !strings.HasPrefix(out, "seen from east, live\n") || strings.Contains(out, "not available") {
+		t.Errorf("cluster list in east should be the controller's live view:\n%s", out)
+	}
+	for _, want := range []string{"west ", "north ", "east (this)", "west exports: bookstore/bookstore-v2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cluster list in east lacks %q", want)
+		}
+	}
+	js, err := h.Meshfed(ctx, "east", "cluster", "list", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st federate.Status
+	if err := json.Unmarshal([]byte(js), &st); err != nil || len(st.Members) != 3 || st.UpdatedAt.IsZero() {
+		t.Errorf("cluster list -o json: %v, %d members, updated %v:\n%s", err, len(st.Members), st.UpdatedAt, js)
+	}
+	for _, m := range st.Members {
+		if m.State != "alive" {
+			t.Errorf("member %s is %s in a healthy federation", m.Name, m.State)
+		}
+	}
+}
+
 func clusterList(ctx context.Context, h *localmesh.Harness, cluster string) string {
 	out, err := h.Meshfed(ctx, cluster, "cluster", "list")
 	if err != nil {
