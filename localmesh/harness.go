@@ -205,6 +205,9 @@ func (h *Harness) Cluster(name string) *Cluster { return h.clusters[name] }
 // Clusters names the clusters in order.
 func (h *Harness) Clusters() []string { return slices.Clone(h.cfg.Clusters) }
 
+// MeshfedPath is the meshfed CLI binary the harness uses.
+func (h *Harness) MeshfedPath() string { return h.bins.meshfed }
+
 // KubectlPath is the kubectl binary the harness uses.
 func (h *Harness) KubectlPath() string { return h.bins.kubectl }
 

@@ -53,6 +53,9 @@ func Dial(ctx context.Context, cfg *rest.Config, namespace string) (*Client, err
 	return &Client{Pod: pod, base: "http://" + fwd.Address, http: &http.Client{Timeout: 30 * time.Second}, fwd: fwd}, nil
 }
 
+// URL is the web view's address on this machine.
+func (c *Client) URL() string { return c.base + "/" }
+
 // Close ends the port forward.
 func (c *Client) Close() error { return c.fwd.Close() }
 

@@ -10,8 +10,10 @@ package debug
 
 import (
 	"context"
+	"embed"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"net"
 	"net/http"
 	"slices"
@@ -40,6 +42,7 @@ const (
 type Source interface {
 	Proxies() []server.ProxyStatus
 	Resources(key string) (map[string]map[string]types.Resource, error)
+	StateSource
 }
 
 // FederationSource is the federation's live status (federate.StatusBoard).
@@ -94,6 +97,20 @@ func Handler(cluster string, src Source, fed FederationSource) http.Handler {
 		st, ok := fed.Load()
 		writeJSON(w, Federation{Cluster: cluster, Federated: ok, Status: st})
 	})
+	mux.HandleFunc("GET "+PathMesh, func(w http.ResponseWriter, _ *http.Request) {
+		st, ok := src.State()
+		if !ok {
+			http.Error(w, "the controller has not built its first configuration yet", http.StatusServiceUnavailable)
+			return
+		}
+		fs, federated := fed.Load()
+		writeJSON(w, View(cluster, st, fs, federated))
+	})
+	// The web view: static files that read PathMesh. Nothing but this
+	// origin's own files and API may be used by the page.
+	files := http.FileServerFS(webFiles())
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { serveWeb(w, r, files) })
+	mux.HandleFunc("GET /app.js", func(w http.ResponseWriter, r *http.Request) { serveWeb(w, r, files) })
 	mux.HandleFunc("GET "+PathProxies, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, Proxies{Cluster: cluster, Proxies: src.Proxies()})
 	})
@@ -156,6 +173,23 @@ func sortedNames(m map[string]types.Resource) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+//go:embed web
+var web embed.FS
+
+func webFiles() fs.FS {
+	sub, err := fs.Sub(web, "web")
+	if err != nil {
+		panic(err) // the embedded directory is there
+	}
+	return sub
+}
+
+func serveWeb(w http.ResponseWriter, r *http.Request, files http.Handler) {
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	files.ServeHTTP(w, r)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -23,11 +23,14 @@ import (
 	"github.com/meshfed/meshfed/controller/debug"
 	"github.com/meshfed/meshfed/controller/federate"
 	"github.com/meshfed/meshfed/controller/xds/server"
+	"github.com/meshfed/meshfed/mesh"
 )
 
 type source struct{ secret *tlsv3.Secret }
 
 func (source) Proxies() []server.ProxyStatus { return nil }
+
+func (source) State() (mesh.State, bool) { return mesh.State{}, false }
 
 func (s source) Resources(key string) (map[string]map[string]types.Resource, error) {
 	return map[string]map[string]types.Resource{resourcev3.SecretType: {s.secret.GetName(): s.secret}}, nil

@@ -10,6 +10,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshfed/meshfed/mesh"
 )
 
 // What the server knows of each connected proxy, for operators (`meshfed
@@ -127,4 +129,16 @@ func (s *Server) Resources(key string) (map[string]map[string]types.Resource, er
 		out[url] = snap.GetResources(url)
 	}
 	return out, nil
+}
+
+// State returns the mesh state the proxies are served from now (invalid
+// objects already skipped), false before the first Update. Its slices
+// are shared: read them only.
+func (s *Server) State() (mesh.State, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.builder.ix == nil {
+		return mesh.State{}, false
+	}
+	return s.builder.ix.State, true
 }
