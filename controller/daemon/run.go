@@ -377,15 +377,5 @@ func serveMetrics(ctx context.Context, lis net.Listener, reg *prometheus.Registr
 		}
 		fmt.Fprintln(rw, "ok")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return debug.Serve(ctx, lis, mux)
 }

@@ -197,7 +197,8 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Serve serves h on lis until ctx ends.
+// Serve serves h over HTTP on lis until ctx ends (then shuts down within
+// 5 s). The controller's metrics endpoint is served the same way.
 func Serve(ctx context.Context, lis net.Listener, h http.Handler) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
