@@ -65,6 +65,7 @@ func newRootCommand() *cobra.Command {
 		newDemoCommand(),
 		newClusterCommand(kf),
 		newProxyCommand(kf),
+		newCheckCommand(kf),
 		newCertificateCommand(kf),
 		newControllerCommand(),
 		newBookappCommand(),
