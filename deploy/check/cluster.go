@@ -254,7 +254,7 @@ func checkDebug(ctx context.Context, t Target, ns, restartFix string, now func()
 	fed, err := c.Federation(ctx)
 	received := now()
 	if err != nil {
-		return nil, sent, received, []Result{fail(t.Name, name, err.Error(), restartFix)}
+		return nil, sent, received, []Result{fail(t.Name, name, fmt.Sprintf("meshfed-controller (Pod %s/%s) does not answer on its debug API: %v", ns, c.Pod, err), restartFix)}
 	}
 	out := []Result{ok(t.Name, name, fmt.Sprintf("meshfed-controller's debug API reachable (Pod %s/%s)", ns, c.Pod))}
 	ps, err := c.Proxies(ctx)

@@ -108,12 +108,13 @@ func TrustBundles(facts []Facts) []Result {
 func Membership(facts []Facts) []Result {
 	const name = "members-alive"
 	var out []Result
-	views := 0
+	var read, unread []string
 	for _, a := range facts {
 		if a.Federation == nil {
+			unread = append(unread, a.Name)
 			continue
 		}
-		views++
+		read = append(read, a.Name)
 		for _, b := range facts {
 			if a.Name == b.Name {
 				continue
@@ -140,10 +141,17 @@ func Membership(facts []Facts) []Result {
 			}
 		}
 	}
-	if views == 0 || len(out) > 0 {
+	if len(read) == 0 || len(out) > 0 {
 		return out
 	}
-	return []Result{ok("", name, fmt.Sprintf("each of the %d clusters read sees every other alive", views))}
+	msg := read[0] + " sees every other named cluster alive"
+	if len(read) > 1 {
+		msg = strings.Join(read, ", ") + " each see every other alive"
+	}
+	if len(unread) > 0 {
+		msg += fmt.Sprintf(" (the view of %s was not read: see its debug-api check)", strings.Join(unread, ", "))
+	}
+	return []Result{ok("", name, msg)}
 }
 
 // Catalogs fails for every member a cluster marks stale (its catalog is

@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshfed/meshfed/controller/debug"
 	"github.com/meshfed/meshfed/controller/federate"
+	"github.com/meshfed/meshfed/controller/xds/server"
 )
 
 func view(self string, members ...federate.MemberStatus) *debug.Federation {
@@ -150,5 +151,20 @@ func TestWriteMarksEachLineAndFailedCountsOnlyFailures(t *testing.T) {
 	}
 	if !Failed(rs) || Failed(rs[:2]) {
 		t.Error("Failed counts warnings or misses a failure")
+	}
+}
+
+func TestProxyHoldingANACKFailsListingItsMessage(t *testing.T) {
+	ps := debug.Proxies{Cluster: "east", Proxies: []server.ProxyStatus{
+		{NodeID: "bookbuyer/ok", Types: []server.TypeStatus{{Type: "lds", Sent: "1", Acked: "1"}}},
+		{NodeID: "bookbuyer/nack-provoker", Types: []server.TypeStatus{{Type: "lds", Sent: "2", NACK: &server.NACK{Version: "2", Message: "rejects every listener"}}}},
+	}}
+	r := proxyNACKs("east", ps, " --context east")
+	if r.OK || !strings.Contains(r.Message, "bookbuyer/nack-provoker lds version 2: rejects every listener") || r.Fix != "`meshfed proxy status --context east` shows more" {
+		t.Fatalf("got %+v", r)
+	}
+	ps.Proxies = ps.Proxies[:1]
+	if r := proxyNACKs("east", ps, ""); !r.OK {
+		t.Errorf("no NACK, got %+v", r)
 	}
 }
