@@ -2,6 +2,7 @@ package operability
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/meshfed/meshfed/deploy"
+	"github.com/meshfed/meshfed/deploy/check"
 	"github.com/meshfed/meshfed/localmesh"
 	"github.com/meshfed/meshfed/tests/internal/suite"
 	"github.com/meshfed/meshfed/trust/ca"
@@ -144,5 +146,24 @@ func TestCheckPassesOnAHealthyFederationAndNamesTheFixOfEachProblem(t *testing.T
 	}
 	if !strings.Contains(out, "✔ [east] debug-api") {
 		t.Errorf("east's debug API is reported down too:\n%s", out)
+	}
+
+	cmd := exec.CommandContext(ctx, h.MeshfedPath(), "check", "-o", "json", "--kubeconfig", kubeconfig, "--contexts", "east,west")
+	js, err := cmd.Output() // stdout only: client-go logs to stderr
+	if err == nil {
+		t.Errorf("meshfed check -o json exits 0 with west broken")
+	}
+	var results []check.Result
+	if err := json.Unmarshal(js, &results); err != nil {
+		t.Fatalf("-o json: %v: %s", err, js)
+	}
+	found := false
+	for _, r := range results {
+		if r.Cluster == "west" && r.Check == "trust-bundles" && !r.OK && r.Severity == check.SeverityError && strings.Contains(r.Fix, "meshfed certificate status") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("-o json has no failed trust-bundles result for west with its fix: %s", js)
 	}
 }
