@@ -36,6 +36,10 @@ check failed. See docs/operability.md for what each check does.`,
 			var results []check.Result
 			var facts []check.Facts
 			for _, t := range targets {
+				if t.context == "" {
+					// Named, in results and fix commands, by the context it is.
+					t = &kubeFlags{kubeconfig: t.kubeconfig, context: t.currentContext()}
+				}
 				name := t.context
 				if name == "" {
 					name = "current-context"

@@ -57,7 +57,7 @@ func Inspect(ctx context.Context, t Target) (Facts, []Result) {
 	// meshfed states no minimum Kubernetes version; the version is reported.
 	out = append(out, ok(t.Name, "kubernetes-api", "API server reachable, Kubernetes "+v.GitVersion))
 
-	installFix := fmt.Sprintf("`meshfed install%s --cluster-name %s`", cf, t.Name)
+	installFix := fmt.Sprintf("`meshfed install%s --cluster-name NAME` (NAME: this cluster's name in the federation)", cf)
 	out = append(out, checkCRDs(ctx, inst, t.Name, installFix)...)
 
 	m, err := member.Open(ctx, inst, t.MeshName)
