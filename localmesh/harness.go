@@ -205,11 +205,12 @@ func (h *Harness) Cluster(name string) *Cluster { return h.clusters[name] }
 // Clusters names the clusters in order.
 func (h *Harness) Clusters() []string { return slices.Clone(h.cfg.Clusters) }
 
-// MeshfedPath is the meshfed CLI binary the harness uses.
-func (h *Harness) MeshfedPath() string { return h.bins.meshfed }
-
 // KubectlPath is the kubectl binary the harness uses.
 func (h *Harness) KubectlPath() string { return h.bins.kubectl }
+
+// MeshfedPath is the meshfed CLI the harness runs (Meshfed), for a test
+// that runs it with a kubeconfig of its own.
+func (h *Harness) MeshfedPath() string { return h.bins.meshfed }
 
 // LogPath is the file that holds the workloads' and clusters' logs.
 func (h *Harness) LogPath() string { return h.log.Name() }

@@ -169,3 +169,17 @@ func (k *kubeFlags) contexts() ([]string, error) {
 	}
 	return names, nil
 }
+
+// currentContext is the kubeconfig's current context ("" when it has none
+// or cannot be read).
+func (k *kubeFlags) currentContext() string {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if k.kubeconfig != "" {
+		rules.ExplicitPath = k.kubeconfig
+	}
+	raw, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).RawConfig()
+	if err != nil {
+		return ""
+	}
+	return raw.CurrentContext
+}

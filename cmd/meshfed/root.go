@@ -66,6 +66,7 @@ func newRootCommand() *cobra.Command {
 		newClusterCommand(kf),
 		newProxyCommand(kf),
 		newDashboardCommand(kf),
+		newCheckCommand(kf),
 		newCertificateCommand(kf),
 		newControllerCommand(),
 		newBookappCommand(),

@@ -56,6 +56,9 @@ type Federation struct {
 	// Federated is false while this cluster's federation is off.
 	Federated bool            `json:"federated"`
 	Status    federate.Status `json:"status"`
+	// Now is the controller's wall clock when it answered: `meshfed
+	// check` compares it with its own to find clock skew between members.
+	Now time.Time `json:"now,omitzero"`
 }
 
 // Proxies is the answer of PathProxies.
@@ -95,7 +98,7 @@ func Handler(cluster string, src Source, fed FederationSource) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathFederation, func(w http.ResponseWriter, _ *http.Request) {
 		st, ok := fed.Load()
-		writeJSON(w, Federation{Cluster: cluster, Federated: ok, Status: st})
+		writeJSON(w, Federation{Cluster: cluster, Federated: ok, Status: st, Now: time.Now()})
 	})
 	mux.HandleFunc("GET "+PathMesh, func(w http.ResponseWriter, _ *http.Request) {
 		st, ok := src.State()
