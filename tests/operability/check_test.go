@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/meshfed/meshfed/controller/debug"
 	"github.com/meshfed/meshfed/deploy"
 	"github.com/meshfed/meshfed/deploy/check"
 	"github.com/meshfed/meshfed/localmesh"
@@ -98,6 +99,13 @@ func TestCheckPassesOnAHealthyFederationAndNamesTheFixOfEachProblem(t *testing.T
 	}
 	t.Logf("healthy:\n%s", out)
 
+	// proxy status --all-clusters asks every context's controller.
+	js, err := exec.CommandContext(ctx, h.MeshfedPath(), "proxy", "status", "--all-clusters", "-o", "json", "--kubeconfig", kubeconfig).Output()
+	var all []debug.Proxies
+	if err != nil || json.Unmarshal(js, &all) != nil || len(all) != 2 || all[0].Cluster != "east" || all[1].Cluster != "west" {
+		t.Errorf("proxy status --all-clusters: want east's and west's answers: %v\n%s", err, js)
+	}
+
 	// West loses its controller (so nothing republishes its bundle), and
 	// its published bundle is replaced by another root's.
 	h.StopController("west")
@@ -149,7 +157,7 @@ func TestCheckPassesOnAHealthyFederationAndNamesTheFixOfEachProblem(t *testing.T
 	}
 
 	cmd := exec.CommandContext(ctx, h.MeshfedPath(), "check", "-o", "json", "--kubeconfig", kubeconfig, "--contexts", "east,west")
-	js, err := cmd.Output() // stdout only: client-go logs to stderr
+	js, err = cmd.Output() // stdout only: client-go logs to stderr
 	if err == nil {
 		t.Errorf("meshfed check -o json exits 0 with west broken")
 	}
