@@ -94,7 +94,7 @@ func checkCRDs(ctx context.Context, inst *installer.Client, cluster, fix string)
 			problems = append(problems, fmt.Sprintf("%s: %v", want.GetName(), err))
 			continue
 		}
-		if !established(got) {
+		if !installer.Established(got) {
 			problems = append(problems, want.GetName()+" not established")
 		}
 		served := map[string]bool{}
@@ -117,17 +117,6 @@ func checkCRDs(ctx context.Context, inst *installer.Client, cluster, fix string)
 		return []Result{fail(cluster, name, strings.Join(problems, "; "), fix)}
 	}
 	return []Result{ok(cluster, name, fmt.Sprintf("meshfed's %d CRDs are established at the versions meshfed installs", len(crds)))}
-}
-
-func established(u *unstructured.Unstructured) bool {
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if m["type"] == "Established" && m["status"] == "True" {
-			return true
-		}
-	}
-	return false
 }
 
 func checkController(ctx context.Context, inst *installer.Client, cluster, ns, installFix, restartFix string) Result {

@@ -228,7 +228,7 @@ func (c *Client) waitEstablished(ctx context.Context, crds []*unstructured.Unstr
 	for _, crd := range crds {
 		for {
 			got, err := c.dyn.Resource(crdGVR).Get(ctx, crd.GetName(), metav1.GetOptions{})
-			if err == nil && established(got) {
+			if err == nil && Established(got) {
 				break
 			}
 			select {
@@ -242,7 +242,9 @@ func (c *Client) waitEstablished(ctx context.Context, crds []*unstructured.Unstr
 	return nil
 }
 
-func established(u *unstructured.Unstructured) bool {
+// Established says whether a CustomResourceDefinition (as unstructured)
+// has condition Established true: the API server serves its kinds.
+func Established(u *unstructured.Unstructured) bool {
 	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 	for _, c := range conds {
 		m, _ := c.(map[string]any)
