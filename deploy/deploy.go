@@ -21,8 +21,14 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-//go:embed crds/*.yaml
+// The CRDs live in the Helm chart (deploy/helm/meshfed/crds), which Helm
+// installs before the chart's templates; `meshfed install` applies the same
+// files.
+//
+//go:embed helm/meshfed/crds/*.yaml
 var crdFiles embed.FS
+
+const crdDir = "helm/meshfed/crds/"
 
 // Labels and annotations meshfed puts on what it installs and on the
 // namespaces it manages (the same semantics as Open Service Mesh's
@@ -79,7 +85,7 @@ var Version = "v0.1.0-dev"
 
 // CRDs returns the CustomResourceDefinitions meshfed needs, sorted by name.
 func CRDs() ([]*unstructured.Unstructured, error) {
-	names, err := fs.Glob(crdFiles, "crds/*.yaml")
+	names, err := fs.Glob(crdFiles, crdDir+"*.yaml")
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +106,7 @@ func CRDs() ([]*unstructured.Unstructured, error) {
 }
 
 // CRDFile returns the raw bytes of one embedded CRD file, by base name.
-func CRDFile(name string) ([]byte, error) { return crdFiles.ReadFile("crds/" + name) }
+func CRDFile(name string) ([]byte, error) { return crdFiles.ReadFile(crdDir + name) }
 
 // Decode splits a multi-document YAML or JSON stream into objects, skipping
 // empty documents.

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -43,7 +42,7 @@ func gatewayObjects(o Options, meta func(name, ns string) metav1.ObjectMeta, lab
 		ControllerID: mesh.NewIdentity(o.TrustDomain, o.Namespace, ControllerName),
 		CertDir:      gatewayCertDir, SDSDir: gatewayConfigDir,
 	}
-	boot, err := protojson.MarshalOptions{Multiline: true}.Marshal(generate.GatewayBootstrap(bo))
+	boot, err := generate.StableJSON(generate.GatewayBootstrap(bo))
 	if err != nil {
 		return nil, fmt.Errorf("gateway bootstrap: %w", err)
 	}

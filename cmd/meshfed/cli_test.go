@@ -38,8 +38,8 @@ func TestInstallDryRunPrintsManifests(t *testing.T) {
 	for _, o := range objs {
 		kinds[o.GetKind()]++
 	}
-	if kinds["CustomResourceDefinition"] != 7 || kinds["Deployment"] != 1 || kinds["MeshConfig"] != 1 {
-		t.Errorf("dry-run printed %v; want 7 CRDs, a Deployment and a MeshConfig", kinds)
+	if kinds["CustomResourceDefinition"] != 7 || kinds["Deployment"] != 1 || kinds["MeshConfig"] != 1 || kinds["MutatingWebhookConfiguration"] != 1 {
+		t.Errorf("dry-run printed %v; want 7 CRDs, a Deployment, a MeshConfig and the injector's webhook", kinds)
 	}
 	if !strings.Contains(out, "enablePermissiveTrafficPolicyMode: true") {
 		t.Error("dry-run MeshConfig does not carry --enable-permissive-traffic-policy")

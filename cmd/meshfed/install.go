@@ -36,6 +36,15 @@ MeshConfig. It uses server-side apply: running it again changes nothing.`,
 				if err != nil {
 					return err
 				}
+				if o.Injector {
+					// Without its caBundle, which install reads from the
+					// cluster; the controller writes it at start.
+					wh, err := deploy.InjectorWebhookObject(o, nil)
+					if err != nil {
+						return err
+					}
+					objs = append(objs, wh)
+				}
 				return deploy.Encode(cmd.OutOrStdout(), append(crds, objs...))
 			}
 			if err := o.Validate(); err != nil {

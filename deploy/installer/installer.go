@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -148,11 +147,10 @@ func (c *Client) installInjector(ctx context.Context, o deploy.Options) (string,
 	if err != nil {
 		return "", fmt.Errorf("sidecar injector: %w", err)
 	}
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(deploy.InjectorWebhook(o, root))
+	u, err := deploy.InjectorWebhookObject(o, root)
 	if err != nil {
 		return "", err
 	}
-	u := &unstructured.Unstructured{Object: obj}
 	if err := c.apply(ctx, u); err != nil {
 		return "", err
 	}

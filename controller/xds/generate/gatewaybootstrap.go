@@ -1,6 +1,8 @@
 package generate
 
 import (
+	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"time"
 
@@ -147,11 +149,30 @@ func SDSFiles(o GatewayBootstrapOptions, certFile, keyFile, bundleFile string) (
 		if err != nil {
 			return nil, err
 		}
-		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
+		b, err := StableJSON(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
 		if err != nil {
 			return nil, err
 		}
 		out[file] = b
 	}
 	return out, nil
+}
+
+// StableJSON is m in protojson's field names and forms, indented, and the
+// same bytes for the same message every time (protojson varies its
+// whitespace on purpose), so that what install writes or the injector adds
+// does not change when nothing changed.
+func StableJSON(m proto.Message) ([]byte, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var compact, out bytes.Buffer
+	if err := json.Compact(&compact, b); err != nil {
+		return nil, err
+	}
+	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }
