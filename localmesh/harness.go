@@ -77,6 +77,13 @@ type Config struct {
 	// the only address of a cluster the other networks reach, through a
 	// link (CutLink, RestoreLink). False: one flat network for all.
 	SeparateNetworks bool
+	// InstallControlPlane, when set, puts a cluster's control plane into
+	// it in place of `meshfed install` (with a Helm chart, say), given the
+	// cluster's kubeconfig and install's options. Nothing then brings a
+	// CA: the controller makes the root at its first start, so only one
+	// cluster may be given (the others would join a root that is not made
+	// yet).
+	InstallControlPlane func(ctx context.Context, kubeconfig string, o deploy.Options) error
 }
 
 // Step applies one manifest (a file or directory under
@@ -163,6 +170,9 @@ func Start(ctx context.Context, cfg Config) (h *Harness, err error) {
 	}
 	if cfg.Dir == "" {
 		return nil, errors.New("federated: Config.Dir is required")
+	}
+	if cfg.InstallControlPlane != nil && len(cfg.Clusters) > 1 {
+		return nil, errors.New("federated: Config.InstallControlPlane installs one cluster only")
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
@@ -432,7 +442,11 @@ func (h *Harness) install(ctx context.Context) error {
 		if c != first {
 			src.RootFrom = first.Sandbox.Client()
 		}
-		if _, err := c.Installer.InstallWithCA(ctx, o, src); err != nil {
+		if h.cfg.InstallControlPlane != nil {
+			if err := h.cfg.InstallControlPlane(ctx, c.Kubeconfig, o); err != nil {
+				return fmt.Errorf("install in %s: %w", name, err)
+			}
+		} else if _, err := c.Installer.InstallWithCA(ctx, o, src); err != nil {
 			return fmt.Errorf("install in %s: %w", name, err)
 		}
 		if err := h.routeInjector(ctx, c, o); err != nil {
