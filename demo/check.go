@@ -46,10 +46,15 @@ func (e *env) check(ctx context.Context) error {
 		return stats.Recent(now, 2*time.Second, src, method)
 	}
 
-	// 1. Both clusters answer bookbuyer: federation, export and split work.
+	// 1. Both clusters answer bookbuyer: federation, export and split
+	// work. Each client is sent the imported service on its own xDS
+	// stream, so bookthief may learn west's endpoints a moment after
+	// bookbuyer: the samples start once bookthief's RPCs, half of which
+	// go to west, are all refused by policy rather than failing.
 	if err := e.waitUntil(ctx, 3*time.Minute, "bookbuyer in east reaches bookstore-v1 in east and "+v2West.String(), func(now time.Time) (bool, string) {
 		t := recent(now, bookbuyer, "BuyBook")
-		return t.By[v1East] > 0 && t.By[v2West] > 0, fmt.Sprint(t.By)
+		th := recent(now, bookthief, "BuyBook")
+		return t.By[v1East] > 0 && t.By[v2West] > 0 && th.Total > 0 && th.Denied == th.Total, fmt.Sprint(t.By, " bookthief ", th.By)
 	}); err != nil {
 		return err // nothing else can be checked
 	}

@@ -254,23 +254,13 @@ func (g *Gateway) acceptListeners(st *stream, resp *discoveryv3.DiscoveryRespons
 		}
 		routes[pl.port] = pl.routes
 	}
-	// Open the new ports before the routes name them; close the old ones
-	// after.
-	for port := range routes {
-		if g.Addr(port) != "" {
-			continue
-		}
-		lis, err := g.cfg.Listen(port)
-		if err != nil {
-			return fmt.Errorf("listen on port %d: %w", port, err)
-		}
-		g.mu.Lock()
-		g.listeners[port] = lis
-		g.mu.Unlock()
-		go g.accept(lis, port)
-	}
+	// Publish the new routes and open their ports once warm; close the
+	// old ports after.
 	st.next.routes = routes
 	g.publish(st)
+	if err := g.openWarm(st); err != nil {
+		return err
+	}
 	var gone []net.Listener
 	g.mu.Lock()
 	for port, l := range g.listeners {
@@ -301,7 +291,7 @@ func (g *Gateway) acceptClusters(st *stream, resp *discoveryv3.DiscoveryResponse
 	}
 	st.next.clusters = clusters
 	g.publish(st)
-	return nil
+	return g.openWarm(st)
 }
 
 func (g *Gateway) acceptEndpoints(st *stream, resp *discoveryv3.DiscoveryResponse) error {
@@ -322,7 +312,45 @@ func (g *Gateway) acceptEndpoints(st *stream, resp *discoveryv3.DiscoveryRespons
 	}
 	st.next.endpoints = endpoints
 	g.publish(st)
+	return g.openWarm(st)
+}
+
+// openWarm opens the ports of st's listeners whose clusters are all warm
+// (known, their load assignments received), as Envoy puts a listener into
+// service and reports itself ready only once the clusters it names have
+// warmed. Until then nothing listens on the port, so the load balancer in
+// front of the gateway's replicas sends no connection to this one. A port
+// once open stays open while a listener is configured on it.
+func (g *Gateway) openWarm(st *stream) error {
+	for port, routes := range st.next.routes {
+		if g.Addr(port) != "" || !st.next.warm(routes) {
+			continue
+		}
+		lis, err := g.cfg.Listen(port)
+		if err != nil {
+			return fmt.Errorf("listen on port %d: %w", port, err)
+		}
+		g.mu.Lock()
+		g.listeners[port] = lis
+		g.mu.Unlock()
+		go g.accept(lis, port)
+	}
 	return nil
+}
+
+// warm reports whether every cluster routes names is known and has its
+// load assignment.
+func (t table) warm(routes map[string]string) bool {
+	for _, cluster := range routes {
+		eds, ok := t.clusters[cluster]
+		if !ok {
+			return false
+		}
+		if _, ok := t.endpoints[eds]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (g *Gateway) accept(lis net.Listener, port uint32) {

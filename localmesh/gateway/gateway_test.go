@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -154,6 +155,20 @@ func startGateway(t *testing.T, f *fixture) *Gateway {
 	return g
 }
 
+// listening waits for g to listen on the gateway port and returns its
+// address.
+func listening(t *testing.T, g *Gateway) string {
+	t.Helper()
+	var addr string
+	eventually(t, "the gateway listens", func() error {
+		if addr = g.Addr(generate.GatewayPort); addr == "" {
+			return errors.New("no listener yet")
+		}
+		return nil
+	})
+	return addr
+}
+
 // call dials the gateway as bookbuyer with sni and returns what the pod
 // said, after checking that the pod (not the gateway) presented
 // bookstore's SVID.
@@ -209,13 +224,7 @@ func TestGatewayPassesTLSThroughBySNI(t *testing.T) {
 	g := startGateway(t, f)
 	sni := generate.SNI(mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore"}, 14001)
 
-	var addr string
-	eventually(t, "the gateway listens", func() error {
-		if addr = g.Addr(generate.GatewayPort); addr == "" {
-			return errors.New("no listener yet")
-		}
-		return nil
-	})
+	addr := listening(t, g)
 	seen := map[string]int{}
 	eventually(t, "both pods answer through the gateway", func() error {
 		got, err := call(f, addr, sni)
@@ -267,4 +276,38 @@ func keys(m map[string]int) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// The gateway listens only once the clusters its routes name have their
+// endpoints (as Envoy warms clusters before it serves a listener), so the
+// first connection after the port opens is routed: a load balancer never
+// sends a client to a replica that would close it.
+func TestGatewayListensOnlyOnceWarm(t *testing.T) {
+	f := startController(t)
+	b1 := startBackend(t, f, "127.0.0.2", "pod-1")
+	f.update(t, []net.Addr{b1}, true)
+	g := startGateway(t, f)
+	sni := generate.SNI(mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore"}, 14001)
+	addr := listening(t, g)
+	if got, err := call(f, addr, sni); err != nil || !strings.HasSuffix(strings.TrimSpace(got), "pod-1") {
+		t.Fatalf("the first connection once the port is open: %q, %v", got, err)
+	}
+}
+
+func TestWarmNeedsEveryClusterAndItsEndpoints(t *testing.T) {
+	routes := map[string]string{"a.sni": "ca", "b.sni": "cb"}
+	for _, c := range []struct {
+		name string
+		t    table
+		want bool
+	}{
+		{"nothing known", table{}, false},
+		{"a cluster missing", table{clusters: map[string]string{"ca": "ea"}, endpoints: map[string][]netip.AddrPort{"ea": nil}}, false},
+		{"an assignment missing", table{clusters: map[string]string{"ca": "ea", "cb": "eb"}, endpoints: map[string][]netip.AddrPort{"ea": nil}}, false},
+		{"all received (no endpoints is an answer)", table{clusters: map[string]string{"ca": "ea", "cb": "eb"}, endpoints: map[string][]netip.AddrPort{"ea": nil, "eb": {}}}, true},
+	} {
+		if got := c.t.warm(routes); got != c.want {
+			t.Errorf("%s: warm = %v, want %v", c.name, got, c.want)
+		}
+	}
 }
