@@ -42,7 +42,7 @@ func gatewayObjects(o Options, meta func(name, ns string) metav1.ObjectMeta, lab
 		ControllerID: mesh.NewIdentity(o.TrustDomain, o.Namespace, ControllerName),
 		CertDir:      gatewayCertDir, SDSDir: gatewayConfigDir,
 	}
-	boot, err := generate.StableJSON(generate.GatewayBootstrap(bo))
+	boot, err := generate.StableJSON(generate.GatewayBootstrap(bo), "  ")
 	if err != nil {
 		return nil, fmt.Errorf("gateway bootstrap: %w", err)
 	}

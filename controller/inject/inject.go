@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"slices"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshfed/meshfed/capture"
@@ -169,11 +168,11 @@ func MutateEnvoy(pod *corev1.Pod, cfg Config, cc capture.Config) (*corev1.Pod, e
 	}
 	out := pod.DeepCopy()
 	controller := fmt.Sprintf("%s.%s.svc", deploy.ControllerName, cfg.Namespace)
-	boot, err := protojson.Marshal(generate.SidecarBootstrap(generate.GatewayBootstrapOptions{
+	boot, err := generate.StableJSON(generate.SidecarBootstrap(generate.GatewayBootstrapOptions{
 		ControllerHost: controller, XDSPort: deploy.PortXDS,
 		ControllerID: mesh.NewIdentity(cfg.TrustDomain, cfg.Namespace, deploy.ControllerName),
 		CertDir:      certDir, SDSDir: sdsDir,
-	}))
+	}), "")
 	if err != nil {
 		return nil, err
 	}

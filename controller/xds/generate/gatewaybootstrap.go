@@ -149,7 +149,7 @@ func SDSFiles(o GatewayBootstrapOptions, certFile, keyFile, bundleFile string) (
 		if err != nil {
 			return nil, err
 		}
-		b, err := StableJSON(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
+		b, err := StableJSON(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}}, "  ")
 		if err != nil {
 			return nil, err
 		}
@@ -158,20 +158,25 @@ func SDSFiles(o GatewayBootstrapOptions, certFile, keyFile, bundleFile string) (
 	return out, nil
 }
 
-// StableJSON is m in protojson's field names and forms, indented, and the
-// same bytes for the same message every time (protojson varies its
-// whitespace on purpose), so that what install writes or the injector adds
-// does not change when nothing changed.
-func StableJSON(m proto.Message) ([]byte, error) {
+// StableJSON is m in protojson's field names and forms, the same bytes for
+// the same message every time (protojson varies its whitespace on
+// purpose), so that what install writes or the injector adds does not
+// change when nothing changed. With indent "" it is compact; else each
+// level is indented by indent.
+func StableJSON(m proto.Message, indent string) ([]byte, error) {
 	b, err := protojson.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	var compact, out bytes.Buffer
+	var compact bytes.Buffer
 	if err := json.Compact(&compact, b); err != nil {
 		return nil, err
 	}
-	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
+	if indent == "" {
+		return compact.Bytes(), nil
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, compact.Bytes(), "", indent); err != nil {
 		return nil, err
 	}
 	return out.Bytes(), nil
