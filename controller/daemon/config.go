@@ -14,6 +14,11 @@ import (
 type Config struct {
 	// Kubeconfig is the kubeconfig file; empty means in-cluster.
 	Kubeconfig string
+	// KubeAPIQPS and KubeAPIBurst limit the controller's requests to the
+	// API server (client-go's own default, 5 per second, would take half
+	// an hour to write the status of 10,000 ServiceExports).
+	KubeAPIQPS   float32
+	KubeAPIBurst int
 	// MeshName, Namespace and MeshConfig name the mesh, the control
 	// plane's namespace and its MeshConfig object there.
 	MeshName   string
@@ -59,6 +64,8 @@ func DefaultConfig() Config {
 		MeshName:        deploy.DefaultMeshName,
 		Namespace:       deploy.DefaultNamespace,
 		MeshConfig:      deploy.MeshConfigName,
+		KubeAPIQPS:      50,
+		KubeAPIBurst:    100,
 		XDSAddress:      fmt.Sprintf(":%d", deploy.PortXDS),
 		IssuerAddress:   fmt.Sprintf(":%d", deploy.PortIssuer),
 		MetricsAddress:  fmt.Sprintf(":%d", deploy.PortMetrics),
@@ -77,6 +84,8 @@ func DefaultConfig() Config {
 
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
+	fs.Float32Var(&c.KubeAPIQPS, "kube-api-qps", c.KubeAPIQPS, "requests per second the controller may send the API server (writes of ServiceExport status and ServiceImports, Events)")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", c.KubeAPIBurst, "requests the controller may send the API server in a burst above --kube-api-qps")
 	fs.StringVar(&c.MeshName, "mesh-name", c.MeshName, "name of the mesh; namespaces labelled meshfed.io/monitored-by=<mesh-name> are meshed")
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "the control plane's namespace (MeshConfig, CA Secrets, bundle ConfigMap)")
 	fs.StringVar(&c.MeshConfig, "mesh-config", c.MeshConfig, "name of the MeshConfig in --namespace")
@@ -105,6 +114,9 @@ func (c Config) Validate() error {
 		if err := checkListenAddress(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", flag, addr, err))
 		}
+	}
+	if c.KubeAPIQPS <= 0 || c.KubeAPIBurst < 1 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %v and --kube-api-burst %d must be positive", c.KubeAPIQPS, c.KubeAPIBurst))
 	}
 	if c.MeshName == "" || c.Namespace == "" || c.MeshConfig == "" {
 		errs = append(errs, errors.New("--mesh-name, --namespace and --mesh-config must not be empty"))

@@ -62,6 +62,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	rc.QPS, rc.Burst = cfg.KubeAPIQPS, cfg.KubeAPIBurst
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err

@@ -46,6 +46,11 @@ const (
 // Bridge connects one cluster's Kubernetes API with its federation member.
 // Create it with New and start it with Run.
 type Bridge struct {
+	// writesLeft is what the current pass may still write to the API
+	// server; writesDeferred says it ran out (Config.WriteBudget).
+	writesLeft     int
+	writesDeferred bool
+
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
@@ -332,7 +337,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 			b.writeStatus(ctx)
 		case <-debounce.C:
 			first = time.Time{}
-			if err := b.reconcile(ctx); err != nil {
+			if err := b.reconcile(ctx); errors.Is(err, errMoreToWrite) {
+				retry.Reset(0)
+			} else if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -441,10 +448,11 @@ func (b *Bridge) servingGateways() []string {
 	return b.gatewayAddresses()
 }
 
-// reconcile does one full pass: exports → Publish, conditions, imports,
-// remote state. It returns an error when something must be retried.
+// reconcile does one full pass: exports → Publish, remote state,
+// conditions, imports. It returns an error when something must be retried.
 func (b *Bridge) reconcile(ctx context.Context) error {
 	start := time.Now()
+	b.writesLeft, b.writesDeferred = b.cfg.WriteBudget, false
 	remoteSince := b.remoteSince
 	b.remoteSince = time.Time{}
 	snap := b.validRemote(b.cfg.Federation.Snapshot())
@@ -480,6 +488,11 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	b.metrics.exports.WithLabelValues("invalid").Set(float64(len(invalid)))
 	b.metrics.exports.WithLabelValues("conflict").Set(float64(len(v.conflicts)))
 
+	// The remote state goes to the xDS server before the API server
+	// writes below, which are paced by the client's rate limit: the first
+	// pass over thousands of exports or imports must not hold back the
+	// proxies' endpoints.
+	b.setRemote(v.remote, snap, remoteSince)
 	if err := b.updateExportConditions(ctx, all, invalid, v.conflicts); err != nil {
 		errs = append(errs, err)
 	}
@@ -488,7 +501,6 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	b.setRemote(v.remote, snap, remoteSince)
 	if b.cfg.MeshConfigName != "" && time.Since(b.statusAt) > 2*time.Second {
 		b.writeStatus(ctx)
 	} else {
@@ -498,7 +510,25 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	if b.writesDeferred {
+		return errMoreToWrite
+	}
 	return nil
+}
+
+// errMoreToWrite ends a pass that left writes for the next one
+// (Config.WriteBudget).
+var errMoreToWrite = errors.New("more writes to the API server than one pass makes")
+
+// spend takes one write from the pass's budget; false: none is left, the
+// write waits for the next pass.
+func (b *Bridge) spend() bool {
+	if b.writesLeft <= 0 {
+		b.writesDeferred = true
+		return false
+	}
+	b.writesLeft--
+	return true
 }
 
 // setRemote hands out the remote state if it changed, and records how

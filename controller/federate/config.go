@@ -93,6 +93,13 @@ type Config struct {
 	// Resync is how often everything is reconciled even with no change,
 	// and the informers' resync period. Default 5 min.
 	Resync time.Duration
+	// WriteBudget is how many writes to the API server (ServiceExport
+	// status, ServiceImports) one pass makes at most; the rest wait for
+	// the next pass, which follows at once. A pass so stays short and a
+	// remote change that arrives while thousands of ServiceImports are
+	// written waits for one pass, not for all of them. Default 200 (≈ 4 s
+	// at the controller's default 50 requests per second).
+	WriteBudget int
 
 	// Registerer receives the bridge's metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -120,6 +127,7 @@ func DefaultConfig() Config {
 		Debounce:       100 * time.Millisecond,
 		MaxDelay:       time.Second,
 		Resync:         5 * time.Minute,
+		WriteBudget:    200,
 		GatewayGrace:   10 * time.Second,
 		GatewayService: "meshfed-gateway",
 		Component:      "meshfed-controller",
@@ -155,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxDelay < c.Debounce {
 		errs = append(errs, fmt.Errorf("federate: MaxDelay %v: must be at least Debounce %v", c.MaxDelay, c.Debounce))
+	}
+	if c.WriteBudget < 1 {
+		errs = append(errs, fmt.Errorf("federate: WriteBudget %d: must be positive", c.WriteBudget))
 	}
 	if c.Resync <= 0 {
 		errs = append(errs, fmt.Errorf("federate: Resync %v: must be positive", c.Resync))

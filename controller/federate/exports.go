@@ -74,7 +74,7 @@ func (b *Bridge) updateExportConditions(ctx context.Context, all map[string]*mcs
 		for _, d := range desiredConditions(se.Generation, invalid[key], c) {
 			apimeta.SetStatusCondition(&conds, d)
 		}
-		if reflect.DeepEqual(conds, se.Status.Conditions) {
+		if reflect.DeepEqual(conds, se.Status.Conditions) || !b.spend() {
 			continue
 		}
 		upd := se.DeepCopy()

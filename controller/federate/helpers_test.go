@@ -137,6 +137,13 @@ func fedConfig(t *testing.T, name string, root *ca.Root, gossipKey []byte, seeds
 // its federation member and its bridge, and stops both when the test ends.
 func startMember(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []byte, seeds ...string) *member {
 	t.Helper()
+	return startMemberWith(t, c, root, gossipKey, nil, seeds...)
+}
+
+// startMemberWith is startMember with the bridge's configuration changed
+// by tune (if not nil) before it starts.
+func startMemberWith(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []byte, tune func(*federate.Config), seeds ...string) *member {
+	t.Helper()
 	ctx := testContext(t)
 	inst, err := installer.New(c.RESTConfig())
 	if err != nil {
@@ -147,7 +154,10 @@ func startMember(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []by
 	if _, err := inst.Install(ctx, o); err != nil {
 		t.Fatal(err)
 	}
-	m := &member{name: c.Name, kube: c.Client(), dyn: dynamic.NewForConfigOrDie(c.RESTConfig()), reg: prometheus.NewRegistry(), logs: &logRecorder{}}
+	// The controller's default request rate (--kube-api-qps/burst).
+	rc := c.RESTConfig()
+	rc.QPS, rc.Burst = 50, 100
+	m := &member{name: c.Name, kube: c.Client(), dyn: dynamic.NewForConfigOrDie(rc), reg: prometheus.NewRegistry(), logs: &logRecorder{}}
 	m.fed, err = federation.New(fedConfig(t, c.Name, root, gossipKey, seeds...))
 	if err != nil {
 		t.Fatal(err)
@@ -162,6 +172,9 @@ func startMember(t *testing.T, c *sandbox.Cluster, root *ca.Root, gossipKey []by
 	bcfg.Logger = slog.New(m.logs)
 	if os.Getenv("FEDERATE_TEST_LOG") != "" {
 		m.logs.tee = testLogger(c.Name).Handler()
+	}
+	if tune != nil {
+		tune(&bcfg)
 	}
 	m.bcfg = bcfg
 	runCtx, cancel := context.WithCancel(context.Background())

@@ -69,6 +69,9 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 		spec, clusters := serviceImportFor(imp)
 		obj, err := b.imports.ByNamespace(imp.Namespace).Get(imp.Name)
 		if apierrors.IsNotFound(err) {
+			if !b.spend() {
+				continue
+			}
 			si := &mcsv1beta1.ServiceImport{
 				ObjectMeta: metav1.ObjectMeta{Namespace: imp.Namespace, Name: imp.Name, Labels: map[string]string{
 					LabelManagedBy: ManagedBy, mcsv1beta1.LabelServiceName: imp.Name,
@@ -81,6 +84,9 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 				continue
 			}
 			created, err := client.Namespace(imp.Namespace).Create(ctx, u, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				continue // created by an earlier pass, not yet in the cache: the next pass compares it
+			}
 			if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) && strings.Contains(err.Error(), "being terminated") {
 				b.log.Debug("federate: no namespace for ServiceImport", "serviceimport", key, "err", err)
 				continue // namespace sameness: the namespace does not exist here
@@ -112,7 +118,11 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 			errs = append(errs, fmt.Errorf("serviceimport %s: %w", key, err))
 			continue
 		}
-		if !reflect.DeepEqual(normalizeSpec(cur.Spec), normalizeSpec(spec)) {
+		specChanged, statusChanged := !reflect.DeepEqual(normalizeSpec(cur.Spec), normalizeSpec(spec)), !reflect.DeepEqual(cur.Status.Clusters, clusters)
+		if (specChanged || statusChanged) && !b.spend() {
+			continue
+		}
+		if specChanged {
 			upd := u.DeepCopy()
 			specObj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&spec)
 			if err != nil {
@@ -125,7 +135,7 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 				continue
 			}
 		}
-		if !reflect.DeepEqual(cur.Status.Clusters, clusters) {
+		if statusChanged {
 			upd := u.DeepCopy()
 			if err := unstructured.SetNestedField(upd.Object, clustersField(clusters), "status", "clusters"); err != nil {
 				errs = append(errs, err)
@@ -143,7 +153,7 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 	for _, o := range objs {
 		u := o.(*unstructured.Unstructured)
 		key := u.GetNamespace() + "/" + u.GetName()
-		if wanted[key] || u.GetDeletionTimestamp() != nil {
+		if wanted[key] || u.GetDeletionTimestamp() != nil || !b.spend() {
 			continue
 		}
 		err := client.Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
