@@ -12,13 +12,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
@@ -63,7 +61,7 @@ type Bridge struct {
 	regs      []registration
 	services  corelisters.ServiceLister
 	pods      corelisters.PodLister
-	slices    discoverylisters.EndpointSliceLister
+	slices    cache.Indexer // EndpointSlices, indexed by Service (kube.SlicesOf)
 	exports   cache.GenericLister
 	imports   cache.GenericLister
 	synced    []cache.InformerSynced
@@ -91,7 +89,11 @@ type Bridge struct {
 	// catalog version last checked; invalid those of the last snapshot
 	// that had any.
 	checked map[string]checkedCatalog
-	invalid map[string]checkedCatalog
+	// exportObjs are the ServiceExports read so far, by key, kept while
+	// their resourceVersion stays: converting 10,000 of them from
+	// unstructured on every pass costs more than the rest of the pass.
+	exportObjs map[string]readExport
+	invalid    map[string]checkedCatalog
 
 	current atomic.Pointer[RemoteState]
 	subsMu  sync.Mutex
@@ -128,6 +130,7 @@ func New(cfg Config) (*Bridge, error) {
 		leftOut:     map[string]string{},
 		exportsSeen: newFirstSeen(),
 		checked:     map[string]checkedCatalog{},
+		exportObjs:  map[string]readExport{},
 		subs:        map[chan struct{}]struct{}{},
 	}
 	b.current.Store(&RemoteState{Remote: map[string]mesh.ClusterCatalog{}})
@@ -144,7 +147,7 @@ func New(cfg Config) (*Bridge, error) {
 	}
 	core := b.informers.Core().Core().V1()
 	slices := b.informers.Core().Discovery().V1().EndpointSlices()
-	b.services, b.pods, b.slices = core.Services().Lister(), core.Pods().Lister(), slices.Lister()
+	b.services, b.pods, b.slices = core.Services().Lister(), core.Pods().Lister(), slices.Informer().GetIndexer()
 	se, si := b.informers.Resource(ServiceExportGVR), b.informers.Resource(ServiceImportGVR)
 	b.exports, b.imports = se.Lister(), si.Lister()
 	// Changes of the local services reach a bridge that shares the
@@ -362,13 +365,21 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 	valid := map[string]catalog.ExportedService{}
 	all := map[string]*mcsv1beta1.ServiceExport{}
 	invalid := map[string]string{} // key → reason: message
+	seen := map[string]bool{}
+	defer func() {
+		for key := range b.exportObjs {
+			if !seen[key] {
+				delete(b.exportObjs, key)
+			}
+		}
+	}()
 	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
 			continue
 		}
-		var se mcsv1beta1.ServiceExport
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &se); err != nil {
+		se, err := b.readExport(u, seen)
+		if err != nil {
 			b.log.Warn("federate: unreadable ServiceExport", "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
 			continue
 		}
@@ -376,7 +387,7 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 			continue
 		}
 		key := se.Namespace + "/" + se.Name
-		all[key] = &se
+		all[key] = se
 		svc, err := b.services.Services(se.Namespace).Get(se.Name)
 		if apierrors.IsNotFound(err) {
 			invalid[key] = string(mcsv1beta1.ServiceExportReasonNoService) + ": service " + key + " does not exist"
@@ -389,9 +400,7 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": ExternalName services cannot be exported"
 			continue
 		}
-		sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: se.Name})
-		slices, _ := b.slices.EndpointSlices(se.Namespace).List(sel)
-		ms, err := kube.ServiceFrom(settings, svc, slices, b.podInfo)
+		ms, err := kube.ServiceFrom(settings, svc, kube.SlicesOf(b.slices, se.Namespace, se.Name), b.podInfo)
 		if err != nil {
 			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": " + err.Error()
 			continue
@@ -406,6 +415,30 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 		valid[key] = exp
 	}
 	return valid, all, invalid
+}
+
+// readExport is one ServiceExport as read at one resourceVersion.
+type readExport struct {
+	resourceVersion string
+	se              *mcsv1beta1.ServiceExport
+}
+
+// readExport converts u, or returns the conversion made when u was last
+// seen at the same resourceVersion; it marks u's key seen. The result is
+// shared: callers copy it before changing it.
+func (b *Bridge) readExport(u *unstructured.Unstructured, seen map[string]bool) (*mcsv1beta1.ServiceExport, error) {
+	key := u.GetNamespace() + "/" + u.GetName()
+	seen[key] = true
+	if r, ok := b.exportObjs[key]; ok && r.resourceVersion == u.GetResourceVersion() && r.resourceVersion != "" {
+		return r.se, nil
+	}
+	var se mcsv1beta1.ServiceExport
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &se); err != nil {
+		delete(b.exportObjs, key)
+		return nil, err
+	}
+	b.exportObjs[key] = readExport{resourceVersion: u.GetResourceVersion(), se: &se}
+	return &se, nil
 }
 
 // reportUnreachable logs each cluster on another network that lists no

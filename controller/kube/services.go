@@ -2,6 +2,7 @@ package kube
 
 import (
 	"cmp"
+	"k8s.io/client-go/tools/cache"
 	"maps"
 	"slices"
 
@@ -26,6 +27,20 @@ func sliceServiceKey(obj any) ([]string, error) {
 		return nil, nil
 	}
 	return []string{sl.Namespace + "/" + name}, nil
+}
+
+// SlicesOf returns the EndpointSlices of Service ns/name from the
+// EndpointSlice informer's indexer (NewInformers indexes it by Service): a
+// lookup, where a label selector would scan every slice of the namespace.
+func SlicesOf(slices cache.Indexer, ns, name string) []*discoveryv1.EndpointSlice {
+	objs, _ := slices.ByIndex(indexByService, ns+"/"+name)
+	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if sl, ok := o.(*discoveryv1.EndpointSlice); ok {
+			out = append(out, sl)
+		}
+	}
+	return out
 }
 
 // serviceInputs finds what converting one Service needs: its

@@ -553,14 +553,7 @@ func (w *Watcher) build(ch changes) (mesh.State, []mesh.Problem) {
 
 // slicesOf returns the EndpointSlices of Service ns/name.
 func (w *Watcher) slicesOf(ns, name string) []*discoveryv1.EndpointSlice {
-	objs, _ := w.slices.ByIndex(indexByService, ns+"/"+name)
-	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
-	for _, o := range objs {
-		if sl, ok := o.(*discoveryv1.EndpointSlice); ok {
-			out = append(out, sl)
-		}
-	}
-	return out
+	return SlicesOf(w.slices, ns, name)
 }
 
 // podInfo returns what the mesh reads from Pod ns/name.
