@@ -97,8 +97,9 @@ type Config struct {
 	// status, ServiceImports) one pass makes at most; the rest wait for
 	// the next pass, which follows at once. A pass so stays short and a
 	// remote change that arrives while thousands of ServiceImports are
-	// written waits for one pass, not for all of them. Default 200 (≈ 4 s
-	// at the controller's default 50 requests per second).
+	// written waits for one pass, not for all of them. Default 25 (a
+	// ServiceImport is two requests: under a second at the controller's
+	// default 50 requests per second).
 	WriteBudget int
 
 	// Registerer receives the bridge's metrics; nil registers none.
@@ -127,7 +128,7 @@ func DefaultConfig() Config {
 		Debounce:       100 * time.Millisecond,
 		MaxDelay:       time.Second,
 		Resync:         5 * time.Minute,
-		WriteBudget:    200,
+		WriteBudget:    25,
 		GatewayGrace:   10 * time.Second,
 		GatewayService: "meshfed-gateway",
 		Component:      "meshfed-controller",

@@ -108,24 +108,28 @@ func TestEndpointChangeWithALargeCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("east holds west's %d-service catalog %s after the first create", n+1, time.Since(start).Round(time.Second))
-	// East's controller writes a ServiceImport for each, a pass at a time
-	// (federate.Config.WriteBudget): the figures below are taken once
-	// those writes are done, as in a federation that has settled.
-	eastDyn, err := dynamic.NewForConfig(h.Cluster("east").Sandbox.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = localmesh.WaitUntil(ctx, 15*time.Minute, fmt.Sprintf("east has written %d ServiceImports", n+1), func(time.Time) (bool, string) {
-		l, err := eastDyn.Resource(federate.ServiceImportGVR).List(ctx, metav1.ListOptions{LabelSelector: federate.LabelManagedBy + "=" + federate.ManagedBy})
+	// Each controller writes a ServiceImport for each exported service
+	// (west for its own too) and west the status of each ServiceExport,
+	// a few at a time (federate.Config.WriteBudget): the figures below
+	// are taken once those writes are done, as in a federation that has
+	// settled.
+	for _, cluster := range h.Clusters() {
+		cdyn, err := dynamic.NewForConfig(h.Cluster(cluster).Sandbox.RESTConfig())
 		if err != nil {
-			return false, err.Error()
+			t.Fatal(err)
 		}
-		return len(l.Items) >= n+1, fmt.Sprintf("%d ServiceImports", len(l.Items))
-	})
-	if err != nil {
-		t.Fatal(err)
+		err = localmesh.WaitUntil(ctx, 20*time.Minute, fmt.Sprintf("%s has written %d ServiceImports", cluster, n+1), func(time.Time) (bool, string) {
+			l, err := cdyn.Resource(federate.ServiceImportGVR).List(ctx, metav1.ListOptions{LabelSelector: federate.LabelManagedBy + "=" + federate.ManagedBy})
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(l.Items) >= n+1, fmt.Sprintf("%d ServiceImports", len(l.Items))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s has written the ServiceImports %s after the first create", cluster, time.Since(start).Round(time.Second))
 	}
-	t.Logf("east has written the ServiceImports %s after the first create", time.Since(start).Round(time.Second))
 	st := h.Stats()
 	if err := localmesh.WaitUntil(ctx, 3*time.Minute, "bookbuyer in east reaches west", func(now time.Time) (bool, string) {
 		r := st.Recent(now, 2*time.Second, buyerEast, "BuyBook")
