@@ -150,6 +150,7 @@ type publishResult struct {
 
 // New checks cfg and returns a Federation that is not yet running.
 func New(cfg Config) (*Federation, error) {
+	cfg = cfg.withDeltaDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("federation config for cluster %q: %w", cfg.ClusterName, err)
 	}

@@ -105,7 +105,15 @@ func newFuzzPKI(f *testing.F) *fuzzPKI {
 	if err != nil {
 		f.Fatal(err)
 	}
-	note, err := signRestartNote(restartNote{Cluster: "west", Version: west.Version, Digest: west.ShortDigest()}, ws.Key, ws.Chain)
+	cat, _, err := catalog.Verify(west.Bytes, catalog.VerifyOptions{Roots: root.Pool, TrustDomain: testTD})
+	if err != nil {
+		f.Fatal(err)
+	}
+	h, err := newHolding(cat, nil, west.Bytes)
+	if err != nil {
+		f.Fatal(err)
+	}
+	note, err := signRestartNote(restartNote{Cluster: "west", Version: west.Version, Digest: h.shortDigest()}, ws.Key, ws.Chain)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -146,11 +154,15 @@ func FuzzGossipMessage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, msg, state []byte) {
 		sendCh := make(chan sendJob, 4)
 		st := newLoopState(fed, nil, sendCh, make(chan struct{}, 1), 1)
-		cat, signed, err := st.verify(p.west.Bytes)
+		cat, _, err := st.verify(p.west.Bytes)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.store(cat, signed)
+		h, err := newHolding(cat, nil, p.west.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.store(st.cluster("west"), h)
 		d := delegate{f: fed}
 		d.NotifyJoin(&memberlist.Node{Name: "west", Addr: []byte{127, 0, 0, 2}, Port: 7946, Meta: meta})
 		d.NotifyMsg(msg)

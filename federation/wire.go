@@ -16,6 +16,7 @@ const (
 	kindCatalog byte = 'C' // stream: a signed catalog envelope follows
 	kindLeave   byte = 'L' // broadcast: cluster C is leaving on purpose
 	kindRestart byte = 'S' // stream: a signed restart note follows (note.go)
+	kindUpdate  byte = 'U' // stream: a signed head and a catalog or delta (update.go)
 )
 
 // wireFormat is the version of meshfed's own messages (notices, requests,
@@ -39,6 +40,9 @@ type request struct {
 	Cluster    string `json:"c"`
 	MinVersion uint64 `json:"v"`
 	From       string `json:"from"`
+	// Have is the version the requester holds (0: none, or it wants the
+	// whole catalog), so that the answer can be a delta from it.
+	Have uint64 `json:"have,omitempty"`
 }
 
 // digestState is what push/pull carries: who sent it and, per cluster, the

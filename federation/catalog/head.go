@@ -217,3 +217,38 @@ func toValidUTF8(s string) string {
 	}
 	return b.String()
 }
+
+// EncodePayload returns c encoded as a catalog travels (gzip JSON),
+// without a signature: a relay sends it with the owner's signed head.
+func EncodePayload(c *Catalog) ([]byte, error) { return encode(c) }
+
+// DecodePayload decodes an unsigned catalog payload within opts' size and
+// decoding limits and checks its header, as Verify does after checking
+// the signature. The caller must then check its ContentDigest against the
+// owner's signed head. Errors wrap ErrOversize, ErrDecode or ErrInvalid.
+func DecodePayload(b []byte, opts VerifyOptions) (*Catalog, error) {
+	if opts.MaxBytes > 0 && len(b) > opts.MaxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrOversize, len(b), opts.MaxBytes)
+	}
+	c, err := decode(b, opts.limits())
+	if err != nil {
+		return nil, err
+	}
+	var p problems
+	c.validateHeader(&p)
+	if err := p.err(); err != nil {
+		return nil, fmt.Errorf("catalog %s v%d: %w: %w", c.Cluster, c.Version, ErrInvalid, err)
+	}
+	return c, nil
+}
+
+// PeekHead returns the cluster and version a signed head claims, without
+// verifying anything, for reporting a head that fails VerifyHead.
+func PeekHead(b []byte) (cluster string, version uint64) {
+	var sh signedHead
+	var h Head
+	if len(b) <= MaxHeadBytes && json.Unmarshal(b, &sh) == nil && json.Unmarshal(sh.Head, &h) == nil {
+		return h.Cluster, h.Version
+	}
+	return "", 0
+}
