@@ -559,7 +559,7 @@ func (s *loopState) serve(r request) {
 		return
 	}
 	to.lastContact = now
-	s.send(to, r.Cluster, msg)
+	s.sendUpdate(to, r.Cluster, msg)
 }
 
 // accept verifies a catalog envelope and, if it is good and newer, stores it.

@@ -375,8 +375,34 @@ func (s *loopState) push(h *holding, base uint64) []string {
 	}
 	names := make([]string, 0, len(live))
 	for _, c := range live {
-		s.send(c, s.self, msg)
+		s.sendUpdate(c, s.self, msg)
 		names = append(names, c.name)
 	}
 	return names
+}
+
+// sendUpdate sends an update (or a bare envelope) about cluster and counts
+// it by role and kind.
+func (s *loopState) sendUpdate(to *clusterState, cluster string, msg []byte) {
+	role := "relay"
+	if cluster == s.self {
+		role = "owner"
+	}
+	s.f.m.updatesSent.WithLabelValues(role, updateKind(msg)).Inc()
+	s.send(to, cluster, msg)
+}
+
+// updateKind names what an update message carries, for metrics.
+func updateKind(msg []byte) string {
+	if len(msg) > 0 && msg[0] == kindUpdate {
+		if _, kind, _, err := splitUpdate(msg[1:]); err == nil {
+			switch kind {
+			case updDelta:
+				return "delta"
+			case updHead:
+				return "head"
+			}
+		}
+	}
+	return "whole"
 }
