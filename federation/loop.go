@@ -762,14 +762,20 @@ func (s *loopState) publish(services []catalog.ExportedService, gateways []strin
 		GeneratedAt: cfg.now().UTC(), TrustBundleFingerprint: fp, Services: services,
 	}
 	catalog.Canonicalize(cat)
-	h, err := s.signOwn(cat, key, chain)
+	prev := s.own
+	var h *holding
+	if prev != nil && prev.sizes != nil {
+		h, err = s.signOwnDelta(prev, cat)
+	}
+	if h == nil && err == nil {
+		h, err = s.signOwn(cat, key, chain)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
 	}
 	var base uint64
-	if prev := s.own; prev != nil {
+	if prev != nil {
 		base = prev.version()
-		s.addOwnDelta(prev, h)
 	}
 	s.local, s.own, s.seq = cat, h, uint32(version)
 	s.f.m.catalogVersion.WithLabelValues(s.self).Set(float64(version))
@@ -802,7 +808,23 @@ func (s *loopState) signOwn(cat *catalog.Catalog, key crypto.Signer, chain []*x5
 	if _, _, err := s.verify(signed.Bytes); err != nil {
 		return nil, fmt.Errorf("own catalog fails verification: %w", err)
 	}
-	hashes, err := catalog.ServiceHashes(cat)
+	h, err := s.ownHolding(cat, nil)
+	if err != nil {
+		return nil, err
+	}
+	h.env = signed.Bytes
+	return h, nil
+}
+
+// ownHolding hashes cat (reusing prev's hashes of services that did not
+// change) and signs its head.
+func (s *loopState) ownHolding(cat *catalog.Catalog, prev *holding) (*holding, error) {
+	cfg := &s.f.cfg
+	key, chain, err := cfg.Signer.CatalogSigner()
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
+	}
+	hashes, sizes, err := reuseHashes(prev, cat)
 	if err != nil {
 		return nil, err
 	}
@@ -818,28 +840,85 @@ func (s *loopState) signOwn(cat *catalog.Catalog, key crypto.Signer, chain []*x5
 	if _, err := catalog.VerifyHead(head.Bytes, roots, cfg.TrustDomain, time.Time{}); err != nil {
 		return nil, fmt.Errorf("own catalog head fails verification: %w", err)
 	}
-	return &holding{cat: cat, hashes: hashes, digest: digest, head: head, env: signed.Bytes}, nil
+	return &holding{cat: cat, hashes: hashes, sizes: sizes, digest: digest, head: head}, nil
 }
 
-// addOwnDelta records in h the delta from prev, when it is small enough to
-// be worth sending and within what receivers accept, so that members
-// holding prev (or a version in its history) receive only the change.
-func (s *loopState) addOwnDelta(prev, h *holding) {
+// reuseHashes returns the ServiceHashAndSize of each of cat's services,
+// taken from prev (nil: none) for services that did not change. Both are
+// sorted by namespace then name.
+func reuseHashes(prev *holding, cat *catalog.Catalog) ([][32]byte, []int, error) {
+	hashes := make([][32]byte, len(cat.Services))
+	sizes := make([]int, len(cat.Services))
+	i := 0
+	for j := range cat.Services {
+		svc := &cat.Services[j]
+		if prev != nil {
+			for i < len(prev.cat.Services) && serviceBefore(&prev.cat.Services[i], svc) {
+				i++
+			}
+			if i < len(prev.cat.Services) && catalog.SameService(&prev.cat.Services[i], svc) {
+				hashes[j], sizes[j] = prev.hashes[i], prev.sizes[i]
+				continue
+			}
+		}
+		h, n, err := catalog.ServiceHashAndSize(svc)
+		if err != nil {
+			return nil, nil, err
+		}
+		hashes[j], sizes[j] = h, n
+	}
+	return hashes, sizes, nil
+}
+
+// serviceBefore orders services by namespace, then name.
+func serviceBefore(a, b *catalog.ExportedService) bool {
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
+}
+
+// signOwnDelta publishes cat as a delta from prev when the change is small
+// enough: it hashes only the services that changed, signs the head, and
+// checks what receivers will check — the delta decodes within their
+// limits, and the whole catalog stays within them — without encoding or
+// decoding the whole catalog (that is done only if someone asks for it).
+// It returns nil and no error when the change is too large for a delta.
+func (s *loopState) signOwnDelta(prev *holding, cat *catalog.Catalog) (*holding, error) {
 	cfg := &s.f.cfg
-	d := catalog.Diff(prev.cat, h.cat, prev.hashes, h.hashes)
-	if d.Size() > cfg.MaxDeltaServices {
-		return
+	if err := cat.Validate(); err != nil {
+		return nil, fmt.Errorf("v%d: %w: %w", cat.Version, catalog.ErrInvalid, err)
+	}
+	h, err := s.ownHolding(cat, prev)
+	if err != nil {
+		return nil, err
+	}
+	d := catalog.Diff(prev.cat, cat, prev.hashes, h.hashes)
+	lim := s.deltaLimits()
+	if d.Size() > lim.MaxServices {
+		return nil, nil
 	}
 	b, err := d.Encode()
-	if err != nil || len(b) > s.deltaLimits().MaxBytes || len(b) >= len(h.env)/2 {
-		return
+	if err != nil || len(b) > lim.MaxBytes {
+		return nil, nil
 	}
-	if _, err := catalog.DecodeDelta(b, s.deltaLimits()); err != nil {
-		s.f.log.Warn("own catalog delta fails decoding; members will fetch the whole catalog", "version", FormatVersion(h.version()), "err", err)
-		return
+	if _, err := catalog.DecodeDelta(b, lim); err != nil {
+		return nil, fmt.Errorf("v%d: own catalog delta fails verification: %w", cat.Version, err)
+	}
+	size, err := catalog.EncodedSize(cat, h.sizes)
+	if err == nil && size > int64(cfg.MaxCatalogBytes)-int64(cfg.MaxCatalogBytes)/64-(64<<10) {
+		return nil, nil // may not fit the envelope limit compressed: check it whole
+	}
+	if err == nil {
+		roots, _ := cfg.Bundle.X509Roots()
+		err = catalog.CheckBounds(cat, size, catalog.VerifyOptions{Roots: roots, MaxBytes: cfg.MaxCatalogBytes, MaxInflatedBytes: cfg.MaxInflatedCatalogBytes})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("v%d: %w", cat.Version, err)
 	}
 	h.history = appendHistory(prev.history, d, cfg.DeltaHistory)
 	h.encoded = map[uint64][]byte{prev.version(): encodeUpdate(h.head.Bytes, updDelta, b)}
+	return h, nil
 }
 
 // nextVersion is the version of the next publication: the next sequence

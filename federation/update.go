@@ -48,7 +48,10 @@ var errBaseNotHeld = errors.New("delta base not held")
 type holding struct {
 	cat    *catalog.Catalog
 	hashes [][32]byte // catalog.ServiceHashes(cat)
-	digest [32]byte   // catalog.ContentDigest(cat, hashes)
+	// sizes are the services' encoded lengths; only for this cluster's
+	// own catalog (see signOwnDelta).
+	sizes  []int
+	digest [32]byte // catalog.ContentDigest(cat, hashes)
 	// head is the owner's signed head for cat; nil when the catalog came
 	// as a bare signed envelope (kindCatalog) and no head with it since.
 	head *catalog.SignedHead

@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -194,5 +196,22 @@ func TestSignedHeadNamesItsSigner(t *testing.T) {
 	tampered[len(tampered)/3] ^= 1
 	if _, err := VerifyHead(tampered, west.root.Pool, testTD, time.Time{}); err == nil {
 		t.Fatal("a tampered head verified")
+	}
+}
+
+func TestEncodedSizeIsTheCatalogsJSONLength(t *testing.T) {
+	for _, n := range []int{0, 1, 17} {
+		c := realistic("west", n, 2)
+		sizes := make([]int, len(c.Services))
+		for i := range c.Services {
+			_, sizes[i], _ = ServiceHashAndSize(&c.Services[i])
+		}
+		var buf bytes.Buffer
+		if err := json.NewEncoder(&buf).Encode(c); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := EncodedSize(c, sizes); err != nil || got != int64(buf.Len()) {
+			t.Errorf("%d services: EncodedSize %d, JSON is %d bytes (%v)", n, got, buf.Len(), err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -251,4 +252,72 @@ func PeekHead(b []byte) (cluster string, version uint64) {
 		return h.Cluster, h.Version
 	}
 	return "", 0
+}
+
+// ServiceHashAndSize is ServiceHash and the length of the encoding hashed,
+// which is what the service adds to the catalog's JSON.
+func ServiceHashAndSize(s *ExportedService) ([32]byte, int, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return [32]byte{}, 0, fmt.Errorf("service %s: encode: %w", s.Key(), err)
+	}
+	return sha256.Sum256(b), len(b), nil
+}
+
+// EncodedSize is the length of c's JSON as a catalog carries it, given the
+// lengths of its services' encodings (ServiceHashAndSize), without
+// encoding the services again.
+func EncodedSize(c *Catalog, sizes []int) (int64, error) {
+	hdr := *c
+	hdr.Services = nil
+	hb, err := json.Marshal(&hdr)
+	if err != nil {
+		return 0, fmt.Errorf("catalog %s v%d: encode header: %w", c.Cluster, c.Version, err)
+	}
+	// The encoder adds a newline; "services":null stays null for a nil
+	// slice and otherwise becomes "services":[s1,s2,...].
+	n := int64(len(hb)) + 1
+	if c.Services != nil {
+		n += 2 - int64(len("null")) + int64(max(len(sizes)-1, 0))
+	}
+	for _, s := range sizes {
+		n += int64(s)
+	}
+	return n, nil
+}
+
+// CheckBounds checks what a receiver's decoder bounds over a whole catalog
+// (services, endpoints, inflated size) against opts, from the catalog
+// itself and its encoded size: an owner publishing a delta checks the
+// whole catalog this way instead of decoding it. Errors wrap ErrOversize.
+func CheckBounds(c *Catalog, encodedSize int64, opts VerifyOptions) error {
+	lim := opts.limits()
+	if len(c.Services) > lim.MaxServices {
+		return fmt.Errorf("%w: more than %d services", ErrOversize, lim.MaxServices)
+	}
+	endpoints := 0
+	for i := range c.Services {
+		endpoints += len(c.Services[i].Endpoints)
+	}
+	if endpoints > lim.MaxEndpoints {
+		return fmt.Errorf("%w: more than %d endpoints in the catalog", ErrOversize, lim.MaxEndpoints)
+	}
+	if encodedSize > lim.MaxInflatedBytes {
+		return fmt.Errorf("%w: inflates to more than %d bytes", ErrOversize, lim.MaxInflatedBytes)
+	}
+	return nil
+}
+
+// SameService reports whether a and b certainly encode alike: every field
+// equal, times compared as values (so equal instants in different
+// locations count as different). It is a fast way to reuse a hash.
+func SameService(a, b *ExportedService) bool {
+	if a.Namespace != b.Namespace || a.Name != b.Name || a.Headless != b.Headless || a.ExportedAt != b.ExportedAt ||
+		!slices.Equal(a.Ports, b.Ports) || !slices.Equal(a.Endpoints, b.Endpoints) {
+		return false
+	}
+	if (a.FailStatic == nil) != (b.FailStatic == nil) {
+		return false
+	}
+	return a.FailStatic == nil || *a.FailStatic == *b.FailStatic
 }
