@@ -509,6 +509,7 @@ func (s *loopState) maybeFetch(c *clusterState) {
 	if !c.wholeNext {
 		r.Have = c.held()
 	}
+	s.f.log.Debug("fetching catalog", "catalog", c.name, "from", to.name, "have", FormatVersion(r.Have), "want", FormatVersion(c.want))
 	s.send(to, c.name, encodeMsg(kindRequest, r))
 }
 

@@ -246,7 +246,9 @@ func DecodePayload(b []byte, opts VerifyOptions) (*Catalog, error) {
 // PeekHead returns the cluster and version a signed head claims, without
 // verifying anything, for reporting a head that fails VerifyHead.
 func PeekHead(b []byte) (cluster string, version uint64) {
-	var sh signedHead
+	var sh struct {
+		Head []byte `json:"head"`
+	}
 	var h Head
 	if len(b) <= MaxHeadBytes && json.Unmarshal(b, &sh) == nil && json.Unmarshal(sh.Head, &h) == nil {
 		return h.Cluster, h.Version
