@@ -104,7 +104,12 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 			return err
 		}
 	}
-	time.Sleep(3 * time.Second)
+	start = time.Now()
+	for !allSee(ms, func(m *member) bool { return catalogsHeld(m) == n-1 }) && time.Since(start) < time.Minute {
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "every member holds every catalog after %v\n", time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Second)
 
 	var allTimes, memberTimes []time.Duration
 	u0 := updatesSent(ms)
@@ -203,6 +208,17 @@ func timeChange(ctx context.Context, ms []*member, pub *member, svcs []catalog.E
 		time.Sleep(2 * time.Millisecond)
 	}
 	return 0, nil, fmt.Errorf("catalog %s v%d reached only %d of %d members in %v", name, v, len(seen), len(ms)-1, limit)
+}
+
+// catalogsHeld is how many remote catalogs m holds.
+func catalogsHeld(m *member) int {
+	held := 0
+	for _, cv := range m.f.Snapshot().Clusters {
+		if cv.Catalog != nil {
+			held++
+		}
+	}
+	return held
 }
 
 func allSee(ms []*member, ok func(*member) bool) bool {
