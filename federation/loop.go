@@ -38,6 +38,9 @@ type clusterState struct {
 	// wholeNext makes the next fetch ask for the whole catalog: a delta
 	// was refused.
 	wholeNext bool
+	// takesUpdates: its member says (in its meta) that it takes catalog
+	// updates, so new versions may be pushed to it.
+	takesUpdates bool
 
 	// Fetching a newer version. want comes from unsigned claims (notices,
 	// digests, node meta): it makes us ask, and a want the owner does not
@@ -251,6 +254,7 @@ func (s *loopState) member(e evMember) {
 		c.lastContact = now
 		c.restartUntil = time.Time{} // back: the note has served
 		if m, err := decodeMeta(e.node.Meta); err == nil {
+			c.takesUpdates = m.Updates
 			s.ownerSays(c, m.CatalogVersion)
 			if m.CatalogVersion > 0 {
 				s.learn(notice{Cluster: c.name, Version: m.CatalogVersion, Holder: c.name})
@@ -394,7 +398,7 @@ func (s *loopState) ownClaim(n notice) {
 	}
 	s.recoverAt = time.Now()
 	s.f.log.Info("a peer holds a newer catalog of this cluster than this run has published; fetching it", "peer", n.Holder, "claimed", FormatVersion(n.Version), "current", FormatVersion(s.current()))
-	s.send(to, s.self, encodeMsg(kindRequest, request{Cluster: s.self, MinVersion: s.current() + 1, From: s.self}))
+	s.send(to, s.self, encodeMsg(kindRequest, request{Cluster: s.self, MinVersion: s.current() + 1, From: s.self, Updates: true}))
 }
 
 // recoverEpoch moves this member past a catalog of its own, signed by this
@@ -505,7 +509,7 @@ func (s *loopState) maybeFetch(c *clusterState) {
 	// Ask for anything newer than what we hold, not for want: the owner
 	// answers with its newest, so a want nobody has cannot block a fetch.
 	// Have says what we hold, so that the answer can be a delta.
-	r := request{Cluster: c.name, MinVersion: c.held() + 1, From: s.self}
+	r := request{Cluster: c.name, MinVersion: c.held() + 1, From: s.self, Updates: true}
 	if !c.wholeNext {
 		r.Have = c.held()
 	}
@@ -554,9 +558,17 @@ func (s *loopState) serve(r request) {
 	if h == nil {
 		return
 	}
-	msg, err := s.updateFor(h, r.Have)
+	var msg []byte
+	var err error
+	if r.Updates {
+		msg, err = s.updateFor(h, r.Have)
+	} else {
+		msg, err = s.envelopeFor(h) // nil if held only by deltas: it asks another
+	}
 	if err != nil {
 		s.f.log.Warn("cannot serve catalog", "catalog", r.Cluster, "to", r.From, "err", err)
+	}
+	if msg == nil {
 		return
 	}
 	to.lastContact = now
@@ -784,7 +796,7 @@ func (s *loopState) publish(services []catalog.ExportedService, gateways []strin
 	n := notice{Cluster: s.self, Version: version, Digest: h.shortDigest(), Holder: s.self}
 	s.announce(n)
 	s.fanOut(n, seeds)
-	s.f.storeMeta(nodeMeta{Format: wireFormat, CatalogVersion: version, Digest: h.shortDigest(), Network: cfg.Network})
+	s.f.storeMeta(nodeMeta{Format: wireFormat, CatalogVersion: version, Digest: h.shortDigest(), Network: cfg.Network, Updates: true})
 	select {
 	case s.metaCh <- struct{}{}:
 	default:

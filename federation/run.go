@@ -195,7 +195,7 @@ func (f *Federation) createMemberlist() (*memberlist.Memberlist, error) {
 	mlc.Delegate, mlc.Events, mlc.Conflict, mlc.Alive, mlc.Ping = d, d, d, d, d
 	mlc.DeadNodeReclaimTime = cfg.DeadNameReclaimAfter
 	mlc.Logger = logger
-	f.storeMeta(nodeMeta{Format: wireFormat, Network: cfg.Network})
+	f.storeMeta(nodeMeta{Format: wireFormat, Network: cfg.Network, Updates: true})
 	if cfg.Tune != nil {
 		cfg.Tune(mlc)
 	}

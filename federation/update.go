@@ -167,6 +167,27 @@ func (s *loopState) buildUpdate(h *holding, have uint64) ([]byte, error) {
 	return encodeUpdate(h.head.Bytes, updPayload, b), nil
 }
 
+// envelopeFor is h as a bare signed envelope, for a member of an older
+// meshfed that takes no updates: the owner's envelope if held (this
+// cluster's own is signed now if it was published as a delta), else nil.
+func (s *loopState) envelopeFor(h *holding) ([]byte, error) {
+	if h.env == nil && h.cat.Cluster == s.self {
+		key, chain, err := s.f.cfg.Signer.CatalogSigner()
+		if err != nil {
+			return nil, fmt.Errorf("signer: %w", err)
+		}
+		signed, err := catalog.Sign(h.cat, key, chain)
+		if err != nil {
+			return nil, err
+		}
+		h.env = signed.Bytes
+	}
+	if h.env == nil {
+		return nil, nil
+	}
+	return append([]byte{kindCatalog}, h.env...), nil
+}
+
 // deltaLimits are what one delta may carry and make.
 func (s *loopState) deltaLimits() catalog.DeltaLimits {
 	return catalog.DeltaLimits{MaxBytes: min(s.f.cfg.MaxDeltaBytes, s.f.cfg.MaxCatalogBytes), MaxServices: s.f.cfg.MaxDeltaServices,
@@ -365,7 +386,7 @@ func (s *loopState) answerParked(cluster string, held uint64) {
 func (s *loopState) push(h *holding, base uint64) []string {
 	var live []*clusterState
 	for _, c := range s.clusters {
-		if c.known && c.mstate == StateAlive {
+		if c.known && c.mstate == StateAlive && c.takesUpdates {
 			live = append(live, c)
 		}
 	}

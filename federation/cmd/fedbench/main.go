@@ -144,11 +144,12 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 		b0, bu0 := gossipBytes(ms), updatesSent(ms)
 		for c := range bigChanges {
 			big[c].Endpoints[0].Ready = !big[c].Endpoints[0].Ready
-			all, _, err := timeChange(ctx, ms, pub, big, 120*time.Second)
+			all, per, err := timeChange(ctx, ms, pub, big, 120*time.Second)
 			if err != nil {
 				return err
 			}
 			bigAll = append(bigAll, all)
+			fmt.Fprintf(os.Stderr, "large catalog change %d reached all in %v (members: p50 %v, p90 %v)\n", c+1, all.Round(time.Millisecond), pct(per, 50), pct(per, 90))
 			time.Sleep(time.Second)
 		}
 		bigPerChange = (gossipBytes(ms) - b0) / float64(n) / float64(bigChanges)
