@@ -319,6 +319,8 @@ func (s *loopState) fromDelta(c *clusterState, head *catalog.SignedHead, b []byt
 		return nil, err
 	}
 	h.history = appendHistory(c.hold.history, d, s.f.cfg.DeltaHistory)
+	// Members at the same base get the delta as it came, not re-encoded.
+	h.encoded = map[uint64][]byte{d.Base: encodeUpdate(head.Bytes, updDelta, b)}
 	return h, nil
 }
 
