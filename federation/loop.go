@@ -756,9 +756,10 @@ func (s *loopState) storeLocalState() {
 	s.f.localState.Store(&b)
 }
 
-// publish signs and announces this cluster's new catalog: the signed
-// envelope and the signed head, the delta from the previous version, a push
-// to a few members and a notice to all.
+// publish signs this cluster's new catalog — its head, and a delta from
+// the previous version when the change is small (signOwnDelta), else the
+// whole catalog (signOwn) — and announces it: a push to a few members and
+// a notice to all.
 func (s *loopState) publish(services []catalog.ExportedService, gateways []string) (uint64, error) {
 	cfg := &s.f.cfg
 	key, chain, err := cfg.Signer.CatalogSigner()
