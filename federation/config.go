@@ -135,6 +135,19 @@ type Config struct {
 	// catalog.InflateRatio times MaxCatalogBytes. Services, endpoints and
 	// strings are bounded as well while decoding (catalog.DefaultLimits).
 	MaxInflatedCatalogBytes int64
+	// MaxDeltaBytes is the largest encoded catalog delta accepted or
+	// sent, in bytes, checked before it is decoded. A change that does not
+	// fit travels as the whole catalog. 0: 1 MiB (a thousand services'
+	// worth of changes); never more than MaxCatalogBytes.
+	MaxDeltaBytes int
+	// MaxDeltaServices is the most services one delta may add, change or
+	// remove, checked while decoding and before applying. 0: 1,000.
+	MaxDeltaServices int
+	// DeltaHistory is how many recent versions of a catalog a member
+	// keeps deltas for, so that a member a few versions behind receives
+	// only the changes; one further behind receives the whole catalog.
+	// 0: 16.
+	DeltaHistory int
 	// RestartGrace is how long other members keep this cluster's catalog
 	// after it left to restart with new settings (MarkRestart), waiting
 	// for the new member to publish, before withdrawing it. It is the
@@ -192,7 +205,33 @@ func DefaultConfig() Config {
 		RestartGrace:            2 * time.Minute,
 		LeaveTimeout:            5 * time.Second,
 		DeadNameReclaimAfter:    time.Second,
+		MaxDeltaBytes:           defaultMaxDeltaBytes,
+		MaxDeltaServices:        defaultMaxDeltaServices,
+		DeltaHistory:            defaultDeltaHistory,
 	}
+}
+
+// Defaults of the delta settings, which also replace zero values, so that
+// configurations written before deltas existed keep working.
+const (
+	defaultMaxDeltaBytes    = 1 << 20
+	defaultMaxDeltaServices = 1000
+	defaultDeltaHistory     = 16
+)
+
+// withDeltaDefaults returns c with zero delta settings set to their
+// defaults.
+func (c Config) withDeltaDefaults() Config {
+	if c.MaxDeltaBytes == 0 {
+		c.MaxDeltaBytes = defaultMaxDeltaBytes
+	}
+	if c.MaxDeltaServices == 0 {
+		c.MaxDeltaServices = defaultMaxDeltaServices
+	}
+	if c.DeltaHistory == 0 {
+		c.DeltaHistory = defaultDeltaHistory
+	}
+	return c
 }
 
 // Validate reports every problem with c at once.
@@ -259,6 +298,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxInflatedCatalogBytes <= 0 {
 		bad("maxInflatedCatalogBytes %d: must be positive", c.MaxInflatedCatalogBytes)
+	}
+	if c.MaxDeltaBytes < 0 {
+		bad("maxDeltaBytes %d: must be 0 (default) or positive", c.MaxDeltaBytes)
+	}
+	if c.MaxDeltaServices < 0 {
+		bad("maxDeltaServices %d: must be 0 (default) or positive", c.MaxDeltaServices)
+	}
+	if c.DeltaHistory < 0 {
+		bad("deltaHistory %d: must be 0 (default) or positive", c.DeltaHistory)
 	}
 	return errors.Join(errs...)
 }

@@ -4,11 +4,13 @@
 // It owns: who is in the federation (one memberlist node per cluster, node
 // name = cluster name, encrypted gossip with a rotatable keyring), each
 // cluster's signed catalog of exported services and how it travels (a small
-// "cluster C is at version V" broadcast, a direct fetch of the signed catalog
-// over memberlist's encrypted TCP stream, and version digests in push/pull
-// for guaranteed convergence), liveness, and the failure policy that decides
-// whether a lost cluster's services stay in the view (fail-static) or are
-// withdrawn after WithdrawAfter.
+// "cluster C is at version V" broadcast; updates over memberlist's encrypted
+// TCP stream — the owner's signed head with a delta from the version the
+// receiver holds, or the whole catalog — pushed by the owner to a few
+// members and fetched by the rest from any member that holds them; and
+// version digests in push/pull for guaranteed convergence), liveness, and
+// the failure policy that decides whether a lost cluster's services stay in
+// the view (fail-static) or are withdrawn after WithdrawAfter.
 //
 // It does not own: what a cluster exports (the controller reads
 // ServiceExports and calls Publish), how remote services become xDS (the
@@ -16,8 +18,9 @@
 // SigningIdentity and a TrustBundle). The wire types live in
 // federation/catalog.
 //
-// See docs/decisions/0001-catalogs-by-pushpull-and-version-broadcast.md and
-// docs/decisions/0003-catalog-versions-epoch-and-sequence.md.
+// See docs/decisions/0001-catalogs-by-pushpull-and-version-broadcast.md,
+// docs/decisions/0003-catalog-versions-epoch-and-sequence.md and
+// docs/decisions/0004-catalog-deltas-and-relays.md.
 package federation
 
 import (
@@ -150,6 +153,7 @@ type publishResult struct {
 
 // New checks cfg and returns a Federation that is not yet running.
 func New(cfg Config) (*Federation, error) {
+	cfg = cfg.withDeltaDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("federation config for cluster %q: %w", cfg.ClusterName, err)
 	}
@@ -190,7 +194,9 @@ func (f *Federation) numNodes() int {
 //
 // Contract: call it from any goroutine, any number of times; the latest call
 // wins. It blocks until Run's goroutine has signed the catalog (milliseconds;
-// a 10,000-service catalog takes tens of milliseconds), or until ctx ends,
+// a 10,000-service catalog signed whole — the first publication, or a
+// change too large for a delta — takes ~0.2 s, a small change to it a few
+// milliseconds), or until ctx ends,
 // so before Run starts it waits. It never calls back into the caller. The
 // services slice is copied.
 func (f *Federation) Publish(ctx context.Context, services []catalog.ExportedService) (uint64, error) {

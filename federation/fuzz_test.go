@@ -2,6 +2,7 @@ package federation
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
@@ -79,6 +80,9 @@ type fuzzPKI struct {
 	cfg  Config
 	west *catalog.Signed
 	note []byte
+	// updates are west's catalog as updates: whole, a delta to the next
+	// version, and the next version's head alone.
+	updates [][]byte
 }
 
 func newFuzzPKI(f *testing.F) *fuzzPKI {
@@ -105,11 +109,47 @@ func newFuzzPKI(f *testing.F) *fuzzPKI {
 	if err != nil {
 		f.Fatal(err)
 	}
-	note, err := signRestartNote(restartNote{Cluster: "west", Version: west.Version, Digest: west.ShortDigest()}, ws.Key, ws.Chain)
+	cat, _, err := catalog.Verify(west.Bytes, catalog.VerifyOptions{Roots: root.Pool, TrustDomain: testTD})
 	if err != nil {
 		f.Fatal(err)
 	}
-	return &fuzzPKI{root: root, cfg: cfg, west: west, note: note}
+	h, err := newHolding(cat, nil, west.Bytes)
+	if err != nil {
+		f.Fatal(err)
+	}
+	note, err := signRestartNote(restartNote{Cluster: "west", Version: west.Version, Digest: h.shortDigest()}, ws.Key, ws.Chain)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return &fuzzPKI{root: root, cfg: cfg, west: west, note: note, updates: fuzzUpdates(f, ws, cat, h, west.Bytes)}
+}
+
+// fuzzUpdates are west's catalog cat (held as h) as a whole update, and
+// its next version as a delta and as a head alone.
+func fuzzUpdates(f *testing.F, ws StaticSigner, cat *catalog.Catalog, h *holding, env []byte) [][]byte {
+	headOf := func(c *catalog.Catalog) (*catalog.SignedHead, [][32]byte) {
+		hashes, _ := catalog.ServiceHashes(c)
+		d, _ := catalog.ContentDigest(c, hashes)
+		sh, err := catalog.SignHead(catalog.Head{Cluster: c.Cluster, Version: c.Version, Digest: d[:]}, ws.Key, ws.Chain)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return sh, hashes
+	}
+	head, _ := headOf(cat)
+	next := *cat
+	next.Version++
+	next.Services = append(slices.Clone(cat.Services), svc("bookstore", "bookstore-v3", "10.244.2.6"))
+	nextHead, nextHashes := headOf(&next)
+	delta, err := catalog.Diff(cat, &next, h.hashes, nextHashes).Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
+	return [][]byte{
+		encodeUpdate(head.Bytes, updWhole, env),
+		encodeUpdate(nextHead.Bytes, updDelta, delta),
+		encodeUpdate(nextHead.Bytes, updHead, nil),
+	}
 }
 
 func FuzzRestartNote(f *testing.F) {
@@ -142,15 +182,22 @@ func FuzzGossipMessage(f *testing.F) {
 	f.Add(encodeMsg(kindLeave, notice{Cluster: "west"}), []byte(nil))
 	f.Add(append([]byte{kindCatalog}, p.west.Bytes...), []byte(nil))
 	f.Add(append([]byte{kindRestart}, p.note...), []byte(nil))
+	for _, u := range p.updates {
+		f.Add(u, []byte(nil))
+	}
 	f.Add([]byte{'Z', '{'}, encodeMsg(0, digestState{Format: wireFormat, From: "west", Catalogs: []notice{{Cluster: "west", Version: 1}, {Cluster: "east", Version: makeVersion(5, 5)}}})[1:])
 	f.Fuzz(func(t *testing.T, msg, state []byte) {
 		sendCh := make(chan sendJob, 4)
 		st := newLoopState(fed, nil, sendCh, make(chan struct{}, 1), 1)
-		cat, signed, err := st.verify(p.west.Bytes)
+		cat, _, err := st.verify(p.west.Bytes)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.store(cat, signed)
+		h, err := newHolding(cat, nil, p.west.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.store(st.cluster("west"), h)
 		d := delegate{f: fed}
 		d.NotifyJoin(&memberlist.Node{Name: "west", Addr: []byte{127, 0, 0, 2}, Port: 7946, Meta: meta})
 		d.NotifyMsg(msg)

@@ -3,6 +3,8 @@ package federation
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/x509"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -29,10 +31,16 @@ type clusterState struct {
 	confirmedAt time.Time // last time we sent it our catalog though it held it (serve)
 	sendFailAt  time.Time // last failed direct stream to it
 
-	// Catalog.
+	// Catalog: cat is hold.cat, kept apart for the snapshot code.
 	cat        *catalog.Catalog
-	signed     *catalog.Signed
+	hold       *holding
 	receivedAt time.Time
+	// wholeNext makes the next fetch ask for the whole catalog: a delta
+	// was refused.
+	wholeNext bool
+	// takesUpdates: its member says (in its meta) that it takes catalog
+	// updates, so new versions may be pushed to it.
+	takesUpdates bool
 
 	// Fetching a newer version. want comes from unsigned claims (notices,
 	// digests, node meta): it makes us ask, and a want the owner does not
@@ -45,6 +53,7 @@ type clusterState struct {
 	learnedAt  time.Time // when we learned of want
 	sources    []string  // members said to hold >= want
 	attempt    int
+	tries      int // fetches asked since want was raised
 	inflightTo string
 	inflightAt time.Time
 
@@ -58,10 +67,10 @@ type clusterState struct {
 }
 
 func (c *clusterState) held() uint64 {
-	if c.signed == nil {
+	if c.hold == nil {
 		return 0
 	}
-	return c.signed.Version
+	return c.hold.version()
 }
 
 // loopState is owned by the loop goroutine; nothing else touches it.
@@ -72,8 +81,8 @@ type loopState struct {
 	metaCh chan<- struct{}
 	self   string
 
-	local       *catalog.Catalog
-	localSigned *catalog.Signed
+	local *catalog.Catalog
+	own   *holding // local, as served to others
 	// This run's epoch and the sequence of its last publication; the next
 	// version is makeVersion(epoch, seq+1).
 	epoch     uint32
@@ -81,6 +90,8 @@ type loopState struct {
 	recoverAt time.Time // last time we asked a peer for our own catalog
 
 	clusters map[string]*clusterState
+	// parked are requests for versions this member is about to hold.
+	parked   map[string][]parkedRequest
 	joinedAt time.Time
 	joined   bool
 	dirty    bool
@@ -168,6 +179,11 @@ func (s *loopState) tick() error {
 		}
 		s.maybeFetch(c)
 	}
+	for name, c := range s.clusters {
+		if _, ok := s.parked[name]; ok {
+			s.answerParked(name, c.held())
+		}
+	}
 	return nil
 }
 
@@ -238,6 +254,7 @@ func (s *loopState) member(e evMember) {
 		c.lastContact = now
 		c.restartUntil = time.Time{} // back: the note has served
 		if m, err := decodeMeta(e.node.Meta); err == nil {
+			c.takesUpdates = m.Updates
 			s.ownerSays(c, m.CatalogVersion)
 			if m.CatalogVersion > 0 {
 				s.learn(notice{Cluster: c.name, Version: m.CatalogVersion, Holder: c.name})
@@ -292,6 +309,8 @@ func (s *loopState) message(b []byte) {
 		s.serve(r)
 	case kindCatalog:
 		s.accept(body)
+	case kindUpdate:
+		s.acceptUpdate(body)
 	case kindRestart:
 		s.restartNote(body)
 	default:
@@ -331,7 +350,8 @@ func (s *loopState) learn(n notice) {
 		if c.wantSince.IsZero() {
 			c.wantSince = now
 		}
-		c.attempt = rand.IntN(1 << 16) // spread first fetches over the holders
+		c.attempt = rand.IntN(1 << 16) // spread fetches over the holders
+		c.tries = 0
 	}
 	if src != "" && src != s.self && !slices.Contains(c.sources, src) && len(c.sources) < maxSources {
 		c.sources = append(c.sources, src)
@@ -359,7 +379,7 @@ func (s *loopState) ownerSays(c *clusterState, v uint64) {
 		return
 	}
 	s.f.log.Debug("owner is not ahead of the held catalog; no longer waiting", "catalog", c.name, "claimed", FormatVersion(c.want), "owner", FormatVersion(v))
-	c.want, c.wantSince, c.learnedAt, c.sources, c.attempt = 0, time.Time{}, time.Time{}, nil, 0
+	c.want, c.wantSince, c.learnedAt, c.sources, c.attempt, c.tries = 0, time.Time{}, time.Time{}, nil, 0, 0
 	s.dirty = true
 }
 
@@ -378,7 +398,7 @@ func (s *loopState) ownClaim(n notice) {
 	}
 	s.recoverAt = time.Now()
 	s.f.log.Info("a peer holds a newer catalog of this cluster than this run has published; fetching it", "peer", n.Holder, "claimed", FormatVersion(n.Version), "current", FormatVersion(s.current()))
-	s.send(to, s.self, encodeMsg(kindRequest, request{Cluster: s.self, MinVersion: s.current() + 1, From: s.self}))
+	s.send(to, s.self, encodeMsg(kindRequest, request{Cluster: s.self, MinVersion: s.current() + 1, From: s.self, Updates: true}))
 }
 
 // recoverEpoch moves this member past a catalog of its own, signed by this
@@ -426,13 +446,28 @@ func (s *loopState) liveNodes() []*memberlist.Node {
 // fanOut sends this cluster's own notice straight to every member by UDP,
 // one small packet each, so that a change reaches everyone in about one
 // round trip; gossip (announce) and push/pull cover packets that are lost.
-func (s *loopState) fanOut(n notice) {
-	msg := encodeMsg(kindNotice, n)
+// Each notice names as holder one of seeds, the members the new version
+// was pushed to, in turn, so that fetches spread over them rather than
+// all landing on this member; seeds themselves are skipped.
+func (s *loopState) fanOut(n notice, seeds []string) {
+	msgs := map[string][]byte{}
+	i := 0
 	for _, c := range s.clusters {
-		if c.known && (c.mstate == StateAlive || c.mstate == StateSuspect) {
-			if err := s.ml.SendBestEffort(&c.node, msg); err != nil {
-				s.f.log.Debug("direct notice failed", "to", c.name, "err", err)
-			}
+		if !c.known || (c.mstate != StateAlive && c.mstate != StateSuspect) || slices.Contains(seeds, c.name) {
+			continue
+		}
+		m := n
+		if len(seeds) > 0 {
+			m.Holder = seeds[i%len(seeds)]
+			i++
+		}
+		msg, ok := msgs[m.Holder]
+		if !ok {
+			msg = encodeMsg(kindNotice, m)
+			msgs[m.Holder] = msg
+		}
+		if err := s.ml.SendBestEffort(&c.node, msg); err != nil {
+			s.f.log.Debug("direct notice failed", "to", c.name, "err", err)
 		}
 	}
 }
@@ -441,30 +476,45 @@ func (s *loopState) announce(n notice) {
 	s.f.bcast.QueueBroadcast(&noticeBroadcast{n: n, msg: encodeMsg(kindNotice, n)})
 }
 
-// maybeFetch asks one member for the newest version of c we know of: the
-// owner first, then members that said they hold it, in turn.
+// maybeFetch asks one member for the newest version of c we know of: first
+// a member said to hold it (one that told us, chosen at random), so that
+// fetches do not all land on the owner; then, in turn, the owner and the
+// others.
 func (s *loopState) maybeFetch(c *clusterState) {
 	if c.want <= c.held() || c.inflightTo != "" {
 		return
 	}
-	var candidates []*clusterState
-	if c.known && c.mstate == StateAlive {
-		candidates = append(candidates, c)
-	}
+	var relays []*clusterState
 	for _, name := range c.sources {
 		if m, ok := s.clusters[name]; ok && name != c.name && m.known && m.mstate == StateAlive {
-			candidates = append(candidates, m)
+			relays = append(relays, m)
 		}
+	}
+	candidates := relays
+	if c.known && c.mstate == StateAlive {
+		candidates = append(slices.Clone(relays), c)
 	}
 	if len(candidates) == 0 {
 		return
 	}
-	to := candidates[c.attempt%len(candidates)]
-	c.attempt++
+	var to *clusterState
+	if c.tries == 0 && len(relays) > 0 {
+		to = relays[rand.IntN(len(relays))]
+	} else {
+		to = candidates[c.attempt%len(candidates)]
+		c.attempt++
+	}
+	c.tries++
 	c.inflightTo, c.inflightAt = to.name, time.Now()
 	// Ask for anything newer than what we hold, not for want: the owner
 	// answers with its newest, so a want nobody has cannot block a fetch.
-	s.send(to, c.name, encodeMsg(kindRequest, request{Cluster: c.name, MinVersion: c.held() + 1, From: s.self}))
+	// Have says what we hold, so that the answer can be a delta.
+	r := request{Cluster: c.name, MinVersion: c.held() + 1, From: s.self, Updates: true}
+	if !c.wholeNext {
+		r.Have = c.held()
+	}
+	s.f.log.Debug("fetching catalog", "catalog", c.name, "from", to.name, "have", FormatVersion(r.Have), "want", FormatVersion(c.want))
+	s.send(to, c.name, encodeMsg(kindRequest, r))
 }
 
 func (s *loopState) send(to *clusterState, about string, msg []byte) {
@@ -489,26 +539,40 @@ func (s *loopState) serve(r request) {
 		return
 	}
 	now := time.Now()
-	var signed *catalog.Signed
+	var h *holding
 	if r.Cluster == s.self {
-		signed = s.localSigned
-		if signed != nil && signed.Version < r.MinVersion {
+		h = s.own
+		if h != nil && h.version() < r.MinVersion {
 			if now.Sub(to.confirmedAt) < s.f.cfg.StaleAfter/4 {
 				return
 			}
 			to.confirmedAt = now
 		}
 	} else if c, ok := s.clusters[r.Cluster]; ok {
-		signed = c.signed
-		if signed != nil && signed.Version < r.MinVersion {
-			return // the requester times out and asks someone else
+		h = c.hold
+		if h == nil || h.version() < r.MinVersion {
+			s.park(r) // answered when it arrives; else the requester asks another
+			return
 		}
 	}
-	if signed == nil {
+	if h == nil {
+		return
+	}
+	var msg []byte
+	var err error
+	if r.Updates {
+		msg, err = s.updateFor(h, r.Have)
+	} else {
+		msg, err = s.envelopeFor(h) // nil if held only by deltas: it asks another
+	}
+	if err != nil {
+		s.f.log.Warn("cannot serve catalog", "catalog", r.Cluster, "to", r.From, "err", err)
+	}
+	if msg == nil {
 		return
 	}
 	to.lastContact = now
-	s.send(to, r.Cluster, append([]byte{kindCatalog}, signed.Bytes...))
+	s.sendUpdate(to, r.Cluster, msg)
 }
 
 // accept verifies a catalog envelope and, if it is good and newer, stores it.
@@ -528,10 +592,13 @@ func (s *loopState) accept(env []byte) {
 			return
 		}
 		var cat *catalog.Catalog
-		var signed *catalog.Signed
-		cat, signed, err = s.verify(env)
+		var h *holding
+		cat, _, err = s.verify(env)
 		if err == nil {
-			s.store(cat, signed)
+			h, err = newHolding(cat, nil, env)
+		}
+		if err == nil {
+			s.store(s.cluster(cat.Cluster), h)
 			return
 		}
 	}
@@ -564,7 +631,7 @@ func (s *loopState) acceptOlder(c *clusterState, env []byte) {
 		return // a copy relayed late, or a replay: nothing to learn
 	}
 	version := c.held()
-	if !bytes.Equal(env, c.signed.Bytes) {
+	if !bytes.Equal(env, c.hold.env) {
 		cat, _, err := s.verify(env)
 		if err != nil || cat.Cluster != c.name {
 			s.rejected(c.name, 0, err)
@@ -604,7 +671,7 @@ func (s *loopState) restartNote(b []byte) {
 	if err == nil {
 		c = s.clusters[n.Cluster]
 		switch {
-		case c == nil || c.signed == nil || c.held() != n.Version || c.signed.ShortDigest() != n.Digest:
+		case c == nil || c.hold == nil || c.held() != n.Version || c.hold.shortDigest() != n.Digest:
 			err = fmt.Errorf("restart note of %s names catalog %s, which is not the one held: out of date or replayed", n.Cluster, FormatVersion(n.Version))
 		case c.restartVersion == n.Version:
 			err = fmt.Errorf("restart note of %s for catalog %s was already honoured: replayed", n.Cluster, FormatVersion(n.Version))
@@ -620,12 +687,14 @@ func (s *loopState) restartNote(b []byte) {
 	s.dirty = true
 }
 
-func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
+// store keeps a verified, newer catalog of c, answers the requests
+// waiting for it and announces it.
+func (s *loopState) store(c *clusterState, h *holding) {
 	now := time.Now()
-	c := s.cluster(cat.Cluster)
+	cat := h.cat
 	fromOwner := c.inflightTo == c.name
-	c.cat, c.signed, c.receivedAt = cat, signed, now
-	c.inflightTo = ""
+	c.cat, c.hold, c.receivedAt = cat, h, now
+	c.inflightTo, c.wholeNext = "", false
 	if c.known {
 		c.lastContact = now
 	}
@@ -635,10 +704,11 @@ func (s *loopState) store(cat *catalog.Catalog, signed *catalog.Signed) {
 		s.f.m.viewUpdate.Observe(now.Sub(c.learnedAt).Seconds())
 	}
 	if cat.Version >= c.want {
-		c.want, c.wantSince, c.learnedAt, c.sources, c.attempt = 0, time.Time{}, time.Time{}, nil, 0
-		// Spread the news too: those who hear it from us fetch from the owner.
-		s.announce(notice{Cluster: cat.Cluster, Version: cat.Version, Digest: signed.ShortDigest(), Holder: s.self})
+		c.want, c.wantSince, c.learnedAt, c.sources, c.attempt, c.tries = 0, time.Time{}, time.Time{}, nil, 0, 0
+		// Spread the news too: those who hear it from us fetch from us.
+		s.announce(notice{Cluster: cat.Cluster, Version: cat.Version, Digest: h.shortDigest(), Holder: s.self})
 	}
+	s.answerParked(c.name, cat.Version)
 	if fromOwner {
 		s.ownerSays(c, cat.Version) // the owner's newest: a higher want was a false claim
 	}
@@ -674,53 +744,60 @@ func (s *loopState) remoteState(b []byte) {
 
 func (s *loopState) storeLocalState() {
 	ds := digestState{Format: wireFormat, From: s.self}
-	if s.localSigned != nil {
-		ds.Catalogs = append(ds.Catalogs, notice{Cluster: s.self, Version: s.localSigned.Version, Digest: s.localSigned.ShortDigest()})
+	if s.own != nil {
+		ds.Catalogs = append(ds.Catalogs, notice{Cluster: s.self, Version: s.own.version(), Digest: s.own.shortDigest()})
 	}
 	for _, c := range s.clusters {
-		if c.signed != nil {
-			ds.Catalogs = append(ds.Catalogs, notice{Cluster: c.name, Version: c.signed.Version, Digest: c.signed.ShortDigest()})
+		if c.hold != nil {
+			ds.Catalogs = append(ds.Catalogs, notice{Cluster: c.name, Version: c.held(), Digest: c.hold.shortDigest()})
 		}
 	}
 	b := encodeMsg(0, ds)[1:]
 	s.f.localState.Store(&b)
 }
 
-// publish signs and announces this cluster's new catalog.
+// publish signs this cluster's new catalog — its head, and a delta from
+// the previous version when the change is small (signOwnDelta), else the
+// whole catalog (signOwn) — and announces it: a push to a few members and
+// a notice to all.
 func (s *loopState) publish(services []catalog.ExportedService, gateways []string) (uint64, error) {
 	cfg := &s.f.cfg
 	key, chain, err := cfg.Signer.CatalogSigner()
 	if err != nil {
 		return 0, fmt.Errorf("publish catalog of %s: signer: %w", s.self, err)
 	}
-	roots, fp := cfg.Bundle.X509Roots()
-	now := cfg.now()
+	_, fp := cfg.Bundle.X509Roots()
 	version, err := s.nextVersion()
 	if err != nil {
 		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
 	}
 	cat := &catalog.Catalog{
 		Format: catalog.FormatVersion, Cluster: s.self, Network: cfg.Network, Gateways: gateways, Version: version,
-		GeneratedAt: now.UTC(), TrustBundleFingerprint: fp, Services: services,
+		GeneratedAt: cfg.now().UTC(), TrustBundleFingerprint: fp, Services: services,
 	}
-	signed, err := catalog.Sign(cat, key, chain)
+	catalog.Canonicalize(cat)
+	prev := s.own
+	var h *holding
+	if prev != nil && prev.sizes != nil {
+		h, err = s.signOwnDelta(prev, cat)
+	}
+	if h == nil && err == nil {
+		h, err = s.signOwn(cat, key, chain)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("publish catalog of %s: %w", s.self, err)
 	}
-	if len(signed.Bytes) > cfg.MaxCatalogBytes {
-		return 0, fmt.Errorf("publish catalog of %s v%d: %w: %d bytes, limit %d", s.self, version, catalog.ErrOversize, len(signed.Bytes), cfg.MaxCatalogBytes)
+	var base uint64
+	if prev != nil {
+		base = prev.version()
 	}
-	// Check what others will check, so a wrong certificate fails here,
-	// loudly, and not silently at every receiver.
-	if _, _, err := catalog.Verify(signed.Bytes, catalog.VerifyOptions{Roots: roots, TrustDomain: cfg.TrustDomain, MaxBytes: cfg.MaxCatalogBytes, MaxInflatedBytes: cfg.MaxInflatedCatalogBytes}); err != nil {
-		return 0, fmt.Errorf("publish catalog of %s: own catalog fails verification: %w", s.self, err)
-	}
-	s.local, s.localSigned, s.seq = cat, signed, uint32(version)
+	s.local, s.own, s.seq = cat, h, uint32(version)
 	s.f.m.catalogVersion.WithLabelValues(s.self).Set(float64(version))
-	n := notice{Cluster: s.self, Version: version, Digest: signed.ShortDigest(), Holder: s.self}
+	seeds := s.push(h, base)
+	n := notice{Cluster: s.self, Version: version, Digest: h.shortDigest(), Holder: s.self}
 	s.announce(n)
-	s.fanOut(n)
-	s.f.storeMeta(nodeMeta{Format: wireFormat, CatalogVersion: version, Digest: signed.ShortDigest(), Network: cfg.Network})
+	s.fanOut(n, seeds)
+	s.f.storeMeta(nodeMeta{Format: wireFormat, CatalogVersion: version, Digest: h.shortDigest(), Network: cfg.Network, Updates: true})
 	select {
 	case s.metaCh <- struct{}{}:
 	default:
@@ -728,6 +805,134 @@ func (s *loopState) publish(services []catalog.ExportedService, gateways []strin
 	s.storeLocalState()
 	s.dirty = true
 	return version, nil
+}
+
+// signOwn signs cat as an envelope and as a head and checks both as
+// receivers will, so that a wrong certificate or an oversize catalog fails
+// here, loudly, and not silently at every receiver.
+func (s *loopState) signOwn(cat *catalog.Catalog, key crypto.Signer, chain []*x509.Certificate) (*holding, error) {
+	cfg := &s.f.cfg
+	signed, err := catalog.Sign(cat, key, chain)
+	if err != nil {
+		return nil, err
+	}
+	if len(signed.Bytes) > cfg.MaxCatalogBytes {
+		return nil, fmt.Errorf("v%d: %w: %d bytes, limit %d", cat.Version, catalog.ErrOversize, len(signed.Bytes), cfg.MaxCatalogBytes)
+	}
+	if _, _, err := s.verify(signed.Bytes); err != nil {
+		return nil, fmt.Errorf("own catalog fails verification: %w", err)
+	}
+	h, err := s.ownHolding(cat, nil)
+	if err != nil {
+		return nil, err
+	}
+	h.env = signed.Bytes
+	return h, nil
+}
+
+// ownHolding hashes cat (reusing prev's hashes of services that did not
+// change) and signs its head.
+func (s *loopState) ownHolding(cat *catalog.Catalog, prev *holding) (*holding, error) {
+	cfg := &s.f.cfg
+	key, chain, err := cfg.Signer.CatalogSigner()
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
+	}
+	hashes, sizes, err := reuseHashes(prev, cat)
+	if err != nil {
+		return nil, err
+	}
+	digest, err := catalog.ContentDigest(cat, hashes)
+	if err != nil {
+		return nil, err
+	}
+	head, err := catalog.SignHead(catalog.Head{Cluster: cat.Cluster, Version: cat.Version, Digest: digest[:]}, key, chain)
+	if err != nil {
+		return nil, err
+	}
+	roots, _ := cfg.Bundle.X509Roots()
+	if _, err := catalog.VerifyHead(head.Bytes, roots, cfg.TrustDomain, time.Time{}); err != nil {
+		return nil, fmt.Errorf("own catalog head fails verification: %w", err)
+	}
+	return &holding{cat: cat, hashes: hashes, sizes: sizes, digest: digest, head: head}, nil
+}
+
+// reuseHashes returns the ServiceHashAndSize of each of cat's services,
+// taken from prev (nil: none) for services that did not change. Both are
+// sorted by namespace then name.
+func reuseHashes(prev *holding, cat *catalog.Catalog) ([][32]byte, []int, error) {
+	hashes := make([][32]byte, len(cat.Services))
+	sizes := make([]int, len(cat.Services))
+	i := 0
+	for j := range cat.Services {
+		svc := &cat.Services[j]
+		if prev != nil {
+			for i < len(prev.cat.Services) && serviceBefore(&prev.cat.Services[i], svc) {
+				i++
+			}
+			if i < len(prev.cat.Services) && catalog.SameService(&prev.cat.Services[i], svc) {
+				hashes[j], sizes[j] = prev.hashes[i], prev.sizes[i]
+				continue
+			}
+		}
+		h, n, err := catalog.ServiceHashAndSize(svc)
+		if err != nil {
+			return nil, nil, err
+		}
+		hashes[j], sizes[j] = h, n
+	}
+	return hashes, sizes, nil
+}
+
+// serviceBefore orders services by namespace, then name.
+func serviceBefore(a, b *catalog.ExportedService) bool {
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
+}
+
+// signOwnDelta publishes cat as a delta from prev when the change is small
+// enough: it hashes only the services that changed, signs the head, and
+// checks what receivers will check — the delta decodes within their
+// limits, and the whole catalog stays within them — without encoding or
+// decoding the whole catalog (that is done only if someone asks for it).
+// It returns nil and no error when the change is too large for a delta.
+func (s *loopState) signOwnDelta(prev *holding, cat *catalog.Catalog) (*holding, error) {
+	cfg := &s.f.cfg
+	if err := cat.Validate(); err != nil {
+		return nil, fmt.Errorf("v%d: %w: %w", cat.Version, catalog.ErrInvalid, err)
+	}
+	h, err := s.ownHolding(cat, prev)
+	if err != nil {
+		return nil, err
+	}
+	d := catalog.Diff(prev.cat, cat, prev.hashes, h.hashes)
+	lim := s.deltaLimits()
+	if d.Size() > lim.MaxServices {
+		return nil, nil
+	}
+	b, err := d.Encode()
+	if err != nil || len(b) > lim.MaxBytes {
+		return nil, nil
+	}
+	if _, err := catalog.DecodeDelta(b, lim); err != nil {
+		return nil, fmt.Errorf("v%d: own catalog delta fails verification: %w", cat.Version, err)
+	}
+	size, err := catalog.EncodedSize(cat, h.sizes)
+	if err == nil && size > int64(cfg.MaxCatalogBytes)-int64(cfg.MaxCatalogBytes)/64-(64<<10) {
+		return nil, nil // may not fit the envelope limit compressed: check it whole
+	}
+	if err == nil {
+		roots, _ := cfg.Bundle.X509Roots()
+		err = catalog.CheckBounds(cat, size, catalog.VerifyOptions{Roots: roots, MaxBytes: cfg.MaxCatalogBytes, MaxInflatedBytes: cfg.MaxInflatedCatalogBytes})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("v%d: %w", cat.Version, err)
+	}
+	h.history = appendHistory(prev.history, d, cfg.DeltaHistory)
+	h.encoded = map[uint64][]byte{prev.version(): encodeUpdate(h.head.Bytes, updDelta, b)}
+	return h, nil
 }
 
 // nextVersion is the version of the next publication: the next sequence

@@ -12,6 +12,7 @@ type metrics struct {
 	propagation      prometheus.Histogram
 	viewUpdate       prometheus.Histogram
 	withdrawnService *prometheus.GaugeVec
+	updatesSent      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"direction", "transport"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_federation_catalogs_rejected_total",
-			Help: "Catalogs and gossip claims rejected, by reason (decode, oversize, signature, chain, identity, invalid; far-future: a version claim far ahead of the held catalog; restart-note: a forged, out-of-date or replayed restart note).",
+			Help: "Catalogs and gossip claims rejected, by reason (decode, oversize, signature, chain, identity, invalid; old: an update older than the catalog held, replayed or late; far-future: a version claim far ahead of the held catalog; restart-note: a forged, out-of-date or replayed restart note).",
 		}, []string{"reason"}),
 		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meshfed_federation_catalog_propagation_seconds",
@@ -47,9 +48,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "meshfed_federation_withdrawn_services",
 			Help: "Services of a remote cluster currently withdrawn by the failure policy.",
 		}, []string{"cluster"}),
+		updatesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_federation_catalog_updates_sent_total",
+			Help: "Catalog updates this member sent, by role (owner: its own catalog; relay: another cluster's) and kind (delta, whole: the whole catalog, head: the signed head alone).",
+		}, []string{"role", "kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.members, m.catalogVersion, m.gossipBytes, m.rejected, m.propagation, m.viewUpdate, m.withdrawnService)
+		reg.MustRegister(m.members, m.catalogVersion, m.gossipBytes, m.rejected, m.propagation, m.viewUpdate, m.withdrawnService, m.updatesSent)
 	}
 	return m
 }

@@ -91,20 +91,20 @@ func (f *Federation) Run(ctx context.Context) error {
 // sends by stream, in parallel, and waits at most LeaveTimeout; senders
 // still running then are waited for through outer, after shutdown.
 func (f *Federation) sendRestartNote(ml *memberlist.Memberlist, st *loopState, outer *sync.WaitGroup) {
-	if st.localSigned == nil {
+	if st.own == nil {
 		return // nothing published, nothing to keep
 	}
 	key, chain, err := f.cfg.Signer.CatalogSigner()
 	var note []byte
 	if err == nil {
-		note, err = signRestartNote(restartNote{Cluster: f.cfg.ClusterName, Version: st.localSigned.Version, Digest: st.localSigned.ShortDigest()}, key, chain)
+		note, err = signRestartNote(restartNote{Cluster: f.cfg.ClusterName, Version: st.own.version(), Digest: st.own.shortDigest()}, key, chain)
 	}
 	if err != nil {
 		f.log.Error("cannot sign the restart note; peers will withdraw this cluster's services after their withdrawAfter", "err", err)
 		return
 	}
 	f.sendToAll(ml, st.liveNodes(), append([]byte{kindRestart}, note...), "restart note", outer)
-	f.log.Info("restart note sent", "catalog", FormatVersion(st.localSigned.Version))
+	f.log.Info("restart note sent", "catalog", FormatVersion(st.own.version()))
 }
 
 // leave departs gracefully, so that the others report this cluster as
@@ -195,7 +195,7 @@ func (f *Federation) createMemberlist() (*memberlist.Memberlist, error) {
 	mlc.Delegate, mlc.Events, mlc.Conflict, mlc.Alive, mlc.Ping = d, d, d, d, d
 	mlc.DeadNodeReclaimTime = cfg.DeadNameReclaimAfter
 	mlc.Logger = logger
-	f.storeMeta(nodeMeta{Format: wireFormat, Network: cfg.Network})
+	f.storeMeta(nodeMeta{Format: wireFormat, Network: cfg.Network, Updates: true})
 	if cfg.Tune != nil {
 		cfg.Tune(mlc)
 	}

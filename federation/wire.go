@@ -16,6 +16,7 @@ const (
 	kindCatalog byte = 'C' // stream: a signed catalog envelope follows
 	kindLeave   byte = 'L' // broadcast: cluster C is leaving on purpose
 	kindRestart byte = 'S' // stream: a signed restart note follows (note.go)
+	kindUpdate  byte = 'U' // stream: a signed head and a catalog or delta (update.go)
 )
 
 // wireFormat is the version of meshfed's own messages (notices, requests,
@@ -39,6 +40,13 @@ type request struct {
 	Cluster    string `json:"c"`
 	MinVersion uint64 `json:"v"`
 	From       string `json:"from"`
+	// Have is the version the requester holds (0: none, or it wants the
+	// whole catalog), so that the answer can be a delta from it.
+	Have uint64 `json:"have,omitempty"`
+	// Updates says the requester takes updates (kindUpdate); a member of
+	// an older meshfed does not, and is answered with a bare signed
+	// envelope (kindCatalog).
+	Updates bool `json:"u,omitempty"`
 }
 
 // digestState is what push/pull carries: who sent it and, per cluster, the
@@ -56,6 +64,9 @@ type nodeMeta struct {
 	CatalogVersion uint64 `json:"cv,omitempty"`
 	Digest         string `json:"d,omitempty"`
 	Network        string `json:"n,omitempty"`
+	// Updates says this member takes catalog updates (kindUpdate), so
+	// that it may be sent one unasked.
+	Updates bool `json:"u,omitempty"`
 }
 
 func encodeMsg(kind byte, v any) []byte {

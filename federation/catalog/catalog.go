@@ -3,7 +3,8 @@
 // verified.
 //
 // It owns: the versioned catalog types, their encoding (JSON, gzip), the
-// signature envelope, the rule that ties a signing certificate to the
+// signature envelope, the owner's signed head and content digest, deltas
+// between versions (delta.go, head.go), the rule that ties a signing certificate to the
 // cluster it may speak for, and the bounds on what a receiver spends
 // decoding one (Limits: inflated size, services, endpoints, strings,
 // nesting). It judges a catalog's header, not its services: receivers

@@ -171,3 +171,67 @@ func FuzzPeek(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeDelta runs the delta decoder on arbitrary bytes within small
+// limits: no panic; whatever it accepts is within the limits, has a valid
+// header and a base below its version, and applying it to a catalog of
+// its cluster at its base stays within the catalog bound.
+func FuzzDecodeDelta(f *testing.F) {
+	v1 := realistic("west", 5, 1)
+	sortServices(v1)
+	h1, _ := ServiceHashes(v1)
+	v2 := next(v1, 2)
+	sortServices(v2)
+	h2, _ := ServiceHashes(v2)
+	b, err := Diff(v1, v2, h1, h2).Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte("MFSD\x01\x00\x00\x00\x02{}"))
+	f.Add(append([]byte("MFSD\x01\x00\x00\x00\x0c{\"base\":1}  "), gz(f, bytes.Repeat([]byte("{},"), 1000))...))
+	lim := DeltaLimits{MaxBytes: 64 << 10, MaxServices: 50, MaxCatalogServices: 60}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, err := DecodeDelta(b, lim)
+		if err != nil {
+			if Reason(err) == "other" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		if len(d.Changed.Services) > lim.MaxServices || len(d.Removed) > lim.MaxServices || d.Base == 0 || d.Base >= d.Changed.Version {
+			t.Fatalf("accepted a delta of %d services, %d removals, base %d to %d", len(d.Changed.Services), len(d.Removed), d.Base, d.Changed.Version)
+		}
+		base := *v1
+		base.Cluster, base.Version = d.Changed.Cluster, d.Base
+		if c, hashes, err := d.Apply(&base, h1, lim); err == nil && (len(c.Services) > lim.MaxCatalogServices || len(hashes) != len(c.Services)) {
+			t.Fatalf("applied to %d services with %d hashes", len(c.Services), len(hashes))
+		}
+	})
+}
+
+// FuzzVerifyHead runs VerifyHead on arbitrary bytes: no panic, and the only
+// head it accepts is west's, signed with west's key.
+func FuzzVerifyHead(f *testing.F) {
+	s := newTestSigner(f, "west")
+	h, err := SignHead(Head{Cluster: "west", Version: 3, Digest: make([]byte, 32)}, s.key, s.chain)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(h.Bytes)
+	f.Add([]byte(`{"head":"e30=","chain":[],"sig":""}`))
+	f.Add([]byte(`{"head":null}`))
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := VerifyHead(b, s.root.Pool, testTD, now)
+		if err != nil {
+			if Reason(err) == "other" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		if got.Cluster != "west" || len(got.Digest) != 32 || got.Version == 0 {
+			t.Fatalf("accepted %+v", got.Head)
+		}
+	})
+}

@@ -4,7 +4,8 @@
 // memberlist's LAN defaults. It prints a Markdown table for
 // docs/benchmarks.md. It only ever talks to 127.0.0.1.
 //
-//	go run ./federation/cmd/fedbench -members 50 -changes 20 -services 10000
+//	go run ./federation/cmd/fedbench -members 50 -changes 30 -services 10000 -big-changes 10 -idle 10s
+//	go run ./federation/cmd/fedbench -members 100 -changes 30 -services 0 -idle 10s
 package main
 
 import (
@@ -103,9 +104,15 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 			return err
 		}
 	}
-	time.Sleep(3 * time.Second)
+	start = time.Now()
+	for !allSee(ms, func(m *member) bool { return catalogsHeld(m) == n-1 }) && time.Since(start) < time.Minute {
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "every member holds every catalog after %v\n", time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Second)
 
 	var allTimes, memberTimes []time.Duration
+	u0 := updatesSent(ms)
 	for c := range changes {
 		pub := ms[(c*7+1)%n]
 		all, per, err := timeChange(ctx, ms, pub, small((c*7+1)%n, c+1), 30*time.Second)
@@ -117,6 +124,7 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 		time.Sleep(500 * time.Millisecond)
 	}
 
+	smallUpdates := updatesSent(ms).minus(u0)
 	before := gossipBytes(ms)
 	time.Sleep(idle)
 	after := gossipBytes(ms)
@@ -124,6 +132,7 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 
 	var bigAll []time.Duration
 	var bigRate, bigPerChange float64
+	var bigUpdates sent
 	if services > 0 {
 		big := bigCatalog(services)
 		pub := ms[1]
@@ -132,17 +141,19 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 			return err
 		}
 		time.Sleep(2 * time.Second)
-		b0 := gossipBytes(ms)
+		b0, bu0 := gossipBytes(ms), updatesSent(ms)
 		for c := range bigChanges {
 			big[c].Endpoints[0].Ready = !big[c].Endpoints[0].Ready
-			all, _, err := timeChange(ctx, ms, pub, big, 120*time.Second)
+			all, per, err := timeChange(ctx, ms, pub, big, 120*time.Second)
 			if err != nil {
 				return err
 			}
 			bigAll = append(bigAll, all)
+			fmt.Fprintf(os.Stderr, "large catalog change %d reached all in %v (members: p50 %v, p90 %v)\n", c+1, all.Round(time.Millisecond), pct(per, 50), pct(per, 90))
 			time.Sleep(time.Second)
 		}
 		bigPerChange = (gossipBytes(ms) - b0) / float64(n) / float64(bigChanges)
+		bigUpdates = updatesSent(ms).minus(bu0)
 		b1 := gossipBytes(ms)
 		time.Sleep(idle)
 		bigRate = (gossipBytes(ms) - b1) / float64(n) / idle.Seconds()
@@ -151,10 +162,12 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 	fmt.Printf("| measure (%d members, one process, loopback, LAN defaults, GOMAXPROCS=%d) | result |\n|---|---|\n", n, runtime.GOMAXPROCS(0))
 	fmt.Printf("| small catalog change → all %d others hold it: p50 / p99 / max (%d changes) | %v / %v / %v |\n", n-1, changes, pct(allTimes, 50), pct(allTimes, 99), pct(allTimes, 100))
 	fmt.Printf("| small catalog change → one member holds it: p50 / p99 (%d samples) | %v / %v |\n", len(memberTimes), pct(memberTimes, 50), pct(memberTimes, 99))
+	fmt.Printf("| small catalog change: updates sent per change by the owner / by relays (%s) | %s |\n", sentKinds, smallUpdates.per(changes))
 	fmt.Printf("| steady-state gossip per member, small catalogs (sent+received) | %.0f B/s |\n", idleRate)
 	if services > 0 {
-		fmt.Printf("| %d-service catalog change → all %d others hold it: p50 / max (%d changes) | %v / %v |\n", services, n-1, bigChanges, pct(bigAll, 50), pct(bigAll, 100))
-		fmt.Printf("| gossip per member per %d-service catalog change (sent+received) | %.0f KiB |\n", services, bigPerChange/1024)
+		fmt.Printf("| one-service change in a %d-service catalog → all %d others hold it: p50 / p99 / max (%d changes) | %v / %v / %v |\n", services, n-1, bigChanges, pct(bigAll, 50), pct(bigAll, 99), pct(bigAll, 100))
+		fmt.Printf("| gossip per member per one-service change in a %d-service catalog (sent+received) | %.1f KiB |\n", services, bigPerChange/1024)
+		fmt.Printf("| one-service change in a %d-service catalog: updates sent per change by the owner / by relays (%s) | %s |\n", services, sentKinds, bigUpdates.per(bigChanges))
 		fmt.Printf("| steady-state gossip per member with one %d-service catalog (sent+received) | %.0f B/s |\n", services, bigRate)
 	}
 	return nil
@@ -198,6 +211,17 @@ func timeChange(ctx context.Context, ms []*member, pub *member, svcs []catalog.E
 	return 0, nil, fmt.Errorf("catalog %s v%d reached only %d of %d members in %v", name, v, len(seen), len(ms)-1, limit)
 }
 
+// catalogsHeld is how many remote catalogs m holds.
+func catalogsHeld(m *member) int {
+	held := 0
+	for _, cv := range m.f.Snapshot().Clusters {
+		if cv.Catalog != nil {
+			held++
+		}
+	}
+	return held
+}
+
 func allSee(ms []*member, ok func(*member) bool) bool {
 	for _, m := range ms {
 		if !ok(m) {
@@ -220,6 +244,54 @@ func gossipBytes(ms []*member) float64 {
 		}
 	}
 	return total
+}
+
+// sent counts catalog updates sent, summed over members, by role and kind.
+type sent map[[2]string]float64
+
+// sentKinds says how sent.per reads.
+const sentKinds = "delta+whole+head"
+
+func updatesSent(ms []*member) sent {
+	out := sent{}
+	for _, m := range ms {
+		mfs, _ := m.reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != "meshfed_federation_catalog_updates_sent_total" {
+				continue
+			}
+			for _, x := range mf.GetMetric() {
+				var k [2]string
+				for _, l := range x.GetLabel() {
+					switch l.GetName() {
+					case "role":
+						k[0] = l.GetValue()
+					case "kind":
+						k[1] = l.GetValue()
+					}
+				}
+				out[k] += x.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+func (s sent) minus(o sent) sent {
+	out := sent{}
+	for k, v := range s {
+		out[k] = v - o[k]
+	}
+	return out
+}
+
+// per renders the updates per change: owner d+w+h / relays d+w+h.
+func (s sent) per(changes int) string {
+	f := func(role string) string {
+		c := float64(max(changes, 1))
+		return fmt.Sprintf("%.1f+%.1f+%.1f", s[[2]string{role, "delta"}]/c, s[[2]string{role, "whole"}]/c, s[[2]string{role, "head"}]/c)
+	}
+	return f("owner") + " / " + f("relay")
 }
 
 func pct(ds []time.Duration, p int) time.Duration {
