@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -799,14 +801,58 @@ func (h *Harness) Stop() error {
 	return errors.Join(errs...)
 }
 
-// FreePort returns a TCP port free on 127.0.0.1 now.
+// FreePort returns a port free on 127.0.0.1 now, for TCP and UDP, for a
+// process started later to listen on. It is picked at random below the
+// kernel's ephemeral range: a port the kernel hands out (to a socket bound
+// to port 0, or as a connection's source port) would be taken by another
+// test process between now and then more often than a random one.
 func FreePort() (int, error) {
+	lo, hi := 10000, ephemeralLow()
+	for range 200 {
+		p := lo + rand.IntN(hi-lo)
+		if portFree(p) {
+			return p, nil
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// portFree reports whether p can be bound on 127.0.0.1 for TCP and UDP.
+func portFree(p int) bool {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	return u.Close() == nil
+}
+
+// ephemeralLow is the low end of the kernel's ephemeral port range
+// (32768 where it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	v, err := strconv.Atoi(f[0])
+	if err != nil || v <= 11000 {
+		return 32768
+	}
+	return v
 }
 
 // repoRoot finds the meshfed checkout the harness runs from: its manifests
