@@ -227,6 +227,14 @@ func (h *Harness) MeshfedPath() string { return h.bins.meshfed }
 // LogPath is the file that holds the workloads' and clusters' logs.
 func (h *Harness) LogPath() string { return h.log.Name() }
 
+// DebugURL is the base URL of cluster's controller's debug API on this
+// machine (its profiles are under debug.PathProfiles).
+func (h *Harness) DebugURL(cluster string) string {
+	h.debugMu.Lock()
+	defer h.debugMu.Unlock()
+	return "http://" + h.debug[cluster]
+}
+
 // Manifest is the path of a file or directory of the demo's manifests
 // (docs/example/manifests, written into the harness's directory from the
 // copy embedded in the binary).

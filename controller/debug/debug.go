@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"time"
 
@@ -36,6 +37,11 @@ const (
 	// PathFederation is the federation's members as this cluster sees
 	// them now (Federation).
 	PathFederation = "/debug/federation"
+	// PathProfiles is the Go runtime's profiles of the controller
+	// (net/http/pprof): CPU (profile?seconds=N), heap, goroutines,
+	// execution trace. Reached like the rest of the debug API, so RBAC
+	// decides who may take them.
+	PathProfiles = "/debug/pprof/"
 )
 
 // Source is what the debug API reads: the controller's xDS server.
@@ -138,6 +144,11 @@ func Handler(cluster string, src Source, fed FederationSource) http.Handler {
 		}
 		writeJSON(w, out)
 	})
+	mux.HandleFunc("GET "+PathProfiles, pprof.Index)
+	mux.HandleFunc("GET "+PathProfiles+"cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET "+PathProfiles+"profile", pprof.Profile)
+	mux.HandleFunc("GET "+PathProfiles+"symbol", pprof.Symbol)
+	mux.HandleFunc("GET "+PathProfiles+"trace", pprof.Trace)
 	return mux
 }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -120,6 +121,30 @@ func TestFindProxyPrefersThePodsOwnStream(t *testing.T) {
 	} {
 		if got := debug.SyncState(c.t); got != c.want {
 			t.Errorf("SyncState(%+v) = %s, want %s", c.t, got, c.want)
+		}
+	}
+}
+
+// The controller's Go profiles are served with the rest of the debug API.
+func TestProfilesAreServed(t *testing.T) {
+	srv := httptest.NewServer(debug.Handler("east", source{}, noFederation{}))
+	defer srv.Close()
+	for path, want := range map[string]string{
+		debug.PathProfiles:                       "goroutine",
+		debug.PathProfiles + "goroutine?debug=1": "goroutine profile: total",
+		debug.PathProfiles + "profile?seconds=1": "\x1f\x8b", // a gzipped profile
+		debug.PathProfiles + "heap?gc=1":         "\x1f\x8b",
+		debug.PathProfiles + "trace?seconds=0.1": "go ",
+	} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := new(strings.Builder)
+		_, err = io.Copy(b, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(b.String(), want) {
+			t.Errorf("GET %s: %d, %v; want 200 with %q, got %.80q", path, resp.StatusCode, err, want, b.String())
 		}
 	}
 }

@@ -3,7 +3,10 @@ package federated_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,7 +140,47 @@ func TestEndpointChangeWithALargeCatalog(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	stop := profileControllers(t, ctx, h, os.Getenv("MESHFED_PROFILE_DIR"))
 	testEndpointChangeLatency(t, ctx, h)
+	stop()
+}
+
+// profileControllers, when dir is set, takes a 60 s CPU profile of each
+// controller from now, and writes it to dir/<cluster>-cpu.pprof (read
+// with go tool pprof); stop waits for them.
+func profileControllers(t *testing.T, ctx context.Context, h *localmesh.Harness, dir string) (stop func()) {
+	if dir == "" {
+		return func() {}
+	}
+	var wg sync.WaitGroup
+	for _, cluster := range h.Clusters() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.DebugURL(cluster)+debug.PathProfiles+"profile?seconds=60", nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Errorf("profile %s: %v", cluster, err)
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			path := filepath.Join(dir, cluster+"-cpu.pprof")
+			if err == nil {
+				err = os.WriteFile(path, b, 0o644)
+			}
+			if err != nil {
+				t.Errorf("profile %s: %v", cluster, err)
+				return
+			}
+			t.Logf("CPU profile of %s's controller: %s", cluster, path)
+		}()
+	}
+	return wg.Wait
 }
 
 func largeNamespace(i int) string { return fmt.Sprintf("large-%d", i%largeNamespaces) }
