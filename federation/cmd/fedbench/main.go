@@ -6,6 +6,8 @@
 //
 //	go run ./federation/cmd/fedbench -members 50 -changes 30 -services 10000 -big-changes 10 -idle 10s
 //	go run ./federation/cmd/fedbench -members 100 -changes 30 -services 0 -idle 10s
+//
+// -cpuprofile FILE profiles the large catalog's changes (go tool pprof).
 package main
 
 import (
@@ -16,6 +18,7 @@ import (
 	"log"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -40,7 +43,9 @@ func main() {
 	services := flag.Int("services", 10000, "services in the large catalog (0 skips that part)")
 	bigChanges := flag.Int("big-changes", 3, "changes of the large catalog to time")
 	idle := flag.Duration("idle", 30*time.Second, "steady-state window for bandwidth")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the large catalog's changes to this file")
 	flag.Parse()
+	profile = *cpuProfile
 	if err := run(*members, *changes, *services, *bigChanges, *idle); err != nil {
 		log.Fatal(err)
 	}
@@ -142,6 +147,10 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 		}
 		time.Sleep(2 * time.Second)
 		b0, bu0 := gossipBytes(ms), updatesSent(ms)
+		stopProfile, err := startProfile(profile)
+		if err != nil {
+			return err
+		}
 		for c := range bigChanges {
 			big[c].Endpoints[0].Ready = !big[c].Endpoints[0].Ready
 			all, per, err := timeChange(ctx, ms, pub, big, 120*time.Second)
@@ -152,6 +161,7 @@ func run(n, changes, services, bigChanges int, idle time.Duration) error {
 			fmt.Fprintf(os.Stderr, "large catalog change %d reached all in %v (members: p50 %v, p90 %v)\n", c+1, all.Round(time.Millisecond), pct(per, 50), pct(per, 90))
 			time.Sleep(time.Second)
 		}
+		stopProfile()
 		bigPerChange = (gossipBytes(ms) - b0) / float64(n) / float64(bigChanges)
 		bigUpdates = updatesSent(ms).minus(bu0)
 		b1 := gossipBytes(ms)
@@ -292,6 +302,31 @@ func (s sent) per(changes int) string {
 		return fmt.Sprintf("%.1f+%.1f+%.1f", s[[2]string{role, "delta"}]/c, s[[2]string{role, "whole"}]/c, s[[2]string{role, "head"}]/c)
 	}
 	return f("owner") + " / " + f("relay")
+}
+
+// profile is the -cpuprofile file.
+var profile string
+
+// startProfile starts a CPU profile into path (none if path is empty) and
+// returns the func that ends it.
+func startProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			log.Printf("cpu profile: %v", err)
+		}
+	}, nil
 }
 
 func pct(ds []time.Duration, p int) time.Duration {
