@@ -395,6 +395,19 @@ func testClusterListIsLive(t *testing.T, ctx context.Context, h *localmesh.Harne
 	}
 }
 
+// failedCalls lists source's failed BuyBook RPCs since from, with the
+// client's error and when each failed (relative to from), for a failure
+// message.
+func failedCalls(st *localmesh.Stats, source string, from time.Time) string {
+	var b strings.Builder
+	for _, c := range st.Calls(source, "BuyBook", from) {
+		if !c.Outcome.OK && c.Outcome.Code != "PermissionDenied" {
+			fmt.Fprintf(&b, "\n\t%s: %s at +%s: %s", source, c.Outcome, c.At.Sub(from).Round(time.Millisecond), c.Error)
+		}
+	}
+	return b.String()
+}
+
 func clusterList(ctx context.Context, h *localmesh.Harness, cluster string) string {
 	out, err := h.Meshfed(ctx, cluster, "cluster", "list")
 	if err != nil {
@@ -451,7 +464,7 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *localmesh.Harnes
 		all := st.Tally(src, "BuyBook", killed, now)
 		last := st.Recent(now, 2*time.Second, src, "BuyBook")
 		if all.Failed > 0 || last.By[v2West] == 0 {
-			t.Errorf("%s with west's control plane gone for %s: %d failed RPCs, last 2 s %v; want none failed and west still answering", src, now.Sub(killed).Round(time.Second), all.Failed, last.By)
+			t.Errorf("%s with west's control plane gone for %s: %d failed RPCs, last 2 s %v; want none failed and west still answering%s", src, now.Sub(killed).Round(time.Second), all.Failed, last.By, failedCalls(st, src, killed))
 		} else {
 			t.Logf("%s, west's control plane gone for %s: %d RPCs, %d answered by west, none failed", src, now.Sub(killed).Round(time.Second), all.Total, all.By[v2West])
 		}
@@ -469,10 +482,10 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *localmesh.Harnes
 	t.Logf("north (fail-static), %s after the kill:\n%s", now.Sub(killed).Round(time.Second), clusterList(ctx, h, "north"))
 	east, north := st.Tally(buyerEast, "BuyBook", killed, now), st.Tally(buyerNorth, "BuyBook", killed, now)
 	if east.Failed > 0 {
-		t.Errorf("east moved its share home from a west whose workloads still run, with %d failed RPCs: %v", east.Failed, east.By)
+		t.Errorf("east moved its share home from a west whose workloads still run, with %d failed RPCs: %v%s", east.Failed, east.By, failedCalls(st, buyerEast, killed))
 	}
 	if lastNorth := st.Recent(now, 2*time.Second, buyerNorth, "BuyBook"); north.Failed > 0 || lastNorth.By[v2West] == 0 {
-		t.Errorf("north (fail-static) should keep using west: %d failed RPCs since the kill, last 2 s %v", north.Failed, lastNorth.By)
+		t.Errorf("north (fail-static) should keep using west: %d failed RPCs since the kill, last 2 s %v%s", north.Failed, lastNorth.By, failedCalls(st, buyerNorth, killed))
 	} else {
 		t.Logf("north (fail-static) still answered by west %s after the kill: %d RPCs, none failed", now.Sub(killed).Round(time.Second), north.Total)
 	}
@@ -492,7 +505,7 @@ func testControlPlaneLoss(t *testing.T, ctx context.Context, h *localmesh.Harnes
 	t.Logf("west's controller back: traffic returned to west in %s; east %d failed of %d, north %d failed of %d since the restart",
 		now.Sub(restarted).Round(100*time.Millisecond), east.Failed, east.Total, north.Failed, north.Total)
 	if east.Failed+north.Failed > 0 {
-		t.Errorf("RPCs failed when west's controller came back: east %v, north %v", east.By, north.By)
+		t.Errorf("RPCs failed when west's controller came back: east %v, north %v%s%s", east.By, north.By, failedCalls(st, buyerEast, restarted), failedCalls(st, buyerNorth, restarted))
 	}
 }
 
