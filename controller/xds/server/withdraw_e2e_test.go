@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -72,6 +73,29 @@ func TestWithdrawingTheSplitsOnlyRemoteBackendFailsNoRPC(t *testing.T) {
 		if s.Remote == nil {
 			s.TrafficSplits = nil
 		}
+		return s
+	})
+}
+
+// As TestWithdrawingARemoteBackendFailsNoRPC, the way the federation
+// withdraws a cluster that a TrafficSplit names (controller/federate,
+// keepWithdrawn): west's export stays in the state with no endpoints, so
+// its backend goes to weight 0 and its load assignment loses its
+// endpoints in the same update, and comes back with both. Routes and load
+// assignments reach the client in no fixed order: the route must stop
+// sending to west before west's endpoints go, and west's endpoints must
+// be there before the route sends to it again.
+func TestEmptyingARemoteBackendFailsNoRPC(t *testing.T) {
+	withdrawRounds(t, func(s mesh.State) mesh.State {
+		if s.Remote != nil {
+			return s
+		}
+		with := remoteSplitMesh(&backend{}, &backend{}, true)
+		s.TrafficSplits = with.TrafficSplits
+		west := with.Remote["west"]
+		west.Services = slices.Clone(west.Services)
+		west.Services[0].Endpoints = nil
+		s.Remote = map[string]mesh.ClusterCatalog{"west": west}
 		return s
 	})
 }
