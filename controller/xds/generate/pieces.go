@@ -23,8 +23,9 @@ type ClientPort struct {
 	// service, on this port; empty, or all at weight zero, means the
 	// service's own cluster.
 	Backends []WeightedBackend
-	// Warming are backend clusters new to this route: it refers to them
-	// (keepWarmRoute) but sends them nothing yet (routes.go).
+	// Warming are backend clusters new to this route, or whose endpoints
+	// just became ready: it refers to them (keepWarmRoute) but sends them
+	// nothing yet (routes.go).
 	Warming []string
 	// ClusterSet makes this the port of the service's clusterset name
 	// ("<svc>.<ns>.svc.clusterset.local", an MCS import) rather than of the
@@ -32,10 +33,13 @@ type ClientPort struct {
 	ClusterSet bool
 }
 
-// WeightedBackend is one cluster of a split with its weight.
+// WeightedBackend is one cluster of a split with its weight, and whether
+// the backend has a ready endpoint (one without is at weight 0 while
+// another backend can take its share).
 type WeightedBackend struct {
 	Cluster string
 	Weight  uint32
+	Ready   bool
 }
 
 // Equal reports whether c and o produce the same resources.

@@ -141,7 +141,6 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBack
 		scale *= 2
 	}
 	var out []WeightedBackend
-	var ready []bool
 	anyReady := false
 	for _, b := range ts.Backends {
 		remote := b.Cluster
@@ -155,12 +154,12 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBack
 		if _, ok := svc.Port(port); !ok {
 			continue
 		}
+		r := svc.HasReady()
 		out = append(out, WeightedBackend{
 			Cluster: ClusterName(svc.Key(), port, remote),
 			Weight:  uint32(b.Weight / scale),
+			Ready:   r,
 		})
-		r := svc.HasReady()
-		ready = append(ready, r)
 		anyReady = anyReady || (r && b.Weight > 0)
 	}
 	// A backend with no ready endpoint (scaled to zero, or a lost cluster's
@@ -170,7 +169,7 @@ func splitBackends(ix *Index, ts *mesh.TrafficSplit, port uint32) []WeightedBack
 	// RPCs when it comes back (routes.go).
 	if anyReady {
 		for i := range out {
-			if !ready[i] {
+			if !out[i].Ready {
 				out[i].Weight = 0
 			}
 		}

@@ -1,10 +1,14 @@
 package server
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/meshfed/meshfed/controller/xds/generate"
 )
 
 // Make before break. A proxy is sent each type of an update on its own,
@@ -18,9 +22,15 @@ import (
 // Config.DrainDelay; then drainRetired takes it out and the proxies are
 // sent their clusters again.
 //
-// Load assignments need no such care: a state-of-the-world EDS response
-// that lacks a name does not delete it (only listeners and clusters are
-// removed by absence).
+// A load assignment that is removed needs no such care: a
+// state-of-the-world EDS response that lacks a name does not delete it
+// (only listeners and clusters are removed by absence). One that loses
+// its last ready endpoint does, when it is a split's backend: the same
+// update moves the route's share off it (generate: weight 0), and a call
+// the old route still sends there would find no endpoint ("no targets to
+// pick from"). So its last ready load assignment stays published for
+// Config.DrainDelay (holdEndpoints); then drainRetired publishes what it
+// has now.
 
 // retiredCluster is a removed cluster still published, and when it was
 // removed.
@@ -77,11 +87,77 @@ func (sk *sharedKind) publishClusters(version string) {
 	v.res = cachev3.Resources{Version: version, Items: items}
 }
 
+// holdEndpoints reports whether the load assignments of key, changed from
+// prev to next, are to stay as prev's for now: key is a split backend that
+// had a ready endpoint and has none (or is held already and still has
+// none), on the same ports. It records the hold and asks for a drain.
+func (b *builder) holdEndpoints(key edsKey, prev, next *upstreamEDS) bool {
+	if next.svc.HasReady() {
+		delete(b.held, key)
+		return false
+	}
+	if _, ok := b.held[key]; ok {
+		return true
+	}
+	if prev == nil || !prev.svc.HasReady() || !slices.Equal(prev.svc.Ports, next.svc.Ports) {
+		return false
+	}
+	backend := false
+	for _, p := range next.svc.Ports {
+		_, ok := b.ready[generate.ClusterName(key.svc, p.Port, key.remote)]
+		backend = backend || ok
+	}
+	if !backend {
+		return false
+	}
+	if b.held == nil {
+		b.held = map[edsKey]time.Time{}
+	}
+	b.held[key] = b.now()
+	b.newlyRetired = true
+	return true
+}
+
+// drainHeld publishes the current load assignments of the held backends
+// due (held at least delay ago), under a new EDS version. It reports
+// whether it published any, and when the next held one is due.
+func (b *builder) drainHeld(delay time.Duration) (drained bool, next time.Time) {
+	now := b.now()
+	var items map[string]types.ResourceWithTTL
+	for key, at := range b.held {
+		if due := at.Add(delay); due.After(now) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			continue
+		}
+		delete(b.held, key)
+		e := b.edsCache[key]
+		if e == nil {
+			continue
+		}
+		if items == nil {
+			items = maps.Clone(b.eds.res.Items) // published snapshots hold the old map
+		}
+		for _, r := range e.clas {
+			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+		}
+	}
+	if items == nil {
+		return false, next
+	}
+	b.eds.version = b.nextVersion()
+	b.eds.res = cachev3.Resources{Version: b.eds.version, Items: items}
+	return true, next
+}
+
 // drainRetired takes out the clusters retired at least delay ago, under a
-// new version so that proxies are sent the list without them. It reports
-// whether it took any out, and when the next retired cluster is due (zero
-// if none is left).
+// new version so that proxies are sent the list without them, and
+// publishes the held load assignments that are due (drainHeld). It
+// reports whether it changed anything, and when the next retired cluster
+// or held load assignment is due (zero if none is left).
 func (b *builder) drainRetired(delay time.Duration) (drained bool, next time.Time) {
+	drained, next = b.drainHeld(delay)
 	now := b.now()
 	for _, sk := range b.kinds {
 		took := false

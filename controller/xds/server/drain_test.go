@@ -1,10 +1,13 @@
 package server
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -122,5 +125,79 @@ func TestClusterBackBeforeTheDrainStays(t *testing.T) {
 	back := generate.ClusterName(mesh.NamespacedName{Namespace: "ns-5", Name: "svc-5"}, 8080, "")
 	if snap.GetResources(resourcev3.ClusterType)[back] == nil {
 		t.Fatalf("cluster %s is missing after it came back", back)
+	}
+}
+
+// withEndpoints returns s with the named service's endpoints replaced.
+func withEndpoints(s mesh.State, name string, eps []mesh.Endpoint) mesh.State {
+	s.Services = slices.Clone(s.Services)
+	for i := range s.Services {
+		if s.Services[i].Name == name {
+			s.Services[i].Endpoints = eps
+		}
+	}
+	return s
+}
+
+// A split backend that loses its last ready endpoint keeps its last ready
+// load assignment published, while the route moves its share away in the
+// same update, until the drain delay has passed; then its empty load
+// assignment is published. A service that is no split's backend gets its
+// new load assignment at once.
+func TestASplitBackendsLastEndpointsStayUntilDrained(t *testing.T) {
+	const delay = 5 * time.Second
+	now := time.Unix(1000, 0)
+	b := newBuilder(0)
+	b.now = func() time.Time { return now }
+	state := syntheticMesh(30) // split-0: svc-0 → svc-10 (90), svc-20 (10)
+	if _, err := b.update(state); err != nil {
+		t.Fatal(err)
+	}
+	endpoints := func(svc string) int {
+		var i int
+		fmt.Sscanf(svc, "svc-%d", &i)
+		name := generate.ClusterName(mesh.NamespacedName{Namespace: fmt.Sprintf("ns-%d", i%10), Name: svc}, 8080, "")
+		r, ok := b.eds.res.Items[name]
+		if !ok {
+			t.Fatalf("no load assignment %s", name)
+		}
+		n := 0
+		for _, l := range r.Resource.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+			n += len(l.GetLbEndpoints())
+		}
+		return n
+	}
+	version := b.eds.version
+	state = withEndpoints(withEndpoints(state, "svc-20", nil), "svc-1", nil) // svc-1 backs no split
+	if _, err := b.update(state); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpoints("svc-20"); got != 2 {
+		t.Errorf("split backend svc-20 emptied: its load assignment has %d endpoints at once, want its last 2 until drained", got)
+	}
+	if got := endpoints("svc-1"); got != 0 {
+		t.Errorf("svc-1 (no split's backend) emptied: %d endpoints published, want 0 at once", got)
+	}
+	if !b.newlyRetired || b.eds.version == version {
+		t.Errorf("after the update: drain asked %v, EDS version %s (was %s)", b.newlyRetired, b.eds.version, version)
+	}
+	if drained, next := b.drainRetired(delay); drained || !next.Equal(now.Add(delay)) {
+		t.Errorf("before the delay: drained %v, next %v; want nothing drained, next at %v", drained, next, now.Add(delay))
+	}
+	now = now.Add(delay)
+	if drained, next := b.drainRetired(delay); !drained || !next.IsZero() {
+		t.Errorf("after the delay: drained %v, next %v; want drained, nothing left", drained, next)
+	}
+	if got := endpoints("svc-20"); got != 0 {
+		t.Errorf("after the drain: svc-20 has %d endpoints published, want 0", got)
+	}
+
+	// Back with endpoints: published at once.
+	state = withEndpoints(state, "svc-20", syntheticMesh(30).Services[20].Endpoints)
+	if _, err := b.update(state); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpoints("svc-20"); got != 2 {
+		t.Errorf("svc-20 back: %d endpoints published, want 2 at once", got)
 	}
 }

@@ -316,6 +316,13 @@ type builder struct {
 	named        map[string]map[string]time.Time
 	warmDelay    time.Duration
 	warmingUntil time.Time
+	// ready is whether each split backend cluster had a ready endpoint at
+	// the last update (warm.go).
+	ready map[string]bool
+	// held are the split backends whose endpoints went away, and since
+	// when: their last ready load assignments are still published
+	// (drain.go).
+	held map[edsKey]time.Time
 }
 
 func newBuilder(warmDelay time.Duration) *builder {
@@ -469,6 +476,9 @@ func (b *builder) updateEndpointsOnly(s mesh.State, local []int, remote map[stri
 		items := maps.Clone(b.eds.res.Items)
 		for _, c := range changes {
 			b.edsCache[c.key] = c.eds
+			if _, held := b.held[c.key]; held {
+				continue // still unready: drainHeld publishes it
+			}
 			for _, r := range c.eds.clas {
 				items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
 			}
@@ -572,14 +582,20 @@ func (b *builder) updateEndpoints(ix *generate.Index) error {
 	for _, k := range gone {
 		drop(b.edsCache[k])
 		delete(b.edsCache, k)
+		delete(b.held, k)
 	}
-	for _, c := range changes {
-		if c.prev != nil {
+	hold := make([]bool, len(changes))
+	for i, c := range changes {
+		hold[i] = b.holdEndpoints(c.key, c.prev, c.next)
+		if c.prev != nil && !hold[i] {
 			drop(c.prev)
 		}
 	}
-	for _, c := range changes {
+	for i, c := range changes {
 		b.edsCache[c.key] = c.next
+		if hold[i] {
+			continue
+		}
 		for _, r := range c.next.clas {
 			items[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
 		}

@@ -54,3 +54,43 @@ func TestNewBackendsWarmBeforeTheyTakeCalls(t *testing.T) {
 		t.Errorf("after the delay: warming %v until %v, want none", got[0].Warming, b.warmingUntil)
 	}
 }
+
+// A split backend whose endpoints become ready again warms for the warm
+// delay, so that its load assignment reaches a proxy before the route
+// sends it calls; unless no other backend could take them meanwhile.
+func TestABackendWhoseEndpointsReturnWarms(t *testing.T) {
+	const delay = time.Second
+	now := time.Unix(1000, 0)
+	b := newBuilder(delay)
+	b.now = func() time.Time { return now }
+	svc := mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore"}
+	v1, v2 := "bookstore/bookstore-v1:14001", "bookstore/bookstore-v2:14001@west"
+	split := func(v1Ready, v2Ready bool) []generate.ClientPort {
+		c := generate.ClientPort{Service: svc, Port: 14001, Backends: []generate.WeightedBackend{
+			{Cluster: v1, Weight: 50, Ready: v1Ready}, {Cluster: v2, Weight: 50, Ready: v2Ready}}}
+		cps := []generate.ClientPort{c}
+		b.markWarming(cps)
+		return cps
+	}
+	split(true, true)
+	now = now.Add(time.Minute)
+	if got := split(true, false); got[0].Warming != nil {
+		t.Fatalf("v2 lost its endpoints: warming %v, want none", got[0].Warming)
+	}
+	now = now.Add(time.Minute)
+	if got := split(true, true); !slices.Equal(got[0].Warming, []string{v2}) || !b.warmingUntil.Equal(now.Add(delay)) {
+		t.Fatalf("v2's endpoints back: warming %v until %v, want [%s] until %v", got[0].Warming, b.warmingUntil, v2, now.Add(delay))
+	}
+	now = now.Add(delay)
+	if got := split(true, true); got[0].Warming != nil {
+		t.Errorf("after the delay: warming %v, want none", got[0].Warming)
+	}
+
+	// Both lost, then v2 back: nowhere else to send the calls, no warming.
+	now = now.Add(time.Minute)
+	split(false, false)
+	now = now.Add(time.Minute)
+	if got := split(false, true); got[0].Warming != nil {
+		t.Errorf("v2 back while v1 has no endpoint: warming %v, want none (no other backend could take the calls)", got[0].Warming)
+	}
+}
