@@ -12,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -64,7 +65,9 @@ type Bridge struct {
 	slices    cache.Indexer // EndpointSlices, indexed by Service (kube.SlicesOf)
 	exports   cache.GenericLister
 	imports   cache.GenericLister
-	synced    []cache.InformerSynced
+	// importStore is the ServiceImports' informer cache (its keys).
+	importStore cache.Store
+	synced      []cache.InformerSynced
 
 	// changed signals a change of the bridge's own objects (exports,
 	// imports) or, with its own informers, of local services; local
@@ -93,7 +96,13 @@ type Bridge struct {
 	// their resourceVersion stays: converting 10,000 of them from
 	// unstructured on every pass costs more than the rest of the pass.
 	exportObjs map[string]readExport
-	invalid    map[string]checkedCatalog
+	// exportMemos are the exports made on the last pass, by key.
+	exportMemos map[string]*exportMemo
+	// importsInSync are the ServiceImports the last pass found as wanted,
+	// by key: a pass skips one whose resourceVersion and wanted spec are
+	// the same, without converting it (applyImports).
+	importsInSync map[string]importInSync
+	invalid       map[string]checkedCatalog
 
 	current atomic.Pointer[RemoteState]
 	subsMu  sync.Mutex
@@ -131,6 +140,7 @@ func New(cfg Config) (*Bridge, error) {
 		exportsSeen: newFirstSeen(),
 		checked:     map[string]checkedCatalog{},
 		exportObjs:  map[string]readExport{},
+		exportMemos: map[string]*exportMemo{},
 		subs:        map[chan struct{}]struct{}{},
 	}
 	b.current.Store(&RemoteState{Remote: map[string]mesh.ClusterCatalog{}})
@@ -149,7 +159,7 @@ func New(cfg Config) (*Bridge, error) {
 	slices := b.informers.Core().Discovery().V1().EndpointSlices()
 	b.services, b.pods, b.slices = core.Services().Lister(), core.Pods().Lister(), slices.Informer().GetIndexer()
 	se, si := b.informers.Resource(ServiceExportGVR), b.informers.Resource(ServiceImportGVR)
-	b.exports, b.imports = se.Lister(), si.Lister()
+	b.exports, b.imports, b.importStore = se.Lister(), si.Lister(), si.Informer().GetStore()
 	// Changes of the local services reach a bridge that shares the
 	// controller's informers from the watcher, which debounces them,
 	// through the Junction (LocalChanged); a bridge with informers of its
@@ -372,6 +382,11 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 				delete(b.exportObjs, key)
 			}
 		}
+		for key := range b.exportMemos {
+			if !seen[key] {
+				delete(b.exportMemos, key)
+			}
+		}
 	}()
 	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
@@ -400,21 +415,86 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": ExternalName services cannot be exported"
 			continue
 		}
-		ms, err := kube.ServiceFrom(settings, svc, kube.SlicesOf(b.slices, se.Namespace, se.Name), b.podInfo)
-		if err != nil {
-			invalid[key] = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": " + err.Error()
+		sl := kube.SlicesOf(b.slices, se.Namespace, se.Name)
+		m := b.exportMemos[key]
+		if !m.current(b, se, svc, sl) {
+			m = b.exportFrom(settings, se, svc, sl)
+			b.exportMemos[key] = m
+		}
+		if m.invalid != "" {
+			invalid[key] = m.invalid
 			continue
 		}
-		exp := exportFrom(ms, svc.Spec.ClusterIP == corev1.ClusterIPNone, se.CreationTimestamp.Time)
-		fs, err := failStaticOverride(se.Annotations)
-		if err != nil {
-			invalid[key] = "InvalidAnnotation: " + err.Error()
-			continue
-		}
-		exp.FailStatic = fs
-		valid[key] = exp
+		valid[key] = m.exp
 	}
 	return valid, all, invalid
+}
+
+// exportMemo is one export as made from its inputs, and those inputs: the
+// resourceVersions of the ServiceExport, its Service and their
+// EndpointSlices, and the Pods its endpoints name as they were found. A
+// pass that finds the same inputs reuses it, so that the thousands of
+// exports an endpoint change does not touch cost a few lookups each, and
+// keep the slices they share with the last catalog published.
+type exportMemo struct {
+	exportRV, serviceRV string
+	sliceRVs            []string
+	pods                []podSeen
+	exp                 catalog.ExportedService
+	invalid             string // why it is not exported; "" if it is
+}
+
+type podSeen struct {
+	namespace, name string
+	info            kube.PodInfo
+	found           bool
+}
+
+// current reports whether m was made from these inputs (false for nil).
+func (m *exportMemo) current(b *Bridge, se *mcsv1beta1.ServiceExport, svc *corev1.Service, sl []*discoveryv1.EndpointSlice) bool {
+	if m == nil || m.exportRV != se.ResourceVersion || m.serviceRV != svc.ResourceVersion || se.ResourceVersion == "" ||
+		svc.ResourceVersion == "" || len(m.sliceRVs) != len(sl) {
+		return false
+	}
+	for i, s := range sl {
+		if s.ResourceVersion != m.sliceRVs[i] || s.ResourceVersion == "" {
+			return false
+		}
+	}
+	for _, p := range m.pods {
+		info, found := b.podInfo(p.namespace, p.name)
+		if found != p.found || info != p.info {
+			return false
+		}
+	}
+	return true
+}
+
+// exportFrom makes the export of se (its Service svc, their slices sl),
+// recording the inputs.
+func (b *Bridge) exportFrom(settings mesh.Settings, se *mcsv1beta1.ServiceExport, svc *corev1.Service, sl []*discoveryv1.EndpointSlice) *exportMemo {
+	m := &exportMemo{exportRV: se.ResourceVersion, serviceRV: svc.ResourceVersion}
+	for _, s := range sl {
+		m.sliceRVs = append(m.sliceRVs, s.ResourceVersion)
+	}
+	pods := func(ns, name string) (kube.PodInfo, bool) {
+		info, found := b.podInfo(ns, name)
+		m.pods = append(m.pods, podSeen{namespace: ns, name: name, info: info, found: found})
+		return info, found
+	}
+	ms, err := kube.ServiceFrom(settings, svc, sl, pods)
+	if err != nil {
+		m.invalid = string(mcsv1beta1.ServiceExportReasonInvalidServiceType) + ": " + err.Error()
+		return m
+	}
+	m.exp = exportFrom(ms, svc.Spec.ClusterIP == corev1.ClusterIPNone, se.CreationTimestamp.Time)
+	fs, err := failStaticOverride(se.Annotations)
+	if err != nil {
+		m.invalid = "InvalidAnnotation: " + err.Error()
+		return m
+	}
+	m.exp.FailStatic = fs
+	return m
 }
 
 // readExport is one ServiceExport as read at one resourceVersion.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -61,13 +61,22 @@ func appProtocol(p string) string {
 // create is left alone (and reported).
 func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 	var errs []error
-	wanted := map[string]bool{}
+	wanted := make(map[string]bool, len(want))
+	inSync := make(map[string]importInSync, len(want))
+	defer func() { b.importsInSync = inSync }()
 	client := b.cfg.Dynamic.Resource(ServiceImportGVR)
 	for _, imp := range want {
 		key := imp.Namespace + "/" + imp.Name
 		wanted[key] = true
-		spec, clusters := serviceImportFor(imp)
 		obj, err := b.imports.ByNamespace(imp.Namespace).Get(imp.Name)
+		if err == nil {
+			rv := obj.(*unstructured.Unstructured).GetResourceVersion()
+			if m, ok := b.importsInSync[key]; ok && m.resourceVersion == rv && rv != "" && m.want.equal(&imp) {
+				inSync[key] = m
+				continue
+			}
+		}
+		spec, clusters := serviceImportFor(imp)
 		if apierrors.IsNotFound(err) {
 			if !b.spend() {
 				continue
@@ -119,7 +128,11 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 			continue
 		}
 		specChanged, statusChanged := !reflect.DeepEqual(normalizeSpec(cur.Spec), normalizeSpec(spec)), !reflect.DeepEqual(cur.Status.Clusters, clusters)
-		if (specChanged || statusChanged) && !b.spend() {
+		if !specChanged && !statusChanged {
+			inSync[key] = importInSync{resourceVersion: u.GetResourceVersion(), want: imp}
+			continue
+		}
+		if !b.spend() {
 			continue
 		}
 		if specChanged {
@@ -146,17 +159,22 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 			}
 		}
 	}
-	objs, err := b.imports.List(labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy}))
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, o := range objs {
-		u := o.(*unstructured.Unstructured)
-		key := u.GetNamespace() + "/" + u.GetName()
-		if wanted[key] || u.GetDeletionTimestamp() != nil || !b.spend() {
+	// Every ServiceImport no longer wanted goes; the keys are read first,
+	// so that the thousands that stay cost a map lookup each.
+	for _, key := range b.importKeys() {
+		if wanted[key] {
 			continue
 		}
-		err := client.Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
+		ns, name, _ := strings.Cut(key, "/")
+		obj, err := b.imports.ByNamespace(ns).Get(name)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		u := obj.(*unstructured.Unstructured)
+		if u.GetLabels()[LabelManagedBy] != ManagedBy || u.GetDeletionTimestamp() != nil || !b.spend() {
+			continue
+		}
+		err = client.Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr(u.GetUID())}})
 		if err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("serviceimport %s: delete: %w", key, err))
 		} else {
@@ -166,6 +184,22 @@ func (b *Bridge) applyImports(ctx context.Context, want []importSpec) error {
 	b.metrics.imports.Set(float64(len(wanted)))
 	return errors.Join(errs...)
 }
+
+// importInSync is a ServiceImport found as wanted: its resourceVersion
+// then, and what was wanted.
+type importInSync struct {
+	resourceVersion string
+	want            importSpec
+}
+
+func (s *importSpec) equal(o *importSpec) bool {
+	return s.Namespace == o.Namespace && s.Name == o.Name && s.Headless == o.Headless &&
+		slices.Equal(s.Ports, o.Ports) && slices.Equal(s.Clusters, o.Clusters)
+}
+
+// importKeys returns the "namespace/name" of every ServiceImport in the
+// informer's cache.
+func (b *Bridge) importKeys() []string { return b.importStore.ListKeys() }
 
 // importedBefore is a priorImport from the ServiceImports the bridge
 // wrote: a cluster listed in ServiceImport key's status was imported since
