@@ -29,8 +29,10 @@ import (
 // update moves the route's share off it (generate: weight 0), and a call
 // the old route still sends there would find no endpoint ("no targets to
 // pick from"). So its last ready load assignment stays published for
-// Config.DrainDelay (holdEndpoints); then drainRetired publishes what it
-// has now.
+// Config.WarmDelay, the time a client is given to apply a route
+// (holdEndpoints); then drainRetired publishes what it has now. The hold
+// is kept short: a backend that returns while held keeps the client's
+// connections to its old endpoints, with their reconnect backoff.
 
 // retiredCluster is a removed cluster still published, and when it was
 // removed.
@@ -153,11 +155,11 @@ func (b *builder) drainHeld(delay time.Duration) (drained bool, next time.Time) 
 
 // drainRetired takes out the clusters retired at least delay ago, under a
 // new version so that proxies are sent the list without them, and
-// publishes the held load assignments that are due (drainHeld). It
+// publishes the load assignments held at least hold ago (drainHeld). It
 // reports whether it changed anything, and when the next retired cluster
 // or held load assignment is due (zero if none is left).
-func (b *builder) drainRetired(delay time.Duration) (drained bool, next time.Time) {
-	drained, next = b.drainHeld(delay)
+func (b *builder) drainRetired(delay, hold time.Duration) (drained bool, next time.Time) {
+	drained, next = b.drainHeld(hold)
 	now := b.now()
 	for _, sk := range b.kinds {
 		took := false
@@ -212,7 +214,7 @@ func (s *Server) drain() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.drainAlarm.fired()
-	drained, next := s.builder.drainRetired(s.cfg.DrainDelay)
+	drained, next := s.builder.drainRetired(s.cfg.DrainDelay, s.cfg.WarmDelay)
 	if !next.IsZero() {
 		s.drainAlarm.set(next, s.drain)
 	}

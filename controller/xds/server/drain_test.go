@@ -84,11 +84,11 @@ func TestRemovedClusterIsServedUntilDrained(t *testing.T) {
 	}
 
 	now = now.Add(delay - time.Second)
-	if drained, next := b.drainRetired(delay); drained || !next.Equal(time.Unix(1000, 0).Add(delay)) {
+	if drained, next := b.drainRetired(delay, delay); drained || !next.Equal(time.Unix(1000, 0).Add(delay)) {
 		t.Fatalf("before the delay: drained %v, next %v; want nothing drained, next at removal + %v", drained, next, delay)
 	}
 	now = now.Add(time.Second)
-	if drained, next := b.drainRetired(delay); !drained || !next.IsZero() {
+	if drained, next := b.drainRetired(delay, delay); !drained || !next.IsZero() {
 		t.Fatalf("at the delay: drained %v, next %v; want drained, nothing left", drained, next)
 	}
 	snap, changed, err = b.snapshot(key, ks)
@@ -113,7 +113,7 @@ func TestClusterBackBeforeTheDrainStays(t *testing.T) {
 		}
 	}
 	now = now.Add(time.Hour)
-	if drained, _ := b.drainRetired(time.Second); drained {
+	if drained, _ := b.drainRetired(time.Second, time.Second); drained {
 		t.Fatal("the drain took out a cluster that came back")
 	}
 	key := proxyKey{id: mesh.NewIdentity(td, "client", "client"), kind: KindProxyless}
@@ -141,7 +141,7 @@ func withEndpoints(s mesh.State, name string, eps []mesh.Endpoint) mesh.State {
 
 // A split backend that loses its last ready endpoint keeps its last ready
 // load assignment published, while the route moves its share away in the
-// same update, until the drain delay has passed; then its empty load
+// same update, until the hold (the warm delay) has passed; then its empty load
 // assignment is published. A service that is no split's backend gets its
 // new load assignment at once.
 func TestASplitBackendsLastEndpointsStayUntilDrained(t *testing.T) {
@@ -181,11 +181,11 @@ func TestASplitBackendsLastEndpointsStayUntilDrained(t *testing.T) {
 	if !b.newlyRetired || b.eds.version == version {
 		t.Errorf("after the update: drain asked %v, EDS version %s (was %s)", b.newlyRetired, b.eds.version, version)
 	}
-	if drained, next := b.drainRetired(delay); drained || !next.Equal(now.Add(delay)) {
+	if drained, next := b.drainRetired(delay, delay); drained || !next.Equal(now.Add(delay)) {
 		t.Errorf("before the delay: drained %v, next %v; want nothing drained, next at %v", drained, next, now.Add(delay))
 	}
 	now = now.Add(delay)
-	if drained, next := b.drainRetired(delay); !drained || !next.IsZero() {
+	if drained, next := b.drainRetired(delay, delay); !drained || !next.IsZero() {
 		t.Errorf("after the delay: drained %v, next %v; want drained, nothing left", drained, next)
 	}
 	if got := endpoints("svc-20"); got != 0 {

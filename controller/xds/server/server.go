@@ -329,10 +329,10 @@ func (s *Server) Update(st mesh.State) ([]mesh.Problem, error) {
 func (s *Server) setAlarms() {
 	if s.builder.newlyRetired {
 		s.builder.newlyRetired = false
-		if s.cfg.DrainDelay == 0 {
-			s.builder.drainRetired(0)
-		} else {
-			s.drainAlarm.set(time.Now().Add(s.cfg.DrainDelay), s.drain)
+		// What is due at once (no delay configured) goes now; the rest
+		// when the alarm fires.
+		if _, next := s.builder.drainRetired(s.cfg.DrainDelay, s.cfg.WarmDelay); !next.IsZero() {
+			s.drainAlarm.set(next, s.drain)
 		}
 	}
 	if next := s.builder.warmingUntil; !next.IsZero() {

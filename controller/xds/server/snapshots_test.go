@@ -304,7 +304,7 @@ func primedBuilder(t *testing.T, base mesh.State, keys []proxyKey) (*builder, ma
 // (TestRemovedClusterIsServedUntilDrained covers them).
 func checkMatchesFullRebuild(t *testing.T, step string, inc *builder, state mesh.State, keys []proxyKey, states map[proxyKey]*keyState) {
 	t.Helper()
-	inc.drainRetired(0)
+	inc.drainRetired(0, 0)
 	full := newBuilder(0)
 	if _, err := full.update(state); err != nil {
 		t.Fatal(err)
