@@ -35,6 +35,7 @@ func TestBridge(t *testing.T) {
 	})
 
 	t.Run("ExportInWestAppearsAsServiceImportInEast", func(t *testing.T) { testExportAppears(t, east, west) })
+	t.Run("EditedServiceImportIsRestored", func(t *testing.T) { testImportRestored(t, east) })
 	t.Run("ExportOfMissingServiceIsReportedAndSkipped", func(t *testing.T) { testMissingService(t, east, west) })
 	t.Run("ConflictingPortsEachClusterKeepsItsOwnExport", func(t *testing.T) { testConflict(t, east, west) })
 	t.Run("UnexportRemovesServiceImport", func(t *testing.T) { testUnexport(t, east, west) })
@@ -89,6 +90,27 @@ func testExportAppears(t *testing.T, east, west *member) {
 	if n := histogramCount(t, east, "meshfed_federate_remote_change_to_push_seconds"); n == 0 {
 		t.Error("Pushed did not time the remote change")
 	}
+}
+
+// A ServiceImport meshfed wrote and someone else changed is written back
+// (the bridge skips the imports it found in sync only while their
+// resourceVersion stays).
+func testImportRestored(t *testing.T, east *member) {
+	si := east.dyn.Resource(federate.ServiceImportGVR).Namespace("bookstore")
+	u, err := si.Get(testContext(t), "bookstore-v2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unstructured.SetNestedSlice(u.Object, []any{map[string]any{"name": "grpc", "port": int64(9999), "protocol": "TCP"}}, "spec", "ports"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := si.Update(testContext(t), u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, func() (bool, string) {
+		_, ports, _, ok := serviceImport(t, east, "bookstore", "bookstore-v2")
+		return ok && reflect.DeepEqual(ports, []int64{14001}), fmt.Sprintf("east's ServiceImport bookstore/bookstore-v2 ports %v, want [14001] written back", ports)
+	})
 }
 
 func testMissingService(t *testing.T, east, west *member) {
