@@ -45,14 +45,21 @@ func mentions(t *testing.T, snap interface {
 	return false
 }
 
+// clockedBuilder is a builder with warm delay warm whose clock reads *now,
+// 1000 s after the epoch until the test moves it.
+func clockedBuilder(warm time.Duration) (*builder, *time.Time) {
+	now := time.Unix(1000, 0)
+	b := newBuilder(warm)
+	b.now = func() time.Time { return now }
+	return b, &now
+}
+
 // A cluster an update removes is still sent, unused, until it has been
 // retired for the drain delay; then it is sent no more. Listeners and
 // routes stop naming it at once.
 func TestRemovedClusterIsServedUntilDrained(t *testing.T) {
 	const delay = 5 * time.Second
-	now := time.Unix(1000, 0)
-	b := newBuilder(0)
-	b.now = func() time.Time { return now }
+	b, now := clockedBuilder(0)
 	state := syntheticMesh(30)
 	if _, err := b.update(state); err != nil {
 		t.Fatal(err)
@@ -83,11 +90,11 @@ func TestRemovedClusterIsServedUntilDrained(t *testing.T) {
 		}
 	}
 
-	now = now.Add(delay - time.Second)
+	*now = now.Add(delay - time.Second)
 	if drained, next := b.drainRetired(delay, delay); drained || !next.Equal(time.Unix(1000, 0).Add(delay)) {
 		t.Fatalf("before the delay: drained %v, next %v; want nothing drained, next at removal + %v", drained, next, delay)
 	}
-	now = now.Add(time.Second)
+	*now = now.Add(time.Second)
 	if drained, next := b.drainRetired(delay, delay); !drained || !next.IsZero() {
 		t.Fatalf("at the delay: drained %v, next %v; want drained, nothing left", drained, next)
 	}
@@ -103,16 +110,14 @@ func TestRemovedClusterIsServedUntilDrained(t *testing.T) {
 // A retired cluster that comes back before it is drained is live again:
 // the drain does not take it out.
 func TestClusterBackBeforeTheDrainStays(t *testing.T) {
-	now := time.Unix(1000, 0)
-	b := newBuilder(0)
-	b.now = func() time.Time { return now }
+	b, now := clockedBuilder(0)
 	state := syntheticMesh(30)
 	for _, s := range []mesh.State{state, withoutService(state, "svc-5"), state} {
 		if _, err := b.update(s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	now = now.Add(time.Hour)
+	*now = now.Add(time.Hour)
 	if drained, _ := b.drainRetired(time.Second, time.Second); drained {
 		t.Fatal("the drain took out a cluster that came back")
 	}
@@ -146,9 +151,7 @@ func withEndpoints(s mesh.State, name string, eps []mesh.Endpoint) mesh.State {
 // new load assignment at once.
 func TestASplitBackendsLastEndpointsStayUntilDrained(t *testing.T) {
 	const delay = 5 * time.Second
-	now := time.Unix(1000, 0)
-	b := newBuilder(0)
-	b.now = func() time.Time { return now }
+	b, now := clockedBuilder(0)
 	state := syntheticMesh(30) // split-0: svc-0 → svc-10 (90), svc-20 (10)
 	if _, err := b.update(state); err != nil {
 		t.Fatal(err)
@@ -184,7 +187,7 @@ func TestASplitBackendsLastEndpointsStayUntilDrained(t *testing.T) {
 	if drained, next := b.drainRetired(delay, delay); drained || !next.Equal(now.Add(delay)) {
 		t.Errorf("before the delay: drained %v, next %v; want nothing drained, next at %v", drained, next, now.Add(delay))
 	}
-	now = now.Add(delay)
+	*now = now.Add(delay)
 	if drained, next := b.drainRetired(delay, delay); !drained || !next.IsZero() {
 		t.Errorf("after the delay: drained %v, next %v; want drained, nothing left", drained, next)
 	}

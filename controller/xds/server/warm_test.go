@@ -14,9 +14,7 @@ import (
 // that leaves and comes back warms again.
 func TestNewBackendsWarmBeforeTheyTakeCalls(t *testing.T) {
 	const delay = time.Second
-	now := time.Unix(1000, 0)
-	b := newBuilder(delay)
-	b.now = func() time.Time { return now }
+	b, now := clockedBuilder(delay)
 	svc := mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore"}
 	other := mesh.NamespacedName{Namespace: "bookstore", Name: "other"}
 	v1, v2 := "bookstore/bookstore-v1:14001", "bookstore/bookstore-v2:14001@west"
@@ -35,9 +33,9 @@ func TestNewBackendsWarmBeforeTheyTakeCalls(t *testing.T) {
 	if got := mark(split(v1, v2)); got[0].Warming != nil || !b.warmingUntil.IsZero() {
 		t.Fatalf("first update: warming %v until %v, want none", got[0].Warming, b.warmingUntil)
 	}
-	now = now.Add(time.Minute)
+	*now = now.Add(time.Minute)
 	mark(split(v1))
-	now = now.Add(time.Minute)
+	*now = now.Add(time.Minute)
 	got := mark(split(v1, v2), generate.ClientPort{Service: other, Port: 14001, Backends: split(v2).Backends})
 	if !slices.Equal(got[0].Warming, []string{v2}) || !b.warmingUntil.Equal(now.Add(delay)) {
 		t.Fatalf("v2 back on bookstore's route: warming %v until %v, want [%s] until %v", got[0].Warming, b.warmingUntil, v2, now.Add(delay))
@@ -45,11 +43,11 @@ func TestNewBackendsWarmBeforeTheyTakeCalls(t *testing.T) {
 	if got[1].Warming != nil {
 		t.Errorf("a new route warms %v; it has no client to catch between versions", got[1].Warming)
 	}
-	now = now.Add(delay / 2)
+	*now = now.Add(delay / 2)
 	if got := mark(split(v1, v2)); !slices.Equal(got[0].Warming, []string{v2}) {
 		t.Errorf("half the delay later: warming %v, want [%s]", got[0].Warming, v2)
 	}
-	now = now.Add(delay / 2)
+	*now = now.Add(delay / 2)
 	if got := mark(split(v1, v2)); got[0].Warming != nil || !b.warmingUntil.IsZero() {
 		t.Errorf("after the delay: warming %v until %v, want none", got[0].Warming, b.warmingUntil)
 	}
@@ -60,9 +58,7 @@ func TestNewBackendsWarmBeforeTheyTakeCalls(t *testing.T) {
 // sends it calls; unless no other backend could take them meanwhile.
 func TestABackendWhoseEndpointsReturnWarms(t *testing.T) {
 	const delay = time.Second
-	now := time.Unix(1000, 0)
-	b := newBuilder(delay)
-	b.now = func() time.Time { return now }
+	b, now := clockedBuilder(delay)
 	svc := mesh.NamespacedName{Namespace: "bookstore", Name: "bookstore"}
 	v1, v2 := "bookstore/bookstore-v1:14001", "bookstore/bookstore-v2:14001@west"
 	split := func(v1Ready, v2Ready bool) []generate.ClientPort {
@@ -73,23 +69,23 @@ func TestABackendWhoseEndpointsReturnWarms(t *testing.T) {
 		return cps
 	}
 	split(true, true)
-	now = now.Add(time.Minute)
+	*now = now.Add(time.Minute)
 	if got := split(true, false); got[0].Warming != nil {
 		t.Fatalf("v2 lost its endpoints: warming %v, want none", got[0].Warming)
 	}
-	now = now.Add(time.Minute)
+	*now = now.Add(time.Minute)
 	if got := split(true, true); !slices.Equal(got[0].Warming, []string{v2}) || !b.warmingUntil.Equal(now.Add(delay)) {
 		t.Fatalf("v2's endpoints back: warming %v until %v, want [%s] until %v", got[0].Warming, b.warmingUntil, v2, now.Add(delay))
 	}
-	now = now.Add(delay)
+	*now = now.Add(delay)
 	if got := split(true, true); got[0].Warming != nil {
 		t.Errorf("after the delay: warming %v, want none", got[0].Warming)
 	}
 
 	// Both lost, then v2 back: nowhere else to send the calls, no warming.
-	now = now.Add(time.Minute)
+	*now = now.Add(time.Minute)
 	split(false, false)
-	now = now.Add(time.Minute)
+	*now = now.Add(time.Minute)
 	if got := split(false, true); got[0].Warming != nil {
 		t.Errorf("v2 back while v1 has no endpoint: warming %v, want none (no other backend could take the calls)", got[0].Warming)
 	}
