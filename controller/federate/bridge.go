@@ -95,14 +95,20 @@ type Bridge struct {
 	// exportObjs are the ServiceExports read so far, by key, kept while
 	// their resourceVersion stays: converting 10,000 of them from
 	// unstructured on every pass costs more than the rest of the pass.
-	exportObjs map[string]readExport
+	exportObjs map[string]*readExport
+	// exportByObj are the same, by the informer's object they were read
+	// from on the last pass.
+	exportByObj map[*unstructured.Unstructured]*readExport
 	// exportMemos are the exports made on the last pass, by key.
 	exportMemos map[string]*exportMemo
 	// importsInSync are the ServiceImports the last pass found as wanted,
 	// by key: a pass skips one whose resourceVersion and wanted spec are
 	// the same, without converting it (applyImports).
 	importsInSync map[string]importInSync
-	invalid       map[string]checkedCatalog
+	// conditionsInSync are the ServiceExports whose conditions the last
+	// pass found as wanted (updateExportConditions).
+	conditionsInSync map[string]conditionsInSync
+	invalid          map[string]checkedCatalog
 
 	current atomic.Pointer[RemoteState]
 	subsMu  sync.Mutex
@@ -139,7 +145,7 @@ func New(cfg Config) (*Bridge, error) {
 		leftOut:     map[string]string{},
 		exportsSeen: newFirstSeen(),
 		checked:     map[string]checkedCatalog{},
-		exportObjs:  map[string]readExport{},
+		exportObjs:  map[string]*readExport{},
 		exportMemos: map[string]*exportMemo{},
 		subs:        map[chan struct{}]struct{}{},
 	}
@@ -377,11 +383,15 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 	invalid := map[string]string{} // key → reason: message
 	seen := map[string]bool{}
 	defer func() {
-		for key := range b.exportObjs {
+		byObj := make(map[*unstructured.Unstructured]*readExport, len(b.exportObjs))
+		for key, r := range b.exportObjs {
 			if !seen[key] {
 				delete(b.exportObjs, key)
+				continue
 			}
+			byObj[r.obj] = r
 		}
+		b.exportByObj = byObj
 		for key := range b.exportMemos {
 			if !seen[key] {
 				delete(b.exportMemos, key)
@@ -393,15 +403,15 @@ func (b *Bridge) localExports() (map[string]catalog.ExportedService, map[string]
 		if !ok {
 			continue
 		}
-		se, err := b.readExport(u, seen)
+		r, err := b.readExport(u, seen)
 		if err != nil {
 			b.log.Warn("federate: unreadable ServiceExport", "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
 			continue
 		}
+		se, key := r.se, r.key
 		if se.DeletionTimestamp != nil {
 			continue
 		}
-		key := se.Namespace + "/" + se.Name
 		all[key] = se
 		svc, err := b.services.Services(se.Namespace).Get(se.Name)
 		if apierrors.IsNotFound(err) {
@@ -497,28 +507,39 @@ func (b *Bridge) exportFrom(settings mesh.Settings, se *mcsv1beta1.ServiceExport
 	return m
 }
 
-// readExport is one ServiceExport as read at one resourceVersion.
+// readExport is one ServiceExport as read at one resourceVersion: the
+// informer's object it was read from, its key and its conversion.
 type readExport struct {
 	resourceVersion string
+	obj             *unstructured.Unstructured
+	key             string
 	se              *mcsv1beta1.ServiceExport
 }
 
 // readExport converts u, or returns the conversion made when u was last
-// seen at the same resourceVersion; it marks u's key seen. The result is
-// shared: callers copy it before changing it.
-func (b *Bridge) readExport(u *unstructured.Unstructured, seen map[string]bool) (*mcsv1beta1.ServiceExport, error) {
+// seen at the same resourceVersion; it marks u's key seen. The informer
+// replaces an object that changes and never changes one it holds, so the
+// same object as on the last pass is found by its address alone. The
+// result is shared: callers copy it before changing it.
+func (b *Bridge) readExport(u *unstructured.Unstructured, seen map[string]bool) (*readExport, error) {
+	if r, ok := b.exportByObj[u]; ok {
+		seen[r.key] = true
+		return r, nil
+	}
 	key := u.GetNamespace() + "/" + u.GetName()
 	seen[key] = true
 	if r, ok := b.exportObjs[key]; ok && r.resourceVersion == u.GetResourceVersion() && r.resourceVersion != "" {
-		return r.se, nil
+		r.obj = u
+		return r, nil
 	}
 	var se mcsv1beta1.ServiceExport
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &se); err != nil {
 		delete(b.exportObjs, key)
 		return nil, err
 	}
-	b.exportObjs[key] = readExport{resourceVersion: u.GetResourceVersion(), se: &se}
-	return &se, nil
+	r := &readExport{resourceVersion: u.GetResourceVersion(), obj: u, key: key, se: &se}
+	b.exportObjs[key] = r
+	return r, nil
 }
 
 // reportUnreachable logs each cluster on another network that lists no
@@ -577,7 +598,7 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 
 	var errs []error
 	gateways := b.servingGateways()
-	if !b.havePublished || !reflect.DeepEqual(v.published, b.published) || !slices.Equal(gateways, b.publishedGateways) {
+	if !b.havePublished || !samePublished(v.published, b.published) || !slices.Equal(gateways, b.publishedGateways) {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		version, err := b.cfg.Federation.PublishWithGateways(pctx, v.published, gateways)
 		cancel()
@@ -627,6 +648,13 @@ func (b *Bridge) reconcile(ctx context.Context) error {
 		return errMoreToWrite
 	}
 	return nil
+}
+
+// samePublished reports whether a and b list the same services alike
+// (catalog.SameService; reused exports share their slices, which compare
+// at once).
+func samePublished(a, b []catalog.ExportedService) bool {
+	return slices.EqualFunc(a, b, func(x, y catalog.ExportedService) bool { return catalog.SameService(&x, &y) })
 }
 
 // errMoreToWrite ends a pass that left writes for the next one

@@ -64,17 +64,31 @@ type exportReport struct {
 func (b *Bridge) updateExportConditions(ctx context.Context, all map[string]*mcsv1beta1.ServiceExport, invalid map[string]string, conflicts map[string]conflict) error {
 	var errs []error
 	reported := map[string]exportReport{}
+	inSync := make(map[string]conditionsInSync, len(all))
+	defer func() { b.conditionsInSync = inSync }()
 	for key, se := range all {
 		var c *conflict
 		if rc, ok := conflicts[key]; ok && invalid[key] == "" {
 			c = &rc
 		}
 		b.reportExport(se, key, invalid[key], c, reported)
+		want := conditionsInSync{resourceVersion: se.ResourceVersion, invalid: invalid[key]}
+		if c != nil {
+			want.conflict = *c
+		}
+		if m, ok := b.conditionsInSync[key]; ok && m == want && want.resourceVersion != "" {
+			inSync[key] = want
+			continue
+		}
 		conds := append([]metav1.Condition(nil), se.Status.Conditions...)
 		for _, d := range desiredConditions(se.Generation, invalid[key], c) {
 			apimeta.SetStatusCondition(&conds, d)
 		}
-		if reflect.DeepEqual(conds, se.Status.Conditions) || !b.spend() {
+		if reflect.DeepEqual(conds, se.Status.Conditions) {
+			inSync[key] = want
+			continue
+		}
+		if !b.spend() {
 			continue
 		}
 		upd := se.DeepCopy()
@@ -93,6 +107,15 @@ func (b *Bridge) updateExportConditions(ctx context.Context, all map[string]*mcs
 	}
 	b.reported = reported
 	return errors.Join(errs...)
+}
+
+// conditionsInSync is what a ServiceExport's conditions were found in
+// sync with: its resourceVersion, and the problem and conflict they
+// report. A pass skips an export whose three are the same.
+type conditionsInSync struct {
+	resourceVersion string
+	invalid         string
+	conflict        conflict
 }
 
 // reportExport logs and records an Event when the problem of ServiceExport
