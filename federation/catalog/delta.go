@@ -59,14 +59,7 @@ func (d *Delta) Encode() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	buf.Grow(9 + len(hb) + len(payload))
-	buf.Write(deltaMagic[:])
-	buf.WriteByte(FormatVersion)
-	_ = binary.Write(&buf, binary.BigEndian, uint32(len(hb)))
-	buf.Write(hb)
-	buf.Write(payload)
-	return buf.Bytes(), nil
+	return frame(deltaMagic, hb, payload), nil
 }
 
 // DecodeDelta decodes an encoded delta within lim: the size first, then

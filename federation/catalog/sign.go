@@ -117,14 +117,19 @@ func seal(cluster string, version uint64, payload []byte, key crypto.Signer, cha
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	buf.Grow(9 + len(hb) + len(payload))
-	buf.Write(magic[:])
-	buf.WriteByte(FormatVersion)
-	_ = binary.Write(&buf, binary.BigEndian, uint32(len(hb)))
-	buf.Write(hb)
-	buf.Write(payload)
-	return &Signed{Cluster: cluster, Version: version, Digest: digest, Bytes: buf.Bytes()}, nil
+	return &Signed{Cluster: cluster, Version: version, Digest: digest, Bytes: frame(magic, hb, payload)}, nil
+}
+
+// frame is the wire form of an envelope or a delta: its magic, the format
+// version, the header's length (4 bytes, big-endian), the header, the
+// payload.
+func frame(magic [4]byte, header, payload []byte) []byte {
+	b := make([]byte, 0, 9+len(header)+len(payload))
+	b = append(b, magic[:]...)
+	b = append(b, FormatVersion)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(header)))
+	b = append(b, header...)
+	return append(b, payload...)
 }
 
 func signDigest(key crypto.Signer, digest []byte) ([]byte, error) {
